@@ -1,0 +1,148 @@
+"""Names, configs and serialization of constraints (SPEC section 2, Configuration)."""
+
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_constraints as gc
+
+EXAMPLES = [
+    gc.MaxNorm(3.0, axis=(1, 2)),
+    gc.MaxNorm(),
+    gc.MinMaxNorm(0.25, 2.0, 0.5, axis=-1),
+    gc.UnitNorm(axis=0),
+    gc.NonNeg(),
+    gc.Compose([gc.NonNeg(), gc.MaxNorm(3.0, axis=(1,))]),
+    gc.Compose([gc.Compose([gc.UnitNorm()]), gc.MinMaxNorm()]),
+]
+
+
+@pytest.mark.parametrize("constraint", EXAMPLES, ids=repr)
+def test_config_round_trips_through_json(constraint):
+    config = constraint.get_config()
+    assert json.loads(json.dumps(config)) == config
+    rebuilt = type(constraint).from_config(json.loads(json.dumps(config)))
+    assert rebuilt == constraint
+    assert rebuilt.get_config() == config
+
+
+@pytest.mark.parametrize("constraint", EXAMPLES, ids=repr)
+def test_serialize_and_deserialize_invert_each_other(constraint):
+    data = gc.serialize(constraint)
+    assert data["class_name"] == type(constraint).__name__
+    assert gc.deserialize(json.loads(json.dumps(data))) == constraint
+
+
+@pytest.mark.parametrize("constraint", EXAMPLES, ids=repr)
+def test_rebuilt_constraint_computes_the_same(constraint):
+    w = mx.nd.array(np.random.default_rng(3).normal(size=(4, 3, 5)))
+    rebuilt = gc.deserialize(gc.serialize(constraint))
+    assert rebuilt(w).asnumpy().tobytes() == constraint(w).asnumpy().tobytes()
+
+
+def test_get_config_mirrors_init_arguments():
+    assert gc.MaxNorm(3, axis=(1, 2)).get_config() == {"max_value": 3.0, "axis": [1, 2]}
+    assert gc.MinMaxNorm(0.5, 2, 0.25, axis=1).get_config() == {
+        "min_value": 0.5, "max_value": 2.0, "rate": 0.25, "axis": 1}
+    assert gc.UnitNorm().get_config() == {"axis": None}
+    assert gc.NonNeg().get_config() == {}
+    assert gc.serialize(gc.Compose(["non_neg", gc.MaxNorm(1)])) == {
+        "class_name": "Compose",
+        "config": {"constraints": [{"class_name": "NonNeg", "config": {}},
+                                   {"class_name": "MaxNorm", "config": {"max_value": 1.0, "axis": None}}]}}
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("MaxNorm", gc.MaxNorm), ("max_norm", gc.MaxNorm), ("MinMaxNorm", gc.MinMaxNorm),
+    ("min_max_norm", gc.MinMaxNorm), ("UnitNorm", gc.UnitNorm), ("unit_norm", gc.UnitNorm),
+    ("NonNeg", gc.NonNeg), ("non_neg", gc.NonNeg),
+])
+def test_get_builds_named_constraints_with_defaults(name, cls):
+    built = gc.get(name)
+    assert type(built) is cls
+    assert built == cls()
+
+
+def test_get_passes_constraints_and_none_through():
+    c = gc.MaxNorm(4.0)
+    assert gc.get(c) is c
+    assert gc.get(None) is None
+
+
+def test_get_accepts_serialized_dicts_and_lists():
+    assert gc.get({"class_name": "max_norm", "config": {"max_value": 3}}) == gc.MaxNorm(3.0)
+    composed = gc.get(["non_neg", gc.MaxNorm(2.0)])
+    assert composed == gc.Compose([gc.NonNeg(), gc.MaxNorm(2.0)])
+    assert gc.get(("unit_norm",)) == gc.Compose([gc.UnitNorm()])
+
+
+def test_unknown_name_lists_known_names_and_suggests_closest():
+    with pytest.raises(ValueError) as info:
+        gc.get("maxnorm")
+    message = str(info.value)
+    assert message.startswith("Unknown constraint name 'maxnorm'. Did you mean 'max_norm'? Known names: ")
+    for name in ("MaxNorm", "max_norm", "MinMaxNorm", "min_max_norm", "UnitNorm", "unit_norm",
+                 "NonNeg", "non_neg", "Compose"):
+        assert name in message
+    assert isinstance(info.value, gc.UnknownConstraintError)
+
+
+def test_unknown_class_name_in_dict_raises():
+    with pytest.raises(gc.UnknownConstraintError, match="Unknown constraint name 'Radial'"):
+        gc.deserialize({"class_name": "Radial", "config": {}})
+
+
+@pytest.mark.parametrize("value", [3.0, object(), np.ones(3), lambda w: w], ids=["float", "object", "array", "lambda"])
+def test_get_rejects_non_constraints_with_type_error(value):
+    with pytest.raises(TypeError, match="Expected a constraint .* got .* of type"):
+        gc.get(value)
+
+
+def test_deserialize_rejects_malformed_input():
+    with pytest.raises(TypeError, match="deserialize expects a dict with a 'class_name' string: got 'MaxNorm'"):
+        gc.deserialize("MaxNorm")
+
+
+def test_serialize_rejects_non_constraints():
+    with pytest.raises(TypeError, match="serialize expects a Constraint: got 3"):
+        gc.serialize(3)
+
+
+@gc.register_constraint
+class ClipAbs(gc.Constraint):
+    """Elementwise clip to [-limit, limit]: a custom constraint for the registry tests."""
+
+    def __init__(self, limit=1.0):
+        self.limit = float(limit)
+
+    def project(self, w, axes, boundary_rtol):
+        return mx.nd.clip(w, -self.limit, self.limit)
+
+    def get_config(self):
+        return {"limit": self.limit}
+
+
+def test_registered_custom_constraint_round_trips():
+    assert type(gc.get("ClipAbs")) is ClipAbs
+    assert type(gc.get("clip_abs")) is ClipAbs
+    c = ClipAbs(0.5)
+    assert gc.deserialize(gc.serialize(c)) == c
+    composed = gc.deserialize(gc.serialize(gc.Compose([c, gc.NonNeg()])))
+    out = composed(mx.nd.array([[-2.0, 0.25, 3.0]])).asnumpy()
+    np.testing.assert_array_equal(out, [[0.0, 0.25, 0.5]])
+
+
+def test_register_rejects_non_constraint_classes():
+    with pytest.raises(TypeError, match="register_constraint expects a subclass of gluon_constraints.Constraint"):
+        gc.register_constraint(dict)
+
+
+def test_register_refuses_a_taken_name():
+    class MaxNorm(gc.Constraint):  # noqa: D401 - a deliberate name clash
+        pass
+
+    with pytest.raises(ValueError, match="Constraint name 'MaxNorm' is already registered"):
+        gc.register_constraint(MaxNorm)
+    assert gc.get("max_norm").__class__ is gc.MaxNorm
