@@ -1,13 +1,26 @@
 """Keras-style weight constraints for Apache MXNet Gluon.
 
-Only ``mxnet.ndarray`` is needed to import this package: parameter-server processes import it
-while ``import mxnet`` is still running, before ``mxnet.nd`` and ``mxnet.gluon`` exist.
+Importing the package needs only ``mxnet.ndarray``: parameter-server processes import it while
+``import mxnet`` is still running, before ``mxnet.nd`` and ``mxnet.gluon`` exist. Names that need
+Gluon (attaching, layers, enforcement) are loaded on first use.
 """
+
+import importlib
 
 from .constraints import Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 from .errors import ConstraintArgumentError, ConstraintShapeError, UnknownConstraintError
 from .reduction import Reduction
 from .registry import deserialize, get, register_constraint, serialize
+
+# Public names defined in modules that import mxnet.gluon, loaded lazily (PEP 562).
+_LAZY = {
+    "attach": "attachment",
+    "constrain": "attachment",
+    "register_layout": "layouts",
+    "apply_constraints": "enforcement",
+    "nn": None,
+    "rnn": None,
+}
 
 __all__ = [
     "Constraint",
@@ -21,9 +34,28 @@ __all__ = [
     "serialize",
     "deserialize",
     "register_constraint",
+    "attach",
+    "constrain",
+    "register_layout",
+    "apply_constraints",
+    "nn",
+    "rnn",
     "ConstraintArgumentError",
     "ConstraintShapeError",
     "UnknownConstraintError",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gluon_constraints' has no attribute '{name}'")
+    module_name = _LAZY[name]
+    if module_name is None:
+        return importlib.import_module(f".{name}", __name__)
+    return getattr(importlib.import_module(f".{module_name}", __name__), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

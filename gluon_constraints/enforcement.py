@@ -1,0 +1,92 @@
+"""Projecting constrained parameters outside training: on every context, without host syncs."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Tuple, Union
+
+from mxnet.gluon.block import Block
+from mxnet.gluon.parameter import DeferredInitializationError, Parameter, ParameterDict
+
+from .attachment import constraint_of, reduction_of
+from .constraints import Constraint
+from .reduction import Reduction
+
+__all__ = ["apply_constraints"]
+
+Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
+
+
+def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]:
+    """Project every constrained parameter once, on every context it lives on.
+
+    The projection is computed once from the first device copy and written into every copy,
+    so all copies end bitwise identical. No host synchronisation happens: the work is queued on
+    MXNet's engine like any other operator.
+
+    Parameters
+    ----------
+    target : Block, ParameterDict, Parameter or iterable of Parameters
+        What to project; a Block means all of ``block.collect_params()``.
+    include_frozen : bool, default False
+        Also project parameters with ``grad_req='null'``, which training never changes and
+        which are otherwise left alone.
+
+    Returns
+    -------
+    list of str
+        Names of the parameters projected.
+
+    Raises
+    ------
+    ValueError
+        If a constrained parameter is not initialized yet, or its constraint does not fit its
+        shape. All parameters are checked before any is written, so nothing changes then.
+    """
+    plan: List[Tuple[Parameter, Constraint, Reduction]] = []
+    for param in _parameters(target):
+        constraint = constraint_of(param)
+        if constraint is None or (param.grad_req == "null" and not include_frozen):
+            continue
+        if not _initialized(param):
+            raise ValueError(
+                f"Parameter '{param.name}' is not initialized yet (its shape {param.shape} is "
+                f"known only after the first forward pass): initialize it and run a forward pass "
+                f"before apply_constraints.")
+        reduction = reduction_of(param)
+        constraint.validate(param.shape, reduction, name=param.name)
+        plan.append((param, constraint, reduction))
+    for param, constraint, reduction in plan:
+        copies = [_classic(a) for a in param.list_data()]
+        projected = constraint(copies[0], reduction)
+        for copy in copies:
+            projected.copyto(copy)
+    return [param.name for param, _, _ in plan]
+
+
+def _parameters(target: Target) -> List[Parameter]:
+    if isinstance(target, Block):
+        return list(target.collect_params().values())
+    if isinstance(target, ParameterDict):
+        return list(target.values())
+    if isinstance(target, Parameter):
+        return [target]
+    params = list(target)
+    for p in params:
+        if not isinstance(p, Parameter):
+            raise TypeError(
+                f"apply_constraints expects a Block, a ParameterDict, a Parameter or Parameters: "
+                f"got an element {p!r}.")
+    return params
+
+
+def _initialized(param: Parameter) -> bool:
+    try:
+        param.list_data()
+    except (DeferredInitializationError, RuntimeError):
+        return False
+    return True
+
+
+def _classic(array):
+    """A classic NDArray view of a parameter array (numpy-mode arrays share the memory)."""
+    return array.as_nd_ndarray()

@@ -1,0 +1,86 @@
+"""The ``*_constraint=`` keyword arguments shared by the drop-in layer modules."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from typing import Any, Dict, Mapping, Sequence, Tuple
+
+from .attachment import attach, constraint_of
+from .registry import get
+
+__all__ = ["ConstraintArguments", "extend_signature"]
+
+
+class ConstraintArguments:
+    """Mixin giving a Gluon layer ``<group>_constraint=`` keyword arguments.
+
+    A subclass lists in ``constraint_groups`` each keyword group and the shell-style patterns of
+    the parameter attributes it applies to, e.g. ``{"weight": ("weight",), "bias": ("bias",)}``.
+    Shorthand keywords (``shorthands``) set several groups at once.
+    """
+
+    constraint_groups: Mapping[str, Tuple[str, ...]] = {}
+    shorthands: Mapping[str, Tuple[str, ...]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        chosen = _pop_constraints(type(self), kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        for group, constraint in chosen.items():
+            targets = _matching_params(self, self.constraint_groups[group])
+            if not targets:
+                raise ValueError(
+                    f"{type(self).__name__} got {group}_constraint={constraint!r} but has no "
+                    f"{group.replace('_', ' ')} parameter (was it built with use_bias=False?).")
+            for attr, param in targets:
+                attach(param, constraint, layer=self)
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        extras = []
+        for group, patterns in self.constraint_groups.items():
+            found = {repr(constraint_of(p)) for _, p in _matching_params(self, patterns)
+                     if constraint_of(p) is not None}
+            if found:
+                extras.append(f"{group}_constraint={' | '.join(sorted(found))}")
+        if not extras or not text.endswith(")"):
+            return text
+        return f"{text[:-1]}, {', '.join(extras)})"
+
+
+def extend_signature(cls: type, base: type, keywords: Sequence[str]) -> None:
+    """Give ``cls`` the signature of ``base`` plus keyword-only ``<k>_constraint=None`` arguments."""
+    signature = inspect.signature(base)
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    var_kw = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    added = [inspect.Parameter(f"{k}_constraint", inspect.Parameter.KEYWORD_ONLY, default=None)
+             for k in keywords]
+    cls.__signature__ = signature.replace(parameters=params + added + var_kw)  # type: ignore[attr-defined]
+
+
+def _pop_constraints(cls: type, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Take the constraint keywords out of ``kwargs``, resolving shorthands, before building."""
+    chosen: Dict[str, Any] = {}
+    for shorthand, groups in cls.shorthands.items():  # type: ignore[attr-defined]
+        value = get(kwargs.pop(f"{shorthand}_constraint", None))
+        if value is not None:
+            for group in groups:
+                chosen[group] = value
+    for group in cls.constraint_groups:  # type: ignore[attr-defined]
+        key = f"{group}_constraint"
+        if key not in kwargs:
+            continue
+        value = get(kwargs.pop(key))
+        if value is None:
+            continue
+        if group in chosen:
+            shorthand = next(s for s, gs in cls.shorthands.items() if group in gs)  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{cls.__name__} got both {shorthand}_constraint and {key}: pass one of them.")
+        chosen[group] = value
+    return chosen
+
+
+def _matching_params(block: Any, patterns: Tuple[str, ...]):
+    return [(attr, p) for attr, p in block._reg_params.items()
+            if any(fnmatch.fnmatchcase(attr, pat) for pat in patterns)]
