@@ -8,7 +8,13 @@ Gluon (attaching, layers, enforcement) are loaded on first use.
 import importlib
 
 from .constraints import Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
-from .errors import ConstraintArgumentError, ConstraintShapeError, UnknownConstraintError
+from .errors import (
+    ConstraintArgumentError,
+    ConstraintShapeError,
+    ConstraintViolationError,
+    EnforcementError,
+    UnknownConstraintError,
+)
 from .reduction import Reduction
 from .registry import deserialize, get, register_constraint, serialize
 
@@ -18,6 +24,11 @@ _LAZY = {
     "constrain": "attachment",
     "register_layout": "layouts",
     "apply_constraints": "enforcement",
+    "ConstrainedTrainer": "trainer",
+    "enforce": "trainer",
+    "verify_constraints": "trainer",
+    "ConstrainedOptimizer": "optimizer",
+    "ConstraintHandler": "estimator",
     "nn": None,
     "rnn": None,
 }
@@ -38,11 +49,18 @@ __all__ = [
     "constrain",
     "register_layout",
     "apply_constraints",
+    "ConstrainedTrainer",
+    "enforce",
+    "verify_constraints",
+    "ConstrainedOptimizer",
+    "ConstraintHandler",
     "nn",
     "rnn",
     "ConstraintArgumentError",
     "ConstraintShapeError",
     "UnknownConstraintError",
+    "ConstraintViolationError",
+    "EnforcementError",
 ]
 
 __version__ = "0.1.0"

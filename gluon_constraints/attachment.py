@@ -9,6 +9,7 @@ on the parameter's name.
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from mxnet.gluon.block import Block
@@ -19,10 +20,14 @@ from .layouts import fan_in
 from .reduction import Reduction
 from .registry import get
 
-__all__ = ["attach", "constrain", "constraint_of", "reduction_of", "owned_parameters"]
+__all__ = ["attach", "constrain", "constraint_of", "reduction_of", "owned_parameters",
+           "attached_parameters"]
 
 _OWNER = "_gluon_constraints_owner"
 _HOOKED = "_gluon_constraints_validates_on_init"
+# Every parameter a constraint was ever attached to, while it is alive: lets trainers warn about
+# constrained parameters that no trainer updates.
+_ATTACHED: "weakref.WeakSet[Parameter]" = weakref.WeakSet()
 
 
 def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> Optional[Constraint]:
@@ -65,6 +70,7 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> 
     setattr(param, _OWNER, owner)
     if resolved is not None:
         _validate_when_allocated(param)
+        _ATTACHED.add(param)
     return resolved
 
 
@@ -146,6 +152,11 @@ def owned_parameters(block: Block) -> List[Tuple[Parameter, Block, str]]:
                 found.append((param, current, attr))
         stack.extend(reversed(list(current._children.values())))
     return found
+
+
+def attached_parameters() -> List[Parameter]:
+    """Live parameters that currently have a constraint attached with :func:`attach`."""
+    return [p for p in list(_ATTACHED) if getattr(p, "constraint", None) is not None]
 
 
 def constraint_of(param: Parameter) -> Optional[Constraint]:

@@ -5,6 +5,8 @@ catches the built-in keeps working; the subclasses let callers tell our errors a
 """
 
 __all__ = [
+    "ConstraintViolationError",
+    "EnforcementError",
     "ConstraintArgumentError",
     "ConstraintShapeError",
     "UnknownConstraintError",
@@ -21,3 +23,11 @@ class ConstraintShapeError(ValueError):
 
 class UnknownConstraintError(ValueError):
     """A constraint name or serialized class name is not registered."""
+
+
+class ConstraintViolationError(RuntimeError):
+    """A copy of a constrained parameter lies outside its constraint set (from verification)."""
+
+
+class EnforcementError(RuntimeError):
+    """Constraint enforcement cannot be installed on, or run with, this trainer as configured."""

@@ -1,3 +1,4 @@
+import gc as garbage_collector
 import os
 
 import mxnet as mx
@@ -23,3 +24,10 @@ def numpy_mode():
 @pytest.fixture
 def rng():
     return np.random.default_rng(20141)
+
+
+@pytest.fixture(autouse=True)
+def collect_dead_networks():
+    """Free earlier tests' networks, so trainers do not warn about their constrained parameters."""
+    garbage_collector.collect()
+    yield
