@@ -1,23 +1,36 @@
-# Both targets set everything up from nothing but python3: a virtual environment in .venv with
-# the package and its extras installed in one resolve (a separate install would pull numpy 2,
-# which mxnet 1.9.1 cannot import).
+# Both targets set everything up from nothing but python3 (and a C++ compiler for Horovod): a
+# virtual environment in .venv with the package and its extras installed in one resolve (a
+# separate install would pull numpy 2, which mxnet 1.9.1 cannot import).
 PYTHON ?= python3
 VENV := .venv
+PIP := $(VENV)/bin/python -m pip
 INSTALLED := $(VENV)/.installed
+WITH_HOROVOD := $(VENV)/.installed-horovod
 
-.PHONY: demo test clean
+# Horovod 0.28.1 builds against the installed mxnet: no build isolation, MXNet and Gloo only.
+HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MPI=1
+
+.PHONY: demo test benchmark clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python examples/digits_maxnorm.py
 
-test: $(INSTALLED)
+test: $(WITH_HOROVOD)
 	$(VENV)/bin/python -m pytest
+
+benchmark: $(INSTALLED)
+	$(VENV)/bin/python -m benchmarks.enforcement
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,demo]'
+	$(PIP) install --quiet --upgrade pip 'setuptools>=77' wheel
+	$(PIP) install --quiet -e '.[test,demo]'
 	touch $(INSTALLED)
+
+$(WITH_HOROVOD): $(INSTALLED)
+	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[test,demo,horovod]'
+	touch $(WITH_HOROVOD)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

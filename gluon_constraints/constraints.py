@@ -51,6 +51,9 @@ class Constraint:
 
     #: Reduction axes in the weight's own layout; None means per output unit.
     axis: Axis = None
+    #: Whether each entry's result depends on that entry alone, so the constraint can be applied
+    #: to any piece of a flattened weight (what a parameter server holds of a big array).
+    elementwise: bool = False
 
     def __call__(self, w: NDArray, reduction: Optional[Reduction] = None) -> NDArray:
         """Project ``w`` and return the result as a new array.
@@ -324,6 +327,8 @@ class NonNeg(Constraint):
         w * (w >= 0)
     """
 
+    elementwise = True
+
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         return w * (w >= 0)
 
@@ -353,6 +358,7 @@ class Compose(Constraint):
         if any(m is None for m in members):
             raise TypeError(f"Compose members cannot be None: got {list(members)!r}.")
         self.constraints = tuple(get(m) for m in members)
+        self.elementwise = all(m.elementwise for m in self.constraints)
 
     def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
                  boundary_rtol: float = 0.0) -> NDArray:

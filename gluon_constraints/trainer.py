@@ -18,6 +18,7 @@ from mxnet import ndarray
 from mxnet.gluon import Trainer
 
 from .attachment import attached_parameters, constraint_of, reduction_of
+from .distributed import prepare_distributed, settle_initial_weights
 from .errors import ConstraintViolationError, EnforcementError
 from .optimizer import ConstrainedOptimizer, master_copy_slot
 
@@ -107,8 +108,8 @@ def enforce(trainer: Trainer) -> Trainer:
             "build a gc.ConstrainedTrainer.")
     _check_parameters(trainer)
     trainer._init_optimizer(ConstrainedOptimizer(trainer._optimizer), {})
-    _run_before(trainer, "_init_kvstore", _before_first_step)
-    _run_after(trainer, "load_states", _rewrap_loaded_optimizer)
+    _run_around(trainer, "_init_kvstore", before=_before_first_step, after=settle_initial_weights)
+    _run_around(trainer, "load_states", after=_rewrap_loaded_optimizer)
     if not isinstance(trainer, ConstrainedTrainer):
         trainer.verify_constraints = functools.partial(verify_constraints, trainer)
     return trainer
@@ -118,7 +119,9 @@ def verify_constraints(trainer: Trainer) -> None:
     """Check that every copy of every constrained parameter satisfies its constraint.
 
     Checks each device copy and, where the update runs on a kvstore (``update_on_kvstore``), the
-    copy the kvstore keeps (pulled back). A debugging aid: it synchronises with the host.
+    copy the kvstore keeps (pulled back; on a distributed kvstore, the servers' copy). All copies
+    must also be bitwise identical, except a ``dist_async`` server copy, which moves on with other
+    workers' pushes. A debugging aid: it synchronises with the host.
 
     Parameters
     ----------
@@ -153,7 +156,8 @@ def verify_constraints(trainer: Trainer) -> None:
                 problems.append(f"{param.name} ({label}): projection would change it by "
                                 f"{change:.3g} relative to its largest entry")
         first = copies[0][1].asnumpy()
-        for label, array in copies[1:]:
+        comparable = copies[1:-1] if on_kvstore and "async" in trainer._kvstore.type else copies[1:]
+        for label, array in comparable:
             if array.asnumpy().tobytes() != first.tobytes():
                 problems.append(f"{param.name} ({label}): differs from {copies[0][0]}")
     if problems:
@@ -180,6 +184,7 @@ def _check_parameters(trainer: Trainer) -> None:
 
 def _before_first_step(trainer: Trainer) -> None:
     _check_parameters(trainer)
+    prepare_distributed(trainer)
     owned = {id(p) for p in trainer._params}
     stray = sorted(p.name for p in attached_parameters()
                    if id(p) not in owned and p.grad_req != "null" and p._trainer is None
@@ -202,24 +207,17 @@ def _rewrap_loaded_optimizer(trainer: Trainer) -> None:
         trainer._kvstore._updater.optimizer = wrapper
 
 
-def _run_before(trainer: Trainer, method: str, hook: Any) -> None:
+def _run_around(trainer: Trainer, method: str, before: Any = None, after: Any = None) -> None:
+    """Run ``before(trainer)`` / ``after(trainer)`` around one trainer instance's method."""
     original = getattr(trainer, method)
 
     @functools.wraps(original)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        hook(trainer)
-        return original(*args, **kwargs)
-
-    setattr(trainer, method, wrapped)
-
-
-def _run_after(trainer: Trainer, method: str, hook: Any) -> None:
-    original = getattr(trainer, method)
-
-    @functools.wraps(original)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if before is not None:
+            before(trainer)
         result = original(*args, **kwargs)
-        hook(trainer)
+        if after is not None:
+            after(trainer)
         return result
 
     setattr(trainer, method, wrapped)

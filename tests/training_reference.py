@@ -43,14 +43,19 @@ def max_norm_rows(w, c):
     return w * c / np.maximum(n, c)
 
 
-def train(weights, data, lr, momentum, max_norm):
-    """SGD+momentum with max-norm on both weight matrices after every update."""
+def train(weights, data, lr, momentum, max_norm, batch_size=None):
+    """SGD+momentum with max-norm on both weight matrices after every update.
+
+    Gradients are summed over each batch and divided by ``batch_size`` (default: the batch's
+    length); a distributed job whose servers sum the workers' gradients is the union batch
+    divided by one worker's batch size.
+    """
     w = {k: v.astype(np.float64).copy() for k, v in weights.items()}
     mom = {k: np.zeros_like(v) for k, v in w.items()}
     for x, y in data:
         g = gradients(w, x, y)
         for k in w:
-            mom[k] = momentum * mom[k] - lr * g[k] / len(x)
+            mom[k] = momentum * mom[k] - lr * g[k] / (batch_size or len(x))
             w[k] = w[k] + mom[k]
             if k.endswith("weight"):
                 w[k] = max_norm_rows(w[k], max_norm)

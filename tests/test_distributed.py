@@ -1,0 +1,163 @@
+"""Constraints on MXNet's parameter-server kvstores, with real local clusters.
+
+Each test starts one job with ``python -m gluon_constraints.launch`` (scheduler, 2 servers,
+2 workers on 127.0.0.1, a free port, bounded timeout) and checks what the workers saved.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import training_reference as ref
+
+pytestmark = pytest.mark.distributed
+
+HERE = Path(__file__).parent
+LR, MOMENTUM, BOUND, STEPS, BATCH = 0.2, 0.9, 0.6, 6, 8
+
+
+def run_job(tmp_path, *worker_args, servers=2, env=None, timeout=90):
+    """Run one job; return (exit code, {rank: report}, {rank: arrays}, server logs)."""
+    logs = tmp_path / "logs"
+    command = [sys.executable, "-m", "gluon_constraints.launch", "-n", "2", "-s", str(servers),
+               "--timeout", str(timeout), "--log-dir", str(logs), "--",
+               sys.executable, str(HERE / "distributed_worker.py"), "--out", str(tmp_path), *worker_args]
+    job_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    result = subprocess.run(command, env=job_env, timeout=timeout + 30, capture_output=True, text=True)
+    pids = [int(line.split()[1]) for line in (logs / "pids").read_text().splitlines()]
+    assert not [p for p in pids if _alive(p)], "the launcher left processes behind"
+    reports = {r: json.loads((tmp_path / f"rank{r}.json").read_text())
+               for r in range(2) if (tmp_path / f"rank{r}.json").exists()}
+    arrays = {r: dict(np.load(tmp_path / f"rank{r}.npz")) for r in reports}
+    server_logs = "".join((logs / f"server{i}.log").read_text(errors="replace") for i in range(servers))
+    assert result.returncode == 0, result.stderr + "".join(
+        p.read_text(errors="replace") for p in logs.glob("*.log"))
+    assert sorted(reports) == [0, 1]
+    return reports, arrays, server_logs
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def weights(arrays, suffix="ctx0"):
+    return {k.split("/")[0][len("mlp_"):]: v for k, v in arrays.items() if k.endswith("/" + suffix)}
+
+
+def assert_feasible(named_arrays):
+    for name, w in named_arrays.items():
+        if name.endswith("weight"):
+            norms = np.sqrt((w.astype(np.float64) ** 2).sum(axis=1))
+            assert norms.max() <= BOUND * (1 + 1e-5), f"{name}: {norms.max()}"
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    """The single-process run on the union of both workers' batches (servers sum gradients)."""
+    data = ref.batches(STEPS, 2 * BATCH)
+    return ref.train(ref.initial_weights(), data, LR, MOMENTUM, BOUND, batch_size=BATCH)
+
+
+SYNC = [
+    ("dist_sync", "none", True), ("dist_sync", "true", True), ("dist_sync", "false", False),
+    ("dist_device_sync", "none", True), ("dist_device_sync", "true", True), ("dist_device_sync", "false", False),
+]
+
+
+@pytest.mark.parametrize("kvstore,uokv,on_servers", SYNC, ids=[f"{k}-uokv-{u}" for k, u, _ in SYNC])
+def test_sync_workers_are_identical_feasible_and_match_single_process(kvstore, uokv, on_servers, oracle, tmp_path):
+    reports, arrays, server_logs = run_job(tmp_path, "--kvstore", kvstore, "--uokv", uokv)
+    assert "Exception ignored" not in server_logs
+    for rank in (0, 1):
+        assert reports[rank]["error"] is None
+        assert reports[rank]["update_on_kvstore"] is on_servers
+        assert reports[rank]["verified"] == "ok"
+    assert arrays[0].keys() == arrays[1].keys()
+    for key in arrays[0]:
+        assert arrays[0][key].tobytes() == arrays[1][key].tobytes(), f"workers differ on {key}"
+    ours = weights(arrays[0])
+    assert_feasible(ours)
+    for name, expected in oracle.items():
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
+    if on_servers:
+        servers = weights(arrays[0], "server")
+        assert_feasible(servers)
+        for name, value in servers.items():
+            assert value.tobytes() == ours[name].tobytes(), f"server copy of {name} differs"
+
+
+def test_two_contexts_per_worker(oracle, tmp_path):
+    reports, arrays, _ = run_job(tmp_path, "--kvstore", "dist_device_sync", "--contexts", "2")
+    for rank in (0, 1):
+        assert reports[rank]["verified"] == "ok"
+        for key in [k for k in arrays[rank] if k.endswith("/ctx1")]:
+            assert arrays[rank][key].tobytes() == arrays[rank][key.replace("ctx1", "ctx0")].tobytes()
+    ours = weights(arrays[0])
+    for name, expected in oracle.items():
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("uokv", ["none", "true"])
+def test_async_copies_are_all_feasible(uokv, tmp_path):
+    reports, arrays, server_logs = run_job(tmp_path, "--kvstore", "dist_async", "--uokv", uokv)
+    assert "Exception ignored" not in server_logs
+    for rank in (0, 1):
+        assert reports[rank]["error"] is None and reports[rank]["update_on_kvstore"] is True
+        assert reports[rank]["verified"] == "ok", reports[rank]["verified"]
+        assert_feasible(weights(arrays[rank]))
+        assert_feasible(weights(arrays[rank], "server"))
+        # Async workers drift apart by design; each still moved away from the initial weights.
+        initial = ref.initial_weights()
+        assert all(not np.allclose(w, initial[n]) for n, w in weights(arrays[rank]).items())
+
+
+SPLIT_ENV = {"MXNET_KVSTORE_BIGARRAY_BOUND": "30"}  # the (8, 5) weight (40 elements) is cut in two
+
+
+def test_split_parameter_moves_the_update_to_the_workers(oracle, tmp_path):
+    reports, arrays, server_logs = run_job(tmp_path, "--kvstore", "dist_sync", env=SPLIT_ENV)
+    assert "Exception ignored" not in server_logs
+    for rank in (0, 1):
+        assert reports[rank]["error"] is None
+        assert reports[rank]["update_on_kvstore"] is False
+    for key in arrays[0]:
+        assert arrays[0][key].tobytes() == arrays[1][key].tobytes()
+    ours = weights(arrays[0])
+    for name, expected in oracle.items():
+        np.testing.assert_allclose(ours[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("kvstore,uokv", [("dist_sync", "true"), ("dist_async", "none")])
+def test_split_parameter_with_update_on_servers_is_refused(kvstore, uokv, tmp_path):
+    reports, _, _ = run_job(tmp_path, "--kvstore", kvstore, "--uokv", uokv, env=SPLIT_ENV)
+    for rank in (0, 1):
+        error = reports[rank]["error"]
+        assert error.startswith("Parameter 'mlp_dense0_weight' of shape (8, 5) (40 elements) has a norm "
+                                "constraint, but it has at least MXNET_KVSTORE_BIGARRAY_BOUND=30 elements "
+                                "and there are 2 servers")
+        assert "raise MXNET_KVSTORE_BIGARRAY_BOUND above 40" in error
+        assert ("set update_on_kvstore=False" in error) == (kvstore == "dist_sync")
+
+
+def test_constraint_class_in_main_is_refused_before_the_servers_see_it(tmp_path):
+    reports, _, server_logs = run_job(tmp_path, "--kvstore", "dist_sync", "--main-constraint")
+    assert "Exception ignored" not in server_logs
+    for rank in (0, 1):
+        assert reports[rank]["error"].startswith(
+            "The constraint class MainModuleMaxNorm is defined in __main__, which the parameter servers "
+            "cannot import")
+
+
+def test_constraint_class_in_main_is_fine_when_workers_update(oracle, tmp_path):
+    reports, arrays, _ = run_job(tmp_path, "--kvstore", "dist_sync", "--uokv", "false", "--main-constraint")
+    assert reports[0]["error"] is None and reports[0]["verified"] == "ok"
+    assert_feasible(weights(arrays[0]))
