@@ -9,6 +9,7 @@ from mxnet.gluon.parameter import DeferredInitializationError, Parameter, Parame
 
 from .attachment import constraint_of, reduction_of
 from .constraints import Constraint
+from .projection import project_in_place
 from .reduction import Reduction
 
 __all__ = ["apply_constraints"]
@@ -19,8 +20,8 @@ Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
 def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]:
     """Project every constrained parameter once, on every context it lives on.
 
-    The projection is computed once from the first device copy and written into every copy,
-    so all copies end bitwise identical. No host synchronisation happens: the work is queued on
+    The projection is computed in place on the first device copy (with the fused kernel where
+    it applies) and copied into every other copy, so all copies end bitwise identical. No host synchronisation happens: the work is queued on
     MXNet's engine like any other operator.
 
     Parameters
@@ -55,11 +56,13 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
         reduction = reduction_of(param)
         constraint.validate(param.shape, reduction, name=param.name)
         plan.append((param, constraint, reduction))
-    for param, constraint, reduction in plan:
+    firsts = [(_classic(param.list_data()[0]), constraint, reduction)
+              for param, constraint, reduction in plan]
+    project_in_place(firsts)
+    for param, _, _ in plan:
         copies = [_classic(a) for a in param.list_data()]
-        projected = constraint(copies[0], reduction)
-        for copy in copies:
-            projected.copyto(copy)
+        for copy in copies[1:]:
+            copies[0].copyto(copy)
     return [param.name for param, _, _ in plan]
 
 

@@ -21,6 +21,7 @@ from mxnet import ndarray
 from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
 
 from .constraints import Constraint
+from .projection import project_in_place
 from .reduction import Reduction
 
 __all__ = ["ConstrainedOptimizer", "Projection", "UnsupportedOptimizerError", "master_copy_slot"]
@@ -156,26 +157,24 @@ class ConstrainedOptimizer(Optimizer):
         self._project_updated(index, weight, state, multi_precision=True)
 
     def _project_updated(self, index: Any, weight: Any, state: Any, multi_precision: bool) -> None:
-        if isinstance(index, (list, tuple)):
-            for i, w, s in zip(index, weight, state):
-                self._project(i, w, s, multi_precision)
-        else:
-            self._project(index, weight, state, multi_precision)
-
-    def _project(self, index: Any, weight: Any, state: Any, multi_precision: bool) -> None:
-        projection = self.projection_for(index)
-        if projection is None:
-            return
-        constraint, reduction, shape = projection
-        if multi_precision and self.inner.multi_precision and weight.dtype == np.float16:
-            master = state[master_copy_slot(self.inner)]
-            target = _full_shape(master, shape)
-            projected = constraint.apply_to(target, reduction, boundary_rtol=2.0**-18)
-            projected.copyto(target)
-            ndarray.cast(master, dtype=weight.dtype, out=weight)
-        else:
-            target = _full_shape(weight, shape)
-            constraint(target, reduction).copyto(target)
+        """Project every weight this update call wrote, in one batch where possible."""
+        if not isinstance(index, (list, tuple)):
+            index, weight, state = [index], [weight], [state]
+        items, casts = [], []
+        for i, w, s in zip(index, weight, state):
+            projection = self.projection_for(i)
+            if projection is None:
+                continue
+            constraint, reduction, shape = projection
+            if multi_precision and self.inner.multi_precision and w.dtype == np.float16:
+                master = s[master_copy_slot(self.inner)]
+                items.append((_full_shape(master, shape), constraint, reduction))
+                casts.append((master, w))
+            else:
+                items.append((_full_shape(w, shape), constraint, reduction))
+        project_in_place(items)
+        for master, w in casts:
+            ndarray.cast(master, dtype=w.dtype, out=w)
 
     def projection_for(self, index: Any) -> Optional[Projection]:
         """The projection of parameter ``index``: live from ``param_dict``, else the snapshot.
@@ -226,4 +225,8 @@ def _full_shape(array: Any, shape: Sequence[int]) -> Any:
     """``array`` viewed with the parameter's shape (servers hold weights flattened to 1-D)."""
     if tuple(array.shape) == tuple(shape):
         return array
+    if array.size != int(np.prod(shape)):
+        # A server holding a piece of a big array; the trainer refuses this before training.
+        raise ValueError(f"gluon-constraints got a piece of {array.size} elements of a weight of "
+                         f"shape {tuple(shape)}: it cannot be projected.")
     return array.reshape(shape)

@@ -1,0 +1,102 @@
+"""Projecting arrays in place: the fused kernel where it applies, stock operators elsewhere.
+
+Used by the optimizer wrapper (on the arrays an update wrote) and by ``apply_constraints``. No
+host synchronisation: every path only queues operators on MXNet's engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .constraints import Compose, Constraint
+from .reduction import Reduction
+
+__all__ = ["project_in_place"]
+
+# A norm within this relative distance of a bound counts as on it (float32 computation).
+FLOAT32_BOUNDARY_RTOL = 2.0**-18
+
+Item = Tuple[Any, Constraint, Reduction]
+
+
+def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
+    """Project each ``array`` onto its constraint, writing the result into ``array``.
+
+    Parameters
+    ----------
+    items : sequence of (NDArray, Constraint, Reduction)
+        Classic NDArrays in the parameter's full shape, each with its constraint and the
+        per-output-unit reduction resolved for the parameter.
+    use_fused : bool, default True
+        Use the fused kernel where it applies (float32, CPU, at most 2-D, built-in constraints,
+        rows that are contiguous). Items it does not cover use stock operators.
+    """
+    kernel = _fused_kernel() if use_fused else None
+    rounds: List[List[Tuple[Any, int, Tuple[str, float, float, float]]]] = []
+    for array, constraint, reduction in items:
+        plan = _fused_plan(array, constraint, reduction) if kernel is not None else None
+        if plan is None:
+            constraint(array, reduction).copyto(array)
+            continue
+        units, steps = plan
+        for depth, step in enumerate(steps):  # Compose members run in order, one call each
+            if len(rounds) <= depth:
+                rounds.append([])
+            rounds[depth].append((array, units, step))
+    for calls in rounds:
+        arrays = [a for a, _, _ in calls]
+        kernel(*arrays, out=arrays,
+               units=",".join(str(u) for _, u, _ in calls),
+               mode=",".join(s[0] for _, _, s in calls),
+               lo=",".join(repr(s[1]) for _, _, s in calls),
+               hi=",".join(repr(s[2]) for _, _, s in calls),
+               rate=",".join(repr(s[3]) for _, _, s in calls),
+               rtol=",".join(repr(FLOAT32_BOUNDARY_RTOL) for _ in calls))
+
+
+def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
+                ) -> Optional[Tuple[int, List[Tuple[str, float, float, float]]]]:
+    """(rows, kernel steps) when the fused kernel computes exactly this projection, else None."""
+    from .fused import row_parameters
+
+    if array.dtype != np.float32 or array.context.device_type != "cpu" or array.stype != "default":
+        return None
+    if array.ndim > 2:
+        # MKL-DNN keeps convolution weights in its own blocked layout, which operators loaded
+        # from a library cannot read; stock operators convert it.
+        return None
+    members = constraint.constraints if isinstance(constraint, Compose) else (constraint,)
+    shape = tuple(array.shape)
+    units = None
+    steps = []
+    for member in members:
+        parameters = row_parameters(member)
+        if parameters is None:
+            return None
+        if parameters[0] == "norm":
+            resolved = member.reduction_for(shape, reduction)
+            rows = _leading_rows(resolved, shape)
+            if rows is None or (units is not None and rows != units):
+                return None
+            units = rows
+        steps.append(parameters)
+    return (units if units is not None else 1), steps
+
+
+def _leading_rows(reduction: Reduction, shape: Tuple[int, ...]) -> Optional[int]:
+    """Number of rows if the reduced axes are the contiguous trailing axes, else None."""
+    if reduction.view_shape is not None:
+        return None
+    axes = reduction.axes
+    first = len(shape) - len(axes)
+    if tuple(axes) != tuple(range(first, len(shape))):
+        return None
+    return int(np.prod(shape[:first], dtype=np.int64))
+
+
+def _fused_kernel():
+    from .fused import kernel
+
+    return kernel()

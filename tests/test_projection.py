@@ -1,0 +1,108 @@
+"""In-place projection: the fused kernel against the stock-operator path and float64 references."""
+
+import shutil
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_constraints as gc
+import reference as ref
+from gluon_constraints import fused
+from gluon_constraints.projection import project_in_place
+
+requires_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler")
+
+
+@requires_compiler
+def test_kernel_is_built_and_loaded_where_a_compiler_exists():
+    assert fused.kernel() is not None
+    assert fused.library_path().exists()
+
+
+CASES = [
+    ("MaxNorm", gc.MaxNorm(1.0), lambda w, a: ref.max_norm(w, 1.0, a)),
+    ("MinMaxNorm", gc.MinMaxNorm(0.8, 1.2), lambda w, a: ref.min_max_norm(w, 0.8, 1.2, 1.0, a)),
+    ("MinMaxNorm-rate", gc.MinMaxNorm(0.8, 1.2, rate=0.3), lambda w, a: ref.min_max_norm(w, 0.8, 1.2, 0.3, a)),
+    ("UnitNorm", gc.UnitNorm(), lambda w, a: ref.unit_norm(w, a)),
+    ("NonNeg", gc.NonNeg(), lambda w, a: ref.non_neg(w)),
+    ("Compose", gc.Compose([gc.NonNeg(), gc.MaxNorm(1.0)]), lambda w, a: ref.max_norm(ref.non_neg(w), 1.0, a)),
+]
+
+
+def weights(rng, shape):
+    scale = rng.choice([0.01, 0.1, 1.0], size=(shape[0],) + (1,) * (len(shape) - 1))
+    w = (rng.normal(size=shape) * scale).astype(np.float32)
+    w[0] = 0.0
+    return w
+
+
+@requires_compiler
+@pytest.mark.parametrize("shape", [(300, 50), (1, 7), (13,)], ids=["2d", "one-row", "1d"])
+@pytest.mark.parametrize("name,constraint,reference", CASES, ids=[c[0] for c in CASES])
+def test_fused_and_stock_paths_agree_with_the_reference(name, constraint, reference, shape, rng):
+    w = weights(rng, shape)
+    axes = ref.per_output_unit_axes(len(shape))
+    reduction = gc.Reduction(axes)
+    fused_w, stock_w = mx.nd.array(w), mx.nd.array(w)
+    project_in_place([(fused_w, constraint, reduction)], use_fused=True)
+    project_in_place([(stock_w, constraint, reduction)], use_fused=False)
+    expected = reference(w.astype(np.float64), axes)
+    np.testing.assert_allclose(fused_w.asnumpy(), expected, rtol=2e-6, atol=1e-8)
+    np.testing.assert_allclose(stock_w.asnumpy(), expected, rtol=2e-6, atol=1e-8)
+    np.testing.assert_allclose(fused_w.asnumpy(), stock_w.asnumpy(), rtol=2e-6, atol=1e-8)
+
+
+@requires_compiler
+def test_fused_leaves_feasible_rows_bitwise_unchanged_and_is_idempotent(rng):
+    w = weights(rng, (200, 64))
+    array = mx.nd.array(w)
+    project_in_place([(array, gc.MaxNorm(0.5), gc.Reduction((1,)))])
+    once = array.asnumpy()
+    inside = np.sqrt((w.astype(np.float64) ** 2).sum(1)) <= 0.5
+    assert inside.any() and not inside.all()
+    assert once[inside].tobytes() == w[inside].tobytes()
+    project_in_place([(array, gc.MaxNorm(0.5), gc.Reduction((1,)))])
+    assert array.asnumpy().tobytes() == once.tobytes()
+
+
+@requires_compiler
+def test_one_call_projects_several_weights_with_their_own_constraints(rng):
+    arrays = [mx.nd.array(weights(rng, s)) for s in [(40, 9), (17,), (5, 30)]]
+    originals = [a.asnumpy() for a in arrays]
+    constraints = [gc.MaxNorm(0.3), gc.NonNeg(), gc.UnitNorm()]
+    project_in_place([(a, c, gc.Reduction(ref.per_output_unit_axes(a.ndim)))
+                      for a, c in zip(arrays, constraints)])
+    np.testing.assert_allclose(arrays[0].asnumpy(), ref.max_norm(originals[0], 0.3, (1,)), rtol=2e-6)
+    np.testing.assert_array_equal(arrays[1].asnumpy(), ref.non_neg(originals[1]).astype(np.float32))
+    np.testing.assert_allclose(arrays[2].asnumpy(), ref.unit_norm(originals[2], (1,)), rtol=2e-6, atol=1e-8)
+
+
+class Halved(gc.MaxNorm):
+    """A subclass computing something else: the kernel must not be used for it."""
+
+    def project(self, w, axes, boundary_rtol):
+        return w * 0.5
+
+
+@pytest.mark.parametrize("array,constraint,reduction", [
+    (mx.nd.ones((4, 3, 2)), gc.MaxNorm(1.0), gc.Reduction((1, 2))),             # conv weights: MKL-DNN layout
+    (mx.nd.ones((4, 3)), gc.MaxNorm(1.0), gc.Reduction((0,))),                  # not the trailing axes
+    (mx.nd.ones((4, 3)), gc.MaxNorm(1.0), gc.Reduction((1,), (2, 2, 3))),      # a reshaped view
+    (mx.nd.ones((4, 3), dtype="float16"), gc.MaxNorm(1.0), gc.Reduction((1,))),  # not float32
+    (mx.nd.ones((4, 3)), Halved(1.0), gc.Reduction((1,))),                       # unknown arithmetic
+], ids=["3d", "leading-axis", "view", "float16", "subclass"])
+def test_cases_the_kernel_does_not_cover_use_stock_operators(array, constraint, reduction):
+    from gluon_constraints.projection import _fused_plan
+
+    assert _fused_plan(array, constraint, reduction) is None
+    expected = constraint(array, reduction).asnumpy()
+    project_in_place([(array, constraint, reduction)])
+    np.testing.assert_array_equal(array.asnumpy(), expected)
+
+
+def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "false")
+    with pytest.warns(RuntimeWarning, match="could not build its fused kernel; using stock operators"):
+        assert fused._build(tmp_path / "lib.so") is False
+    assert not (tmp_path / "lib.so").exists()
