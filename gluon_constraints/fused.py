@@ -1,9 +1,11 @@
 """The fused one-pass projection kernel, compiled on first use and loaded into MXNet.
 
-``kernels/project_rows.cc`` is a custom CPU operator written against the ``lib_api.h`` the mxnet
-wheel ships: per row slice it sums the squares and rescales the row while it is in cache, and
-leaves feasible rows unwritten, so a projection costs about one pass over the weight instead of
-the five or six passes of stock operators. It is built with the system's C++ compiler the first
+``kernels/project_rows.cc`` holds two custom CPU operators written against the ``lib_api.h`` the
+mxnet wheel ships. ``gc_project_rows``: per row slice it sums the squares and rescales the row
+while it is in cache, and leaves feasible rows unwritten, so a projection costs about one pass
+over the weight instead of the five or six passes of stock operators.
+``gc_sgd_mom_project_rows``: MXNet's SGD-with-momentum update with the projection fused in, so
+for that optimizer enforcement adds no pass at all. It is built with the system's C++ compiler the first
 time it is needed (about 7 seconds), cached under ``~/.cache/gluon_constraints`` (or
 ``$GLUON_CONSTRAINTS_CACHE``), and loaded with ``mx.library.load``. Without a compiler, or with
 ``GLUON_CONSTRAINTS_FUSED=0``, enforcement uses stock operators: same results up to rounding.
@@ -27,13 +29,14 @@ from mxnet import ndarray
 
 from .constraints import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
 
-__all__ = ["kernel", "row_parameters", "library_path"]
+__all__ = ["kernel", "sgd_kernel", "row_parameters", "library_path"]
 
 _SOURCE = Path(__file__).with_name("kernels") / "project_rows.cc"
 _EXPORTS = _SOURCE.with_name("exports.map")
 _FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-fopenmp", "-Wl,-Bsymbolic",
           f"-Wl,--version-script={_EXPORTS}"]
 _OP_NAME = "gc_project_rows"
+_SGD_OP_NAME = "gc_sgd_mom_project_rows"
 _lock = threading.Lock()
 _loaded: Optional[Callable[..., Any]] = None
 _tried = False
@@ -72,6 +75,11 @@ def kernel() -> Optional[Callable[..., Any]]:
             _tried = True
             _loaded = _load()
     return _loaded
+
+
+def sgd_kernel() -> Optional[Callable[..., Any]]:
+    """The fused SGD-momentum update and projection (``ndarray.gc_sgd_mom_project_rows``)."""
+    return getattr(ndarray, _SGD_OP_NAME) if kernel() is not None else None
 
 
 def library_path() -> Path:

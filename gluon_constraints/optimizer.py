@@ -21,7 +21,7 @@ from mxnet import ndarray
 from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
 
 from .constraints import Constraint
-from .projection import project_in_place
+from .projection import project_in_place, sgd_update_and_project
 from .reduction import Reduction
 
 __all__ = ["ConstrainedOptimizer", "Projection", "UnsupportedOptimizerError", "master_copy_slot"]
@@ -152,7 +152,16 @@ class ConstrainedOptimizer(Optimizer):
         self._project_updated(index, weight, state, multi_precision=False)
 
     def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
-        """Update like the wrapped optimizer (master copy included), then project."""
+        """Update like the wrapped optimizer (master copy included), then project.
+
+        For SGD with momentum on float32 weights the fused kernel does both in one pass.
+        """
+        if isinstance(index, (list, tuple)):
+            lists = (list(index), list(weight), list(grad), list(state))
+        else:
+            lists = ([index], [weight], [grad], [state])
+        if sgd_update_and_project(self.inner, *lists, [self.projection_for(i) for i in lists[0]]):
+            return
         self.inner.update_multi_precision(index, weight, grad, state)
         self._project_updated(index, weight, state, multi_precision=True)
 

@@ -13,7 +13,7 @@ import numpy as np
 from .constraints import Compose, Constraint
 from .reduction import Reduction
 
-__all__ = ["project_in_place"]
+__all__ = ["project_in_place", "sgd_update_and_project"]
 
 # A norm within this relative distance of a bound counts as on it (float32 computation).
 FLOAT32_BOUNDARY_RTOL = 2.0**-18
@@ -54,6 +54,61 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
                hi=",".join(repr(s[2]) for _, _, s in calls),
                rate=",".join(repr(s[3]) for _, _, s in calls),
                rtol=",".join(repr(FLOAT32_BOUNDARY_RTOL) for _ in calls))
+
+
+def sgd_update_and_project(optimizer: Any, indices: Sequence[Any], weights: Sequence[Any],
+                           grads: Sequence[Any], states: Sequence[Any],
+                           projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]]) -> bool:
+    """SGD-with-momentum update and projection in one pass per row, if the fused kernel can.
+
+    Does exactly what ``optimizer.update_multi_precision`` (MXNet's ``SGD`` with momentum)
+    followed by the projections would, and returns True; returns False, having done nothing,
+    when the kernel does not cover the call (another optimizer, no momentum, sparse or float16
+    arrays, a constraint or axes the kernel does not compute).
+
+    Parameters
+    ----------
+    optimizer : mxnet.optimizer.Optimizer
+        The wrapped optimizer.
+    indices, weights, grads, states : sequences
+        One update call's arguments, as lists.
+    projections : sequence of (constraint, reduction, shape) or None
+        Each weight's projection, None for unconstrained weights.
+    """
+    from mxnet.optimizer import SGD
+
+    if type(optimizer) is not SGD or not optimizer.momentum > 0:
+        return False
+    kernel = _fused_sgd_kernel()
+    if kernel is None:
+        return False
+    calls = []
+    for weight, grad, state, projection in zip(weights, grads, states, projections):
+        if grad.stype != "default" or not hasattr(state, "stype") or weight.ndim > 2:
+            return False
+        if projection is None:
+            if weight.dtype != np.float32 or weight.context.device_type != "cpu" or weight.stype != "default":
+                return False
+            calls.append((1, ("none", 0.0, 0.0, 1.0)))
+            continue
+        plan = _fused_plan(weight, projection[0], projection[1])
+        if plan is None or len(plan[1]) != 1:
+            return False
+        calls.append((plan[0], plan[1][0]))
+    optimizer._update_count(list(indices))
+    lrs, wds = optimizer._get_lrs(list(indices)), optimizer._get_wds(list(indices))
+    arrays = [a for triple in zip(weights, grads, states) for a in triple]
+    kernel(*arrays, out=[a for pair in zip(weights, states) for a in pair],
+           units=",".join(str(u) for u, _ in calls),
+           mode=",".join(step[0] for _, step in calls),
+           lo=",".join(repr(step[1]) for _, step in calls),
+           hi=",".join(repr(step[2]) for _, step in calls),
+           rate=",".join(repr(step[3]) for _, step in calls),
+           rtol=",".join(repr(FLOAT32_BOUNDARY_RTOL) for _ in calls),
+           lrs=",".join(repr(float(lr)) for lr in lrs), wds=",".join(repr(float(wd)) for wd in wds),
+           momentum=repr(float(optimizer.momentum)), rescale_grad=repr(float(optimizer.rescale_grad)),
+           clip_gradient=repr(float(optimizer.clip_gradient)) if optimizer.clip_gradient else "-1.0")
+    return True
 
 
 def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
@@ -100,3 +155,9 @@ def _fused_kernel():
     from .fused import kernel
 
     return kernel()
+
+
+def _fused_sgd_kernel():
+    from .fused import sgd_kernel
+
+    return sgd_kernel()

@@ -106,3 +106,60 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not build its fused kernel; using stock operators"):
         assert fused._build(tmp_path / "lib.so") is False
     assert not (tmp_path / "lib.so").exists()
+
+
+def train_mlp(trainer_factory, after_step, steps=5):
+    """A 2-layer MLP with a lr_mult, trained from fixed weights; returns weights and momenta."""
+    from mxnet import autograd
+    from mxnet.gluon import nn as gluon_nn
+
+    net = gluon_nn.HybridSequential(prefix="fsgd_")
+    with net.name_scope():
+        net.add(gluon_nn.Dense(16, activation="relu", in_units=8), gluon_nn.Dense(4, in_units=16))
+    net.initialize(mx.init.Normal(0.5))
+    rng = np.random.default_rng(9)
+    for p in net.collect_params().values():
+        p.set_data(mx.nd.array(rng.normal(0, 0.5, p.shape)))
+    gc.constrain(net, {"dense0_weight": gc.MaxNorm(0.7), "dense1_weight": gc.UnitNorm(), "dense1_bias": "non_neg"})
+    net[1].weight.lr_mult = 0.5
+    trainer = trainer_factory(net.collect_params())
+    for _ in range(steps):
+        x = mx.nd.array(rng.normal(size=(6, 8)))
+        with autograd.record():
+            loss = (net(x) ** 2).sum()
+        loss.backward()
+        trainer.step(6)
+        after_step(net)
+    weights = {n: p.data().asnumpy() for n, p in net.collect_params().items()}
+    return weights, trainer
+
+
+SGD_OPTIONS = {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-3, "clip_gradient": 2.0}
+
+
+@requires_compiler
+def test_fused_sgd_update_matches_mxnet_sgd_followed_by_projection(monkeypatch):
+    def stock_projection(net):
+        items = [(p.data(), p.constraint, gc.attachment.reduction_of(p))
+                 for p in net.collect_params().values() if getattr(p, "constraint", None) is not None]
+        project_in_place(items, use_fused=False)
+
+    expected, plain = train_mlp(lambda ps: mx.gluon.Trainer(ps, "sgd", dict(SGD_OPTIONS)), stock_projection)
+
+    # With MXNet's own SGD kernels out of reach, only the fused update can have run.
+    import mxnet.optimizer.optimizer as mx_optimizer
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError("MXNet's SGD kernel ran instead of the fused update")
+
+    for name in ("sgd_mom_update", "multi_sgd_mom_update"):
+        monkeypatch.setattr(mx_optimizer, name, unavailable)
+    ours, trainer = train_mlp(lambda ps: gc.ConstrainedTrainer(ps, "sgd", dict(SGD_OPTIONS)), lambda net: None)
+    for name, value in expected.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    for index, state in plain._updaters[0].states.items():
+        np.testing.assert_allclose(trainer._updaters[0].states[index].asnumpy(), state.asnumpy(),
+                                   rtol=1e-5, atol=1e-7)
+    norms = np.sqrt((ours["fsgd_dense0_weight"].astype(np.float64) ** 2).sum(axis=1))
+    assert norms.max() <= 0.7 * (1 + 1e-5)
+    assert (ours["fsgd_dense1_bias"] >= 0).all()

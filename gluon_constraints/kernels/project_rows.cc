@@ -12,6 +12,14 @@
 // Rows already inside the band are not written at all when the operator runs in place.
 //
 // Attributes (strings, one comma-separated entry per weight): units, mode, lo, hi, rate, rtol.
+//
+// Operator gc_sgd_mom_project_rows: the same projection fused into SGD with momentum. Inputs
+// (w_i, grad_i, mom_i) for each weight, outputs (w_i, mom_i), called in place. Per row, one pass:
+//   g = rescale_grad * grad (clipped to [-clip_gradient, clip_gradient] if clip_gradient >= 0)
+//   mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom      (MXNet's sgd_mom_update)
+// accumulating the new row's sum of squares, then the rescale above while the row is in cache.
+// Mode "none" updates without projecting. Extra attributes: lrs, wds (per weight), momentum,
+// rescale_grad, clip_gradient.
 // Build (gluon_constraints/fused.py does it): g++ -shared -fPIC -std=c++17 -O3 -fopenmp
 //        -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
 //        -I <mxnet>/include -o libgc_project_rows.so
@@ -73,6 +81,44 @@ void project_nonneg(const float* in, float* out, int64_t size) {
   for (int64_t j = 0; j < size; ++j) out[j] = in[j] * static_cast<float>(in[j] >= 0.0f);
 }
 
+struct Update {
+  float lr, wd, momentum, rescale, clip;
+};
+
+// One SGD-momentum update of a row, returning the new row's sum of squares.
+inline double sgd_row(float* w, const float* grad, float* mom, int64_t length, const Update& u) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < length; ++j) {
+    float g = u.rescale * grad[j];
+    if (u.clip >= 0.0f) g = g > u.clip ? u.clip : (g < -u.clip ? -u.clip : g);
+    const float m = u.momentum * mom[j] - u.lr * u.wd * w[j] - u.lr * g;
+    mom[j] = m;
+    const float updated = w[j] + m;
+    w[j] = updated;
+    sum += static_cast<double>(updated) * updated;
+  }
+  return sum;
+}
+
+void sgd_project(float* w, const float* grad, float* mom, int64_t units, int64_t length,
+                 const std::string& mode, double lo, double hi, double rate, double rtol,
+                 const Update& u) {
+#pragma omp parallel for schedule(static) if (units * length >= 65536)
+  for (int64_t r = 0; r < units; ++r) {
+    float* row = w + r * length;
+    const double sum = sgd_row(row, grad + r * length, mom + r * length, length, u);
+    if (mode == "norm") {
+      const double scale = row_scale(std::sqrt(sum), lo, hi, rate, rtol);
+      if (scale != 1.0) {
+        const float s = static_cast<float>(scale);
+        for (int64_t j = 0; j < length; ++j) row[j] *= s;
+      }
+    } else if (mode == "nonneg") {
+      for (int64_t j = 0; j < length; ++j) row[j] *= static_cast<float>(row[j] >= 0.0f);
+    }
+  }
+}
+
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
                           int* num_in, int* num_out) {
   const auto count = static_cast<int>(split(attrs.at("units")).size());
@@ -126,7 +172,76 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   return MX_SUCCESS;
 }
 
+MXReturnValue sgd_parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
+                              int* num_in, int* num_out) {
+  const auto count = static_cast<int>(split(attrs.at("units")).size());
+  *num_in = 3 * count;
+  *num_out = 2 * count;
+  return MX_SUCCESS;
+}
+
+MXReturnValue sgd_infer_type(const std::unordered_map<std::string, std::string>& attrs,
+                             std::vector<int>* in_types, std::vector<int>* out_types) {
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    if ((*in_types)[i] != kFloat32) {
+      MX_ERROR_MSG << "gc_sgd_mom_project_rows: input " << i << " must be float32";
+      return MX_FAIL;
+    }
+  }
+  for (auto& t : *out_types) t = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue sgd_infer_shape(const std::unordered_map<std::string, std::string>& attrs,
+                              std::vector<std::vector<unsigned int>>* in_shapes,
+                              std::vector<std::vector<unsigned int>>* out_shapes) {
+  for (size_t i = 0; i < out_shapes->size() / 2; ++i) {
+    (*out_shapes)[2 * i] = (*in_shapes)[3 * i];
+    (*out_shapes)[2 * i + 1] = (*in_shapes)[3 * i + 2];
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue sgd_forward(const std::unordered_map<std::string, std::string>& attrs,
+                          std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                          const OpResource& res) {
+  const auto units = numbers(attrs, "units");
+  const auto modes = split(attrs.at("mode"));
+  const auto lo = numbers(attrs, "lo"), hi = numbers(attrs, "hi");
+  const auto rate = numbers(attrs, "rate"), rtol = numbers(attrs, "rtol");
+  const auto lrs = numbers(attrs, "lrs"), wds = numbers(attrs, "wds");
+  const float momentum = std::strtof(attrs.at("momentum").c_str(), nullptr);
+  const float rescale = std::strtof(attrs.at("rescale_grad").c_str(), nullptr);
+  const float clip = std::strtof(attrs.at("clip_gradient").c_str(), nullptr);
+  for (size_t i = 0; i < units.size(); ++i) {
+    MXTensor& weight = (*inputs)[3 * i];
+    float* w = (*outputs)[2 * i].data<float>();
+    float* mom = (*outputs)[2 * i + 1].data<float>();
+    if (w != weight.data<float>() || mom != (*inputs)[3 * i + 2].data<float>()) {
+      MX_ERROR_MSG << "gc_sgd_mom_project_rows runs in place only (out= its weights and momenta)";
+      return MX_FAIL;
+    }
+    const int64_t size = weight.size();
+    const auto n_units = static_cast<int64_t>(units[i]);
+    if (n_units <= 0 || size % n_units != 0) {
+      MX_ERROR_MSG << "gc_sgd_mom_project_rows: " << size << " elements do not split into "
+                   << n_units << " rows";
+      return MX_FAIL;
+    }
+    const Update u{static_cast<float>(lrs[i]), static_cast<float>(wds[i]), momentum, rescale, clip};
+    sgd_project(w, (*inputs)[3 * i + 1].data<float>(), mom, n_units, size / n_units, modes[i],
+                lo[i], hi[i], rate[i], rtol[i], u);
+  }
+  return MX_SUCCESS;
+}
+
 }  // namespace
+
+REGISTER_OP(gc_sgd_mom_project_rows)
+    .setParseAttrs(sgd_parse_attrs)
+    .setInferType(sgd_infer_type)
+    .setInferShape(sgd_infer_shape)
+    .setForward(sgd_forward, "cpu");
 
 REGISTER_OP(gc_project_rows)
     .setParseAttrs(parse_attrs)
