@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,9 @@ __all__ = ["kernel", "sgd_kernel", "row_parameters", "library_path"]
 
 _SOURCE = Path(__file__).with_name("kernels") / "project_rows.cc"
 _EXPORTS = _SOURCE.with_name("exports.map")
-_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-fopenmp", "-Wl,-Bsymbolic",
+# -march=native: the library is built on, and cached for, this machine's processor (its
+# features are part of the cache key).
+_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-Wl,-Bsymbolic",
           f"-Wl,--version-script={_EXPORTS}"]
 _OP_NAME = "gc_project_rows"
 _SGD_OP_NAME = "gc_sgd_mom_project_rows"
@@ -45,9 +48,12 @@ _tried = False
 def row_parameters(constraint: Constraint) -> Optional[Tuple[str, float, float, float]]:
     """``(mode, lo, hi, rate)`` of the kernel for a built-in constraint, None for others.
 
-    Subclasses return None: they may compute something else.
+    The base class (the identity) is mode ``"none"``. Subclasses return None: they may compute
+    something else.
     """
     kind = type(constraint)
+    if kind is Constraint:
+        return ("none", 0.0, 0.0, 1.0)
     if kind is MaxNorm:
         return ("norm", 0.0, constraint.max_value, 1.0)
     if kind is MinMaxNorm:
@@ -85,9 +91,19 @@ def sgd_kernel() -> Optional[Callable[..., Any]]:
 def library_path() -> Path:
     """Where the compiled library for this source and this mxnet lives."""
     key = _SOURCE.read_bytes() + _EXPORTS.read_bytes() + " ".join(_FLAGS[:-1]).encode()
-    digest = hashlib.sha256(key + mxnet.__version__.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(key + mxnet.__version__.encode() + _processor_features()).hexdigest()[:16]
     root = Path(os.environ.get("GLUON_CONSTRAINTS_CACHE", Path.home() / ".cache" / "gluon_constraints"))
     return root / digest / "libgc_project_rows.so"
+
+
+def _processor_features() -> bytes:
+    """The processor's feature flags (what -march=native compiles for)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine().encode()
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+    return (platform.machine() + flags).encode()
 
 
 def _load() -> Optional[Callable[..., Any]]:

@@ -21,7 +21,8 @@ from mxnet import ndarray
 from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
 
 from .constraints import Constraint
-from .projection import project_in_place, sgd_update_and_project
+from .fused import kernel as fused_kernel
+from .projection import fused_sgd_attributes, fused_sgd_update, project_in_place
 from .reduction import Reduction
 
 __all__ = ["ConstrainedOptimizer", "Projection", "UnsupportedOptimizerError", "master_copy_slot"]
@@ -41,6 +42,9 @@ class Projection(NamedTuple):
 
 # Where Optimizer.create_state_multi_precision puts the float32 master copy, by the class that
 # defines it: the base class returns (master, state); SGD, NAG and LARS return (state, master).
+# Parameters per update call when the fused SGD kernel runs (MXNet's own SGD takes 4).
+_FUSED_AGGREGATION = 256
+
 _MASTER_SLOT_BY_CREATOR = {Optimizer: 0, SGD: 1, NAG: 1, LARS: 1}
 # Classes whose update_multi_precision updates that master copy and casts it into the weight.
 _CASTING_UPDATERS = {Optimizer: (Optimizer, LAMB), SGD: (SGD,), NAG: (NAG,), LARS: (LARS,)}
@@ -94,7 +98,7 @@ class ConstrainedOptimizer(Optimizer):
         ``{index: Projection}`` to use where ``param_dict`` is empty (on servers).
     """
 
-    _OWN = ("inner", "projections", "_cache")
+    _OWN = ("inner", "projections", "_cache", "_fused_calls", "_fuses_sgd")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None) -> None:
         if not isinstance(inner, Optimizer):
@@ -104,6 +108,8 @@ class ConstrainedOptimizer(Optimizer):
         object.__setattr__(self, "inner", inner)
         object.__setattr__(self, "projections", dict(projections or {}))
         object.__setattr__(self, "_cache", {})
+        object.__setattr__(self, "_fused_calls", {})
+        object.__setattr__(self, "_fuses_sgd", None)
 
     # -- delegation -----------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -116,6 +122,20 @@ class ConstrainedOptimizer(Optimizer):
             object.__setattr__(self, name, value)
         else:
             setattr(self.inner, name, value)
+
+    @property
+    def aggregate_num(self) -> int:
+        """How many parameters an ``Updater`` passes per update call.
+
+        With the fused SGD kernel one call can take every parameter of a step (fewer, larger
+        calls: MXNet's per-call dispatch dominates for many small layers); otherwise the wrapped
+        optimizer's own number.
+        """
+        inner = self.inner.aggregate_num
+        if self._fuses_sgd is None:  # read on every Updater call: decide once
+            self._fuses_sgd = (type(self.inner) is SGD and self.inner.momentum > 0
+                               and fused_kernel() is not None)
+        return max(inner, _FUSED_AGGREGATION) if inner > 0 and self._fuses_sgd else inner
 
     @property
     def learning_rate(self) -> float:
@@ -149,28 +169,53 @@ class ConstrainedOptimizer(Optimizer):
     def update(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer, then project each updated weight."""
         self.inner.update(index, weight, grad, state)
-        self._project_updated(index, weight, state, multi_precision=False)
+        self._project_updated(*_listed(index, weight, grad, state), multi_precision=False)
 
     def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer (master copy included), then project.
 
-        For SGD with momentum on float32 weights the fused kernel does both in one pass.
+        For SGD with momentum on float32 weights the fused kernel does both in one pass. A call
+        without constrained parameters is passed straight through.
         """
-        if isinstance(index, (list, tuple)):
-            lists = (list(index), list(weight), list(grad), list(state))
-        else:
-            lists = ([index], [weight], [grad], [state])
-        if sgd_update_and_project(self.inner, *lists, [self.projection_for(i) for i in lists[0]]):
+        indices, weights, grads, states = _listed(index, weight, grad, state)
+        projections = [self.projection_for(i) for i in indices]
+        if not any(projections):
+            self.inner.update_multi_precision(index, weight, grad, state)
             return
-        self.inner.update_multi_precision(index, weight, grad, state)
-        self._project_updated(index, weight, state, multi_precision=True)
-
-    def _project_updated(self, index: Any, weight: Any, state: Any, multi_precision: bool) -> None:
-        """Project every weight this update call wrote, in one batch where possible."""
+        attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
+        if attributes is not None:
+            fused_sgd_update(self.inner, indices, weights, grads, states, attributes)
+            return
         if not isinstance(index, (list, tuple)):
-            index, weight, state = [index], [weight], [state]
+            self.inner.update_multi_precision(index, weight, grad, state)
+            self._project_updated(indices, weights, grads, states, multi_precision=True)
+            return
+        step = max(self.inner.aggregate_num, 1)  # the wrapped optimizer's own call size
+        for at in range(0, len(indices), step):
+            part = slice(at, at + step)
+            self.inner.update_multi_precision(indices[part], weights[part], grads[part], states[part])
+            self._project_updated(indices[part], weights[part], grads[part], states[part],
+                                  multi_precision=True)
+
+    def _fused_sgd_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
+                              grads: Sequence[Any], states: Sequence[Any],
+                              projections: Sequence[Optional[Projection]]) -> Optional[Dict[str, str]]:
+        """The fused kernel's attributes for this call, cached while nothing they depend on changes."""
+        if not self._fuses_sgd and self._fuses_sgd is not None:
+            return None
+        key = tuple(indices)
+        signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context)
+        cached = self._fused_calls.get(key)
+        if cached is None or cached[0] != signature:
+            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections))
+            self._fused_calls[key] = cached
+        return cached[1]
+
+    def _project_updated(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
+                         states: Sequence[Any], multi_precision: bool) -> None:
+        """Project every weight this update call wrote, in one batch where possible."""
         items, casts = [], []
-        for i, w, s in zip(index, weight, state):
+        for i, w, s in zip(indices, weights, states):
             projection = self.projection_for(i)
             if projection is None:
                 continue
@@ -225,9 +270,18 @@ class ConstrainedOptimizer(Optimizer):
         object.__setattr__(self, "inner", state["inner"])
         object.__setattr__(self, "projections", state["projections"])
         object.__setattr__(self, "_cache", {})
+        object.__setattr__(self, "_fused_calls", {})
+        object.__setattr__(self, "_fuses_sgd", None)
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"
+
+
+def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[Any], ...]:
+    """One update call's arguments as sequences (Updater passes lists when it aggregates)."""
+    if isinstance(index, (list, tuple)):
+        return index, weight, grad, state
+    return (index,), (weight,), (grad,), (state,)
 
 
 def _full_shape(array: Any, shape: Sequence[int]) -> Any:

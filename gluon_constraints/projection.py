@@ -6,19 +6,20 @@ host synchronisation: every path only queues operators on MXNet's engine.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .constraints import Compose, Constraint
 from .reduction import Reduction
 
-__all__ = ["project_in_place", "sgd_update_and_project"]
+__all__ = ["project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
 
 # A norm within this relative distance of a bound counts as on it (float32 computation).
 FLOAT32_BOUNDARY_RTOL = 2.0**-18
 
 Item = Tuple[Any, Constraint, Reduction]
+_IDENTITY = Constraint()
 
 
 def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
@@ -47,68 +48,71 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
             rounds[depth].append((array, units, step))
     for calls in rounds:
         arrays = [a for a, _, _ in calls]
-        kernel(*arrays, out=arrays,
-               units=",".join(str(u) for _, u, _ in calls),
-               mode=",".join(s[0] for _, _, s in calls),
-               lo=",".join(repr(s[1]) for _, _, s in calls),
-               hi=",".join(repr(s[2]) for _, _, s in calls),
-               rate=",".join(repr(s[3]) for _, _, s in calls),
-               rtol=",".join(repr(FLOAT32_BOUNDARY_RTOL) for _ in calls))
+        kernel(*arrays, out=arrays, **_joined([(units, step) for _, units, step in calls]))
 
 
-def sgd_update_and_project(optimizer: Any, indices: Sequence[Any], weights: Sequence[Any],
-                           grads: Sequence[Any], states: Sequence[Any],
-                           projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]]) -> bool:
-    """SGD-with-momentum update and projection in one pass per row, if the fused kernel can.
+def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence[Any],
+                         states: Sequence[Any],
+                         projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]]
+                         ) -> Optional[Dict[str, str]]:
+    """The fixed attributes of one fused SGD-momentum call, or None if the kernel cannot do it.
 
-    Does exactly what ``optimizer.update_multi_precision`` (MXNet's ``SGD`` with momentum)
-    followed by the projections would, and returns True; returns False, having done nothing,
-    when the kernel does not cover the call (another optimizer, no momentum, sparse or float16
-    arrays, a constraint or axes the kernel does not compute).
+    The kernel does exactly what ``optimizer.update_multi_precision`` (MXNet's ``SGD`` with
+    momentum) followed by the projections would. It does not cover other optimizers, SGD
+    without momentum, sparse gradients, anything but float32 on the CPU, and constraints or axes
+    it does not compute.
 
     Parameters
     ----------
     optimizer : mxnet.optimizer.Optimizer
         The wrapped optimizer.
-    indices, weights, grads, states : sequences
-        One update call's arguments, as lists.
+    weights, grads, states : sequences
+        One update call's arrays.
     projections : sequence of (constraint, reduction, shape) or None
         Each weight's projection, None for unconstrained weights.
     """
     from mxnet.optimizer import SGD
 
-    if type(optimizer) is not SGD or not optimizer.momentum > 0:
-        return False
-    kernel = _fused_sgd_kernel()
-    if kernel is None:
-        return False
+    if type(optimizer) is not SGD or not optimizer.momentum > 0 or _fused_sgd_kernel() is None:
+        return None
+    if all(p is None for p in projections):
+        return None  # nothing to project: MXNet's own update is the cheaper call
     calls = []
     for weight, grad, state, projection in zip(weights, grads, states, projections):
         if grad.stype != "default" or not hasattr(state, "stype") or weight.ndim > 2:
-            return False
+            return None
         if projection is None:
-            if weight.dtype != np.float32 or weight.context.device_type != "cpu" or weight.stype != "default":
-                return False
+            if _fused_plan(weight, _IDENTITY, Reduction(())) is None:
+                return None
             calls.append((1, ("none", 0.0, 0.0, 1.0)))
             continue
         plan = _fused_plan(weight, projection[0], projection[1])
         if plan is None or len(plan[1]) != 1:
-            return False
+            return None
         calls.append((plan[0], plan[1][0]))
+    return _joined(calls)
+
+
+def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[Any],
+                     grads: Sequence[Any], states: Sequence[Any], attributes: Dict[str, str]) -> None:
+    """Run the fused SGD-momentum update and projection with attributes from
+    :func:`fused_sgd_attributes`, bookkeeping (update counts, learning rates) as SGD does it."""
     optimizer._update_count(list(indices))
     lrs, wds = optimizer._get_lrs(list(indices)), optimizer._get_wds(list(indices))
-    arrays = [a for triple in zip(weights, grads, states) for a in triple]
-    kernel(*arrays, out=[a for pair in zip(weights, states) for a in pair],
-           units=",".join(str(u) for u, _ in calls),
-           mode=",".join(step[0] for _, step in calls),
-           lo=",".join(repr(step[1]) for _, step in calls),
-           hi=",".join(repr(step[2]) for _, step in calls),
-           rate=",".join(repr(step[3]) for _, step in calls),
-           rtol=",".join(repr(FLOAT32_BOUNDARY_RTOL) for _ in calls),
-           lrs=",".join(repr(float(lr)) for lr in lrs), wds=",".join(repr(float(wd)) for wd in wds),
-           momentum=repr(float(optimizer.momentum)), rescale_grad=repr(float(optimizer.rescale_grad)),
-           clip_gradient=repr(float(optimizer.clip_gradient)) if optimizer.clip_gradient else "-1.0")
-    return True
+    clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
+    numbers = [float(optimizer.momentum), float(optimizer.rescale_grad), clip]
+    for lr, wd in zip(lrs, wds):
+        numbers += [float(lr), float(wd)]
+    _fused_sgd_kernel()(
+        *[a for triple in zip(weights, grads, states) for a in triple],
+        out=[a for pair in zip(weights, states) for a in pair],
+        update=",".join(map(repr, numbers)), **attributes)
+
+
+def _joined(calls: Sequence[Tuple[int, Tuple[str, float, float, float]]]) -> Dict[str, str]:
+    """The kernel's "rows" attribute for per-weight (rows, (mode, lo, hi, rate)) entries."""
+    return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{FLOAT32_BOUNDARY_RTOL!r}"
+                             for units, (mode, lo, hi, rate) in calls)}
 
 
 def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
@@ -116,7 +120,7 @@ def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
     """(rows, kernel steps) when the fused kernel computes exactly this projection, else None."""
     from .fused import row_parameters
 
-    if array.dtype != np.float32 or array.context.device_type != "cpu" or array.stype != "default":
+    if array.dtype != np.float32 or array.context.device_type not in ("cpu", "cpu_pinned") or array.stype != "default":
         return None
     if array.ndim > 2:
         # MKL-DNN keeps convolution weights in its own blocked layout, which operators loaded

@@ -1,28 +1,27 @@
-// Fused, in-place projection of row slices for gluon-constraints.
+// Fused, in-place projections of row slices for gluon-constraints.
 //
-// Operator gc_project_rows: inputs w_1..w_k (float32, dense, CPU), outputs o_1..o_k of the same
-// shapes; gluon-constraints calls it with out= set to the inputs, so the weights are updated in
-// place. Each w_i is viewed as (units_i, size_i / units_i) row-major: every row is one output
-// unit's slice. Per row, in one pass while the row is in cache: the sum of squares (accumulated
-// in double), then the row is rescaled only if its norm lies outside the band
+// Each weight is viewed as (units, size / units) row-major: every row is one output unit's
+// slice. A row is rescaled only if its L2 norm n lies outside the band
 //   [lo * (1 - rtol), hi * (1 + rtol)]      (n = 0 is never rescaled)
 // by  scale = rate * t / n + (1 - rate),  t = hi above the band, lo below it.
-// MaxNorm(c) is lo=0, hi=c, rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. With mode
-// "nonneg" a weight's negative entries become -0.0 (w * (w >= 0)).
-// Rows already inside the band are not written at all when the operator runs in place.
+// MaxNorm(c) is lo=0, hi=c, rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. Mode "nonneg"
+// maps w to w * (w >= 0) elementwise; mode "none" leaves the weight alone.
 //
-// Attributes (strings, one comma-separated entry per weight): units, mode, lo, hi, rate, rtol.
+// gc_project_rows: inputs w_1..w_k, outputs o_1..o_k of the same shapes. Per row, one pass
+//   while the row is in cache: the sum of squares (in double), then the rescale. Called in place
+//   (out= the inputs), rows already inside the band are not written at all.
+// gc_sgd_mom_project_rows: the projection fused into SGD with momentum. Inputs (w_i, grad_i,
+//   mom_i), outputs (w_i, mom_i), in place only. Per row:
+//     g = rescale_grad * grad (clipped to [-clip_gradient, clip_gradient] if clip_gradient >= 0)
+//     mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom      (MXNet's sgd_mom_update)
+//   accumulating the new row's sum of squares, then the projection while the row is in cache.
 //
-// Operator gc_sgd_mom_project_rows: the same projection fused into SGD with momentum. Inputs
-// (w_i, grad_i, mom_i) for each weight, outputs (w_i, mom_i), called in place. Per row, one pass:
-//   g = rescale_grad * grad (clipped to [-clip_gradient, clip_gradient] if clip_gradient >= 0)
-//   mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom      (MXNet's sgd_mom_update)
-// accumulating the new row's sum of squares, then the rescale above while the row is in cache.
-// Mode "none" updates without projecting. Extra attributes: lrs, wds (per weight), momentum,
-// rescale_grad, clip_gradient.
+// Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
+// "units,mode,lo,hi,rate,rtol" entry per weight, separated by ";". The SGD operator adds
+// "update" = "momentum,rescale_grad,clip_gradient,lr_1,wd_1,lr_2,wd_2,...".
 // Build (gluon_constraints/fused.py does it): g++ -shared -fPIC -std=c++17 -O3 -fopenmp
-//        -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
-//        -I <mxnet>/include -o libgc_project_rows.so
+//   -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
+//   -I <mxnet>/include -o libgc_project_rows.so
 
 #include <cmath>
 #include <cstdlib>
@@ -36,165 +35,164 @@ using namespace mxnet::ext;
 
 namespace {
 
-std::vector<std::string> split(const std::string& text) {
+using Attributes = std::unordered_map<std::string, std::string>;
+
+std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
   std::stringstream stream(text);
   std::string item;
-  while (std::getline(stream, item, ',')) parts.push_back(item);
+  while (std::getline(stream, item, separator)) parts.push_back(item);
   return parts;
 }
 
-std::vector<double> numbers(const std::unordered_map<std::string, std::string>& attrs,
-                            const char* key) {
-  std::vector<double> values;
-  for (const auto& item : split(attrs.at(key))) values.push_back(std::strtod(item.c_str(), nullptr));
-  return values;
+double number(const std::string& text) { return std::strtod(text.c_str(), nullptr); }
+
+int weight_count(const Attributes& attrs) {
+  return static_cast<int>(split(attrs.at("rows"), ';').size());
 }
 
-inline double row_scale(double n, double lo, double hi, double rate, double rtol) {
-  if (n > hi * (1.0 + rtol)) return rate * (hi / n) + (1.0 - rate);
-  if (n > 0.0 && n < lo * (1.0 - rtol)) return rate * (lo / n) + (1.0 - rate);
-  return 1.0;
-}
+// What to do with the rows of one weight.
+struct RowProjection {
+  int64_t units;
+  std::string mode;
+  double lo, hi, rate, rtol;
 
-void project_norm(const float* in, float* out, int64_t units, int64_t length, double lo,
-                  double hi, double rate, double rtol) {
-  const bool in_place = in == out;
-#pragma omp parallel for schedule(static) if (units * length >= 65536)
-  for (int64_t u = 0; u < units; ++u) {
-    const float* row = in + u * length;
-    float* dst = out + u * length;
-    double sum = 0.0;
-    for (int64_t j = 0; j < length; ++j) sum += static_cast<double>(row[j]) * row[j];
-    const double scale = row_scale(std::sqrt(sum), lo, hi, rate, rtol);
-    if (scale != 1.0) {
-      const float s = static_cast<float>(scale);
-      for (int64_t j = 0; j < length; ++j) dst[j] = row[j] * s;
-    } else if (!in_place) {
-      for (int64_t j = 0; j < length; ++j) dst[j] = row[j];
-    }
+  double scale(double n) const {
+    if (n > hi * (1.0 + rtol)) return rate * (hi / n) + (1.0 - rate);
+    if (n > 0.0 && n < lo * (1.0 - rtol)) return rate * (lo / n) + (1.0 - rate);
+    return 1.0;
   }
-}
 
-void project_nonneg(const float* in, float* out, int64_t size) {
-#pragma omp parallel for schedule(static) if (size >= 65536)
-  for (int64_t j = 0; j < size; ++j) out[j] = in[j] * static_cast<float>(in[j] >= 0.0f);
-}
-
-struct Update {
-  float lr, wd, momentum, rescale, clip;
-};
-
-// One SGD-momentum update of a row, returning the new row's sum of squares.
-inline double sgd_row(float* w, const float* grad, float* mom, int64_t length, const Update& u) {
-  double sum = 0.0;
-  for (int64_t j = 0; j < length; ++j) {
-    float g = u.rescale * grad[j];
-    if (u.clip >= 0.0f) g = g > u.clip ? u.clip : (g < -u.clip ? -u.clip : g);
-    const float m = u.momentum * mom[j] - u.lr * u.wd * w[j] - u.lr * g;
-    mom[j] = m;
-    const float updated = w[j] + m;
-    w[j] = updated;
-    sum += static_cast<double>(updated) * updated;
-  }
-  return sum;
-}
-
-void sgd_project(float* w, const float* grad, float* mom, int64_t units, int64_t length,
-                 const std::string& mode, double lo, double hi, double rate, double rtol,
-                 const Update& u) {
-#pragma omp parallel for schedule(static) if (units * length >= 65536)
-  for (int64_t r = 0; r < units; ++r) {
-    float* row = w + r * length;
-    const double sum = sgd_row(row, grad + r * length, mom + r * length, length, u);
+  // Project one row in place, given the row's sum of squares.
+  void finish_row(float* row, int64_t length, double sum) const {
     if (mode == "norm") {
-      const double scale = row_scale(std::sqrt(sum), lo, hi, rate, rtol);
-      if (scale != 1.0) {
-        const float s = static_cast<float>(scale);
-        for (int64_t j = 0; j < length; ++j) row[j] *= s;
+      const double s = scale(std::sqrt(sum));
+      if (s != 1.0) {
+        const float f = static_cast<float>(s);
+        for (int64_t j = 0; j < length; ++j) row[j] *= f;
       }
     } else if (mode == "nonneg") {
       for (int64_t j = 0; j < length; ++j) row[j] *= static_cast<float>(row[j] >= 0.0f);
     }
   }
+};
+
+std::vector<RowProjection> parse_projections(const Attributes& attrs) {
+  std::vector<RowProjection> projections;
+  for (const auto& entry : split(attrs.at("rows"), ';')) {
+    const auto f = split(entry, ',');
+    projections.push_back({static_cast<int64_t>(number(f[0])), f[1], number(f[2]), number(f[3]),
+                           number(f[4]), number(f[5])});
+  }
+  return projections;
 }
 
-MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
-                          int* num_in, int* num_out) {
-  const auto count = static_cast<int>(split(attrs.at("units")).size());
-  *num_in = count;
-  *num_out = count;
-  return MX_SUCCESS;
+// Row length of a weight of `size` elements, or -1 (with an error message) if it does not split.
+int64_t row_length(const char* op, int64_t size, int64_t units) {
+  if (units <= 0 || size % units != 0) {
+    MX_ERROR_MSG << op << ": " << size << " elements do not split into " << units << " rows";
+    return -1;
+  }
+  return size / units;
 }
 
-MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs,
-                         std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    if ((*in_types)[i] != kFloat32) {
-      MX_ERROR_MSG << "gc_project_rows: input " << i << " must be float32";
+double sum_of_squares(const float* row, int64_t length) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < length; ++j) sum += static_cast<double>(row[j]) * row[j];
+  return sum;
+}
+
+struct SGDUpdate {
+  float lr, wd, momentum, rescale, clip;
+
+  // One SGD-momentum update of a row in place, returning the new row's sum of squares.
+  double row(float* w, const float* grad, float* mom, int64_t length) const {
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < length; ++j) {
+      float g = rescale * grad[j];
+      if (clip >= 0.0f) g = g > clip ? clip : (g < -clip ? -clip : g);
+      const float m = momentum * mom[j] - lr * wd * w[j] - lr * g;
+      mom[j] = m;
+      const float updated = w[j] + m;
+      w[j] = updated;
+      sum += static_cast<double>(updated) * updated;
+    }
+    return sum;
+  }
+};
+
+MXReturnValue all_float32(const char* op, const std::vector<int>& types) {
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (types[i] != kFloat32) {
+      MX_ERROR_MSG << op << ": input " << i << " must be float32";
       return MX_FAIL;
     }
-    (*out_types)[i] = kFloat32;
   }
   return MX_SUCCESS;
 }
 
-MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
-                          std::vector<std::vector<unsigned int>>* in_shapes,
-                          std::vector<std::vector<unsigned int>>* out_shapes) {
-  for (size_t i = 0; i < in_shapes->size(); ++i) (*out_shapes)[i] = (*in_shapes)[i];
+// -- gc_project_rows -------------------------------------------------------------------------
+
+MXReturnValue project_parse(const Attributes& attrs, int* num_in, int* num_out) {
+  *num_in = *num_out = weight_count(attrs);
   return MX_SUCCESS;
 }
 
-MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
-                      std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                      const OpResource& res) {
-  const auto units = numbers(attrs, "units");
-  const auto modes = split(attrs.at("mode"));
-  const auto lo = numbers(attrs, "lo"), hi = numbers(attrs, "hi");
-  const auto rate = numbers(attrs, "rate"), rtol = numbers(attrs, "rtol");
-  for (size_t i = 0; i < inputs->size(); ++i) {
+MXReturnValue project_type(const Attributes& attrs, std::vector<int>* in_types,
+                           std::vector<int>* out_types) {
+  for (auto& t : *out_types) t = kFloat32;
+  return all_float32("gc_project_rows", *in_types);
+}
+
+MXReturnValue project_shape(const Attributes& attrs,
+                            std::vector<std::vector<unsigned int>>* in_shapes,
+                            std::vector<std::vector<unsigned int>>* out_shapes) {
+  *out_shapes = *in_shapes;
+  return MX_SUCCESS;
+}
+
+MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>* outputs, const OpResource& res) {
+  const auto projections = parse_projections(attrs);
+  for (size_t i = 0; i < projections.size(); ++i) {
+    const RowProjection& p = projections[i];
     const float* in = (*inputs)[i].data<float>();
     float* out = (*outputs)[i].data<float>();
     const int64_t size = (*inputs)[i].size();
-    if (modes[i] == "nonneg") {
-      project_nonneg(in, out, size);
-    } else {
-      const auto n_units = static_cast<int64_t>(units[i]);
-      if (n_units <= 0 || size % n_units != 0) {
-        MX_ERROR_MSG << "gc_project_rows: " << size << " elements do not split into " << n_units
-                     << " rows";
-        return MX_FAIL;
-      }
-      project_norm(in, out, n_units, size / n_units, lo[i], hi[i], rate[i], rtol[i]);
+    if (in != out)
+      for (int64_t j = 0; j < size; ++j) out[j] = in[j];
+    if (p.mode == "none") continue;
+    const int64_t units = p.mode == "norm" ? p.units : 1;
+    const int64_t length = row_length("gc_project_rows", size, units);
+    if (length < 0) return MX_FAIL;
+#pragma omp parallel for schedule(static) if (size >= 65536)
+    for (int64_t u = 0; u < units; ++u) {
+      float* row = out + u * length;
+      p.finish_row(row, length, p.mode == "norm" ? sum_of_squares(row, length) : 0.0);
     }
   }
   return MX_SUCCESS;
 }
 
-MXReturnValue sgd_parse_attrs(const std::unordered_map<std::string, std::string>& attrs,
-                              int* num_in, int* num_out) {
-  const auto count = static_cast<int>(split(attrs.at("units")).size());
+// -- gc_sgd_mom_project_rows -----------------------------------------------------------------
+
+MXReturnValue sgd_parse(const Attributes& attrs, int* num_in, int* num_out) {
+  const auto count = weight_count(attrs);
   *num_in = 3 * count;
   *num_out = 2 * count;
   return MX_SUCCESS;
 }
 
-MXReturnValue sgd_infer_type(const std::unordered_map<std::string, std::string>& attrs,
-                             std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    if ((*in_types)[i] != kFloat32) {
-      MX_ERROR_MSG << "gc_sgd_mom_project_rows: input " << i << " must be float32";
-      return MX_FAIL;
-    }
-  }
+MXReturnValue sgd_type(const Attributes& attrs, std::vector<int>* in_types,
+                       std::vector<int>* out_types) {
   for (auto& t : *out_types) t = kFloat32;
-  return MX_SUCCESS;
+  return all_float32("gc_sgd_mom_project_rows", *in_types);
 }
 
-MXReturnValue sgd_infer_shape(const std::unordered_map<std::string, std::string>& attrs,
-                              std::vector<std::vector<unsigned int>>* in_shapes,
-                              std::vector<std::vector<unsigned int>>* out_shapes) {
+MXReturnValue sgd_shape(const Attributes& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
+                        std::vector<std::vector<unsigned int>>* out_shapes) {
   for (size_t i = 0; i < out_shapes->size() / 2; ++i) {
     (*out_shapes)[2 * i] = (*in_shapes)[3 * i];
     (*out_shapes)[2 * i + 1] = (*in_shapes)[3 * i + 2];
@@ -202,52 +200,51 @@ MXReturnValue sgd_infer_shape(const std::unordered_map<std::string, std::string>
   return MX_SUCCESS;
 }
 
-MXReturnValue sgd_forward(const std::unordered_map<std::string, std::string>& attrs,
-                          std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                          const OpResource& res) {
-  const auto units = numbers(attrs, "units");
-  const auto modes = split(attrs.at("mode"));
-  const auto lo = numbers(attrs, "lo"), hi = numbers(attrs, "hi");
-  const auto rate = numbers(attrs, "rate"), rtol = numbers(attrs, "rtol");
-  const auto lrs = numbers(attrs, "lrs"), wds = numbers(attrs, "wds");
-  const float momentum = std::strtof(attrs.at("momentum").c_str(), nullptr);
-  const float rescale = std::strtof(attrs.at("rescale_grad").c_str(), nullptr);
-  const float clip = std::strtof(attrs.at("clip_gradient").c_str(), nullptr);
-  for (size_t i = 0; i < units.size(); ++i) {
-    MXTensor& weight = (*inputs)[3 * i];
+MXReturnValue sgd_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                          std::vector<MXTensor>* outputs, const OpResource& res) {
+  const auto projections = parse_projections(attrs);
+  const auto update = split(attrs.at("update"), ',');
+  const auto momentum = static_cast<float>(number(update[0]));
+  const auto rescale = static_cast<float>(number(update[1]));
+  const auto clip = static_cast<float>(number(update[2]));
+  for (size_t i = 0; i < projections.size(); ++i) {
+    const RowProjection& p = projections[i];
     float* w = (*outputs)[2 * i].data<float>();
     float* mom = (*outputs)[2 * i + 1].data<float>();
-    if (w != weight.data<float>() || mom != (*inputs)[3 * i + 2].data<float>()) {
+    const float* grad = (*inputs)[3 * i + 1].data<float>();
+    if (w != (*inputs)[3 * i].data<float>() || mom != (*inputs)[3 * i + 2].data<float>()) {
       MX_ERROR_MSG << "gc_sgd_mom_project_rows runs in place only (out= its weights and momenta)";
       return MX_FAIL;
     }
-    const int64_t size = weight.size();
-    const auto n_units = static_cast<int64_t>(units[i]);
-    if (n_units <= 0 || size % n_units != 0) {
-      MX_ERROR_MSG << "gc_sgd_mom_project_rows: " << size << " elements do not split into "
-                   << n_units << " rows";
-      return MX_FAIL;
+    const int64_t size = (*inputs)[3 * i].size();
+    const int64_t units = p.mode == "norm" ? p.units : 1;
+    const int64_t length = row_length("gc_sgd_mom_project_rows", size, units);
+    if (length < 0) return MX_FAIL;
+    const SGDUpdate step{static_cast<float>(number(update[3 + 2 * i])),
+                         static_cast<float>(number(update[4 + 2 * i])), momentum, rescale, clip};
+#pragma omp parallel for schedule(static) if (size >= 65536)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t at = u * length;
+      const double sum = step.row(w + at, grad + at, mom + at, length);
+      p.finish_row(w + at, length, sum);
     }
-    const Update u{static_cast<float>(lrs[i]), static_cast<float>(wds[i]), momentum, rescale, clip};
-    sgd_project(w, (*inputs)[3 * i + 1].data<float>(), mom, n_units, size / n_units, modes[i],
-                lo[i], hi[i], rate[i], rtol[i], u);
   }
   return MX_SUCCESS;
 }
 
 }  // namespace
 
-REGISTER_OP(gc_sgd_mom_project_rows)
-    .setParseAttrs(sgd_parse_attrs)
-    .setInferType(sgd_infer_type)
-    .setInferShape(sgd_infer_shape)
-    .setForward(sgd_forward, "cpu");
-
 REGISTER_OP(gc_project_rows)
-    .setParseAttrs(parse_attrs)
-    .setInferType(infer_type)
-    .setInferShape(infer_shape)
-    .setForward(forward, "cpu");
+    .setParseAttrs(project_parse)
+    .setInferType(project_type)
+    .setInferShape(project_shape)
+    .setForward(project_forward, "cpu");
+
+REGISTER_OP(gc_sgd_mom_project_rows)
+    .setParseAttrs(sgd_parse)
+    .setInferType(sgd_type)
+    .setInferShape(sgd_shape)
+    .setForward(sgd_forward, "cpu");
 
 MXReturnValue initialize(int version) {
   return version >= 10900 ? MX_SUCCESS : MX_FAIL;
