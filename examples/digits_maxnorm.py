@@ -47,6 +47,7 @@ def train(max_norm, data, args):
     x_train, x_test, y_train, y_test = data
     ctx = [mx.cpu(i) for i in range(args.contexts)]
     mx.random.seed(args.seed)
+    np.random.seed(args.seed)  # the DataLoader's shuffling
     net = build_net(max_norm)
     net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctx)
     net.hybridize()

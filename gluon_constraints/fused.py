@@ -48,12 +48,9 @@ _tried = False
 def row_parameters(constraint: Constraint) -> Optional[Tuple[str, float, float, float]]:
     """``(mode, lo, hi, rate)`` of the kernel for a built-in constraint, None for others.
 
-    The base class (the identity) is mode ``"none"``. Subclasses return None: they may compute
-    something else.
+    Subclasses return None: they may compute something else.
     """
     kind = type(constraint)
-    if kind is Constraint:
-        return ("none", 0.0, 0.0, 1.0)
     if kind is MaxNorm:
         return ("norm", 0.0, constraint.max_value, 1.0)
     if kind is MinMaxNorm:

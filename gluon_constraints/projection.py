@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .constraints import Compose, Constraint
+from .fused import kernel, row_parameters, sgd_kernel
 from .reduction import Reduction
 
 __all__ = ["project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
@@ -19,7 +20,6 @@ __all__ = ["project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
 FLOAT32_BOUNDARY_RTOL = 2.0**-18
 
 Item = Tuple[Any, Constraint, Reduction]
-_IDENTITY = Constraint()
 
 
 def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
@@ -34,10 +34,10 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
         Use the fused kernel where it applies (float32, CPU, at most 2-D, built-in constraints,
         rows that are contiguous). Items it does not cover use stock operators.
     """
-    kernel = _fused_kernel() if use_fused else None
+    project = kernel() if use_fused else None
     rounds: List[List[Tuple[Any, int, Tuple[str, float, float, float]]]] = []
     for array, constraint, reduction in items:
-        plan = _fused_plan(array, constraint, reduction) if kernel is not None else None
+        plan = _fused_plan(array, constraint, reduction) if project is not None else None
         if plan is None:
             constraint(array, reduction).copyto(array)
             continue
@@ -48,7 +48,7 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
             rounds[depth].append((array, units, step))
     for calls in rounds:
         arrays = [a for a, _, _ in calls]
-        kernel(*arrays, out=arrays, **_joined([(units, step) for _, units, step in calls]))
+        project(*arrays, out=arrays, **_joined([(units, step) for _, units, step in calls]))
 
 
 def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence[Any],
@@ -73,17 +73,15 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
     """
     from mxnet.optimizer import SGD
 
-    if type(optimizer) is not SGD or not optimizer.momentum > 0 or _fused_sgd_kernel() is None:
+    if type(optimizer) is not SGD or not optimizer.momentum > 0 or sgd_kernel() is None:
         return None
     if all(p is None for p in projections):
         return None  # nothing to project: MXNet's own update is the cheaper call
     calls = []
     for weight, grad, state, projection in zip(weights, grads, states, projections):
-        if grad.stype != "default" or not hasattr(state, "stype") or weight.ndim > 2:
+        if grad.stype != "default" or not hasattr(state, "stype") or not _fusable(weight):
             return None
         if projection is None:
-            if _fused_plan(weight, _IDENTITY, Reduction(())) is None:
-                return None
             calls.append((1, ("none", 0.0, 0.0, 1.0)))
             continue
         plan = _fused_plan(weight, projection[0], projection[1])
@@ -103,7 +101,7 @@ def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[A
     numbers = [float(optimizer.momentum), float(optimizer.rescale_grad), clip]
     for lr, wd in zip(lrs, wds):
         numbers += [float(lr), float(wd)]
-    _fused_sgd_kernel()(
+    sgd_kernel()(
         *[a for triple in zip(weights, grads, states) for a in triple],
         out=[a for pair in zip(weights, states) for a in pair],
         update=",".join(map(repr, numbers)), **attributes)
@@ -118,13 +116,7 @@ def _joined(calls: Sequence[Tuple[int, Tuple[str, float, float, float]]]) -> Dic
 def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
                 ) -> Optional[Tuple[int, List[Tuple[str, float, float, float]]]]:
     """(rows, kernel steps) when the fused kernel computes exactly this projection, else None."""
-    from .fused import row_parameters
-
-    if array.dtype != np.float32 or array.context.device_type not in ("cpu", "cpu_pinned") or array.stype != "default":
-        return None
-    if array.ndim > 2:
-        # MKL-DNN keeps convolution weights in its own blocked layout, which operators loaded
-        # from a library cannot read; stock operators convert it.
+    if not _fusable(array):
         return None
     members = constraint.constraints if isinstance(constraint, Compose) else (constraint,)
     shape = tuple(array.shape)
@@ -155,13 +147,9 @@ def _leading_rows(reduction: Reduction, shape: Tuple[int, ...]) -> Optional[int]
     return int(np.prod(shape[:first], dtype=np.int64))
 
 
-def _fused_kernel():
-    from .fused import kernel
-
-    return kernel()
-
-
-def _fused_sgd_kernel():
-    from .fused import sgd_kernel
-
-    return sgd_kernel()
+def _fusable(array: Any) -> bool:
+    """Whether the kernels can read and write ``array`` directly."""
+    # At most 2-D: MKL-DNN keeps convolution weights in its own blocked layout, which operators
+    # loaded from a library cannot read (stock operators convert it).
+    return (array.dtype == np.float32 and array.ndim <= 2 and array.stype == "default"
+            and array.context.device_type in ("cpu", "cpu_pinned"))
