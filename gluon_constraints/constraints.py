@@ -228,12 +228,14 @@ class MaxNorm(Constraint):
         self.axis = canonical_axis(axis, "MaxNorm")
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w * max_value / max(n, max_value)`` per slice, as a new array."""
         norms = _slice_norms(w, axes)
         outside = norms > self.max_value * (1.0 + boundary_rtol)
         scale = nd.where(outside, self.max_value / norms, nd.ones_like(norms))
         return nd.broadcast_mul(w, scale)
 
     def get_config(self) -> Dict[str, Any]:
+        """``{"max_value": ..., "axis": ...}``."""
         return {"max_value": self.max_value, "axis": _axis_config(self.axis)}
 
 
@@ -277,6 +279,7 @@ class MinMaxNorm(Constraint):
         self.axis = canonical_axis(axis, "MinMaxNorm")
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n`` per slice."""
         norms = _slice_norms(w, axes)
         ones = nd.ones_like(norms)
         above = norms > self.max_value * (1.0 + boundary_rtol)
@@ -287,6 +290,7 @@ class MinMaxNorm(Constraint):
         return nd.broadcast_mul(w, scale)
 
     def get_config(self) -> Dict[str, Any]:
+        """``{"min_value": ..., "max_value": ..., "rate": ..., "axis": ...}``."""
         return {"min_value": self.min_value, "max_value": self.max_value, "rate": self.rate,
                 "axis": _axis_config(self.axis)}
 
@@ -310,12 +314,14 @@ class UnitNorm(Constraint):
         self.axis = canonical_axis(axis, "UnitNorm")
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w / n`` per slice (zero slices stay zero)."""
         norms = _slice_norms(w, axes)
         off_sphere = (nd.abs(norms - 1.0) > boundary_rtol) * (norms > 0)
         scale = nd.where(off_sphere, 1.0 / norms, nd.ones_like(norms))
         return nd.broadcast_mul(w, scale)
 
     def get_config(self) -> Dict[str, Any]:
+        """``{"axis": ...}``."""
         return {"axis": _axis_config(self.axis)}
 
 
@@ -330,6 +336,7 @@ class NonNeg(Constraint):
     elementwise = True
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w * (w >= 0)`` elementwise."""
         return w * (w >= 0)
 
 
@@ -362,16 +369,19 @@ class Compose(Constraint):
 
     def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
                  boundary_rtol: float = 0.0) -> NDArray:
+        """Apply every member in order."""
         for member in self.constraints:
             w = member.apply_to(w, reduction, boundary_rtol)
         return w
 
     def validate(self, shape: Sequence[int], default: Optional[Reduction] = None,
                  name: Optional[str] = None) -> None:
+        """Validate every member."""
         for member in self.constraints:
             member.validate(shape, default, name)
 
     def get_config(self) -> Dict[str, Any]:
+        """``{"constraints": [serialized member, ...]}``."""
         from .registry import serialize
 
         return {"constraints": [serialize(m) for m in self.constraints]}
