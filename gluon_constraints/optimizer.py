@@ -105,11 +105,13 @@ class ConstrainedOptimizer(Optimizer):
             raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
         if isinstance(inner, ConstrainedOptimizer):
             raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
-        object.__setattr__(self, "inner", inner)
-        object.__setattr__(self, "projections", dict(projections or {}))
-        object.__setattr__(self, "_cache", {})
-        object.__setattr__(self, "_fused_calls", {})
-        object.__setattr__(self, "_fuses_sgd", None)
+        self._own(inner, projections or {})
+
+    def _own(self, inner: Optimizer, projections: Dict[int, Projection]) -> None:
+        """Set the wrapper's own attributes (everything else lives on ``inner``)."""
+        for name, value in (("inner", inner), ("projections", dict(projections)), ("_cache", {}),
+                            ("_fused_calls", {}), ("_fuses_sgd", None)):
+            object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -132,10 +134,14 @@ class ConstrainedOptimizer(Optimizer):
         optimizer's own number.
         """
         inner = self.inner.aggregate_num
-        if self._fuses_sgd is None:  # read on every Updater call: decide once
+        return max(inner, _FUSED_AGGREGATION) if inner > 0 and self._fused_sgd_possible() else inner
+
+    def _fused_sgd_possible(self) -> bool:
+        """Whether the fused SGD kernel can serve this optimizer (decided once: read per call)."""
+        if self._fuses_sgd is None:
             self._fuses_sgd = (type(self.inner) is SGD and self.inner.momentum > 0
                                and fused_kernel() is not None)
-        return max(inner, _FUSED_AGGREGATION) if inner > 0 and self._fuses_sgd else inner
+        return self._fuses_sgd
 
     @property
     def learning_rate(self) -> float:
@@ -169,7 +175,8 @@ class ConstrainedOptimizer(Optimizer):
     def update(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer, then project each updated weight."""
         self.inner.update(index, weight, grad, state)
-        self._project_updated(*_listed(index, weight, grad, state), multi_precision=False)
+        indices, weights, _, states = _listed(index, weight, grad, state)
+        self._project_updated(indices, weights, states, multi_precision=False)
 
     def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer (master copy included), then project.
@@ -188,20 +195,19 @@ class ConstrainedOptimizer(Optimizer):
             return
         if not isinstance(index, (list, tuple)):
             self.inner.update_multi_precision(index, weight, grad, state)
-            self._project_updated(indices, weights, grads, states, multi_precision=True)
+            self._project_updated(indices, weights, states, multi_precision=True)
             return
         step = max(self.inner.aggregate_num, 1)  # the wrapped optimizer's own call size
         for at in range(0, len(indices), step):
             part = slice(at, at + step)
             self.inner.update_multi_precision(indices[part], weights[part], grads[part], states[part])
-            self._project_updated(indices[part], weights[part], grads[part], states[part],
-                                  multi_precision=True)
+            self._project_updated(indices[part], weights[part], states[part], multi_precision=True)
 
     def _fused_sgd_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
                               grads: Sequence[Any], states: Sequence[Any],
                               projections: Sequence[Optional[Projection]]) -> Optional[Dict[str, str]]:
         """The fused kernel's attributes for this call, cached while nothing they depend on changes."""
-        if not self._fuses_sgd and self._fuses_sgd is not None:
+        if not self._fused_sgd_possible():
             return None
         key = tuple(indices)
         signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context)
@@ -211,8 +217,8 @@ class ConstrainedOptimizer(Optimizer):
             self._fused_calls[key] = cached
         return cached[1]
 
-    def _project_updated(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
-                         states: Sequence[Any], multi_precision: bool) -> None:
+    def _project_updated(self, indices: Sequence[Any], weights: Sequence[Any], states: Sequence[Any],
+                         multi_precision: bool) -> None:
         """Project every weight this update call wrote, in one batch where possible."""
         items, casts = [], []
         for i, w, s in zip(indices, weights, states):
@@ -267,11 +273,7 @@ class ConstrainedOptimizer(Optimizer):
         return {"inner": self.inner, "projections": self.snapshot()}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        object.__setattr__(self, "inner", state["inner"])
-        object.__setattr__(self, "projections", state["projections"])
-        object.__setattr__(self, "_cache", {})
-        object.__setattr__(self, "_fused_calls", {})
-        object.__setattr__(self, "_fuses_sgd", None)
+        self._own(state["inner"], state["projections"])
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"
