@@ -5,6 +5,9 @@ import shutil
 import mxnet as mx
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import gluon_constraints as gc
 import reference as ref
@@ -163,3 +166,64 @@ def test_fused_sgd_update_matches_mxnet_sgd_followed_by_projection(monkeypatch):
     norms = np.sqrt((ours["fsgd_dense0_weight"].astype(np.float64) ** 2).sum(axis=1))
     assert norms.max() <= 0.7 * (1 + 1e-5)
     assert (ours["fsgd_dense1_bias"] >= 0).all()
+
+
+@requires_compiler
+def test_calls_the_fused_sgd_kernel_cannot_take_fall_back_in_the_optimizers_own_chunks():
+    """A Compose of two kernel steps is not fused into SGD: the wrapper then updates through
+    MXNet's SGD in chunks of its own size (the Updater hands the wrapper whole steps)."""
+    from mxnet import autograd
+    from mxnet.gluon import nn as gluon_nn
+
+    def build():
+        net = gluon_nn.HybridSequential(prefix="chunk_")
+        with net.name_scope():
+            for _ in range(5):
+                net.add(gluon_nn.Dense(6, in_units=6))
+        net.initialize(mx.init.Normal(0.8))
+        rng = np.random.default_rng(4)
+        for p in net.collect_params().values():
+            p.set_data(mx.nd.array(rng.normal(0, 0.8, p.shape)))
+        gc.constrain(net, {"weight": [gc.NonNeg(), gc.MaxNorm(0.5)]})
+        return net
+
+    def train(net, trainer, after_step):
+        rng = np.random.default_rng(5)
+        for _ in range(4):
+            with autograd.record():
+                loss = (net(mx.nd.array(rng.normal(size=(3, 6)))) ** 2).sum()
+            loss.backward()
+            trainer.step(3)
+            after_step(net)
+        return {n: p.data().asnumpy() for n, p in net.collect_params().items()}
+
+    options = {"learning_rate": 0.2, "momentum": 0.9}
+    ours_net = build()
+    trainer = gc.ConstrainedTrainer(ours_net.collect_params(), "sgd", dict(options))
+    assert trainer._optimizer.aggregate_num > trainer._optimizer.inner.aggregate_num
+    ours = train(ours_net, trainer, lambda net: None)
+    plain_net = build()
+    expected = train(plain_net, mx.gluon.Trainer(plain_net.collect_params(), "sgd", dict(options)),
+                     gc.apply_constraints)
+    for name, value in expected.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+        if name.endswith("weight"):
+            assert (value >= 0).all() and np.sqrt((value.astype(np.float64) ** 2).sum(1)).max() <= 0.5 * (1 + 1e-5)
+
+
+@requires_compiler
+@given(data=st.data())
+def test_fused_and_stock_agree_on_random_weights_and_constraints(data):
+    rows, cols = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40))
+    ints = data.draw(hnp.arrays(np.int32, (rows, cols), elements=st.integers(-3000, 3000)))
+    w = (ints / 1000.0).astype(np.float32)
+    bound = data.draw(st.floats(0.05, 5.0))
+    constraint = data.draw(st.sampled_from([
+        gc.MaxNorm(bound), gc.MinMaxNorm(bound / 2, bound), gc.MinMaxNorm(bound / 2, bound, rate=0.5),
+        gc.UnitNorm(), gc.NonNeg(), gc.Compose([gc.NonNeg(), gc.MaxNorm(bound)])]))
+    fused_w, stock_w = mx.nd.array(w), mx.nd.array(w)
+    project_in_place([(fused_w, constraint, gc.Reduction((1,)))], use_fused=True)
+    project_in_place([(stock_w, constraint, gc.Reduction((1,)))], use_fused=False)
+    # Both count a norm within 2**-18 of a bound as on it; sums of squares in double (kernel)
+    # and float32 (stock) can fall on either side of that edge, hence the tolerance.
+    np.testing.assert_allclose(fused_w.asnumpy(), stock_w.asnumpy(), rtol=5e-6, atol=1e-7)
