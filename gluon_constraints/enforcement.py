@@ -21,8 +21,8 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     """Project every constrained parameter once, on every context it lives on.
 
     The projection is computed in place on the first device copy (with the fused kernel where
-    it applies) and copied into every other copy, so all copies end bitwise identical. No host synchronisation happens: the work is queued on
-    MXNet's engine like any other operator.
+    it applies) and copied into every other copy, so all copies end bitwise identical. No host
+    synchronisation happens: the work is queued on MXNet's engine like any other operator.
 
     Parameters
     ----------
