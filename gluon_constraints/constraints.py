@@ -32,7 +32,7 @@ __all__ = ["Constraint", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Compose
 # slice on the boundary would be rescaled again on every step (the hidden decay Keras's epsilon
 # causes) and a second projection would not equal the first. float16 weights are rescaled in
 # float32 but stored in float16, so their band is relative to float16's precision.
-_BOUNDARY_RTOL = {np.dtype(np.float16): 2.0**-10, np.dtype(np.float32): 2.0**-18,
+BOUNDARY_RTOL = {np.dtype(np.float16): 2.0**-10, np.dtype(np.float32): 2.0**-18,
                   np.dtype(np.float64): 2.0**-44}
 
 
@@ -81,7 +81,7 @@ class Constraint:
         legacy = w.as_nd_ndarray() if numpy_mode else w
         dtype = np.dtype(legacy.dtype)
         work = legacy.astype(np.float32) if dtype == np.float16 else legacy
-        out = self.apply_to(work, reduction, boundary_rtol=_BOUNDARY_RTOL.get(dtype, 0.0))
+        out = self.apply_to(work, reduction, boundary_rtol=BOUNDARY_RTOL.get(dtype, 0.0))
         if out.dtype != dtype:
             out = out.astype(dtype)
         return out.as_np_ndarray() if numpy_mode else out

@@ -10,14 +10,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .constraints import Compose, Constraint
+from .constraints import BOUNDARY_RTOL, Compose, Constraint
 from .fused import kernel, row_parameters, sgd_kernel
 from .reduction import Reduction
 
 __all__ = ["project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
 
-# A norm within this relative distance of a bound counts as on it (float32 computation).
-FLOAT32_BOUNDARY_RTOL = 2.0**-18
+# The kernels compute in float32: the catalogue's float32 band, so both paths agree.
+_KERNEL_RTOL = BOUNDARY_RTOL[np.dtype(np.float32)]
 
 Item = Tuple[Any, Constraint, Reduction]
 
@@ -109,7 +109,7 @@ def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[A
 
 def _joined(calls: Sequence[Tuple[int, Tuple[str, float, float, float]]]) -> Dict[str, str]:
     """The kernel's "rows" attribute for per-weight (rows, (mode, lo, hi, rate)) entries."""
-    return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{FLOAT32_BOUNDARY_RTOL!r}"
+    return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{_KERNEL_RTOL!r}"
                              for units, (mode, lo, hi, rate) in calls)}
 
 
