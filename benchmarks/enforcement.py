@@ -30,7 +30,8 @@ import numpy as np
 from mxnet import autograd, gluon
 
 import gluon_constraints as gc
-from gluon_constraints import fused, nn
+from gluon_constraints import nn
+from gluon_constraints.kernels import library
 
 MAX_NORM = 3.0
 STEPS = 10
@@ -235,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"gluon-constraints enforcement benchmark: mxnet {mx.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, fused kernel {'loaded' if fused.kernel() else 'NOT available (stock operators)'}")
+          f"{os.cpu_count()} cores, fused kernel {'loaded' if library.kernel() else 'NOT available (stock operators)'}")
     print(f"medians of {args.repeats} interleaved repetitions; throughput = {STEPS} steps with / without enforcement\n")
     header = (f"{'model':<10} {'ctx':>3} {'method':<18} {'floor ratio':>11} {'pass ms':>8} {'proj ms':>8} "
               f"{'thru (1 wait)':>13} {'thru (wait/step)':>16} {'step ms':>8}")

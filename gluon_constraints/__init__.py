@@ -2,33 +2,40 @@
 
 Importing the package needs only ``mxnet.ndarray``: parameter-server processes import it while
 ``import mxnet`` is still running, before ``mxnet.nd`` and ``mxnet.gluon`` exist. Names that need
-Gluon (attaching, layers, enforcement) are loaded on first use.
+Gluon (attaching, layers, enforcement) are loaded on first use. The package's layers, and what
+may import what, are described in docs/architecture.md.
 """
 
 import importlib
 
-from .constraints import Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
+from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
+from .catalogue import (Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, Reduction, UnitNorm,
+                        deserialize, get, register_constraint, serialize)
 from .errors import (
+    AmbiguousLayoutWarning,
     ConstraintArgumentError,
     ConstraintShapeError,
+    ConstraintTypeError,
     ConstraintViolationError,
+    DivergingCopiesWarning,
     EnforcementError,
+    FusedKernelWarning,
+    UnenforcedConstraintWarning,
     UnknownConstraintError,
+    UnsupportedOptimizerError,
 )
-from .reduction import Reduction
-from .registry import deserialize, get, register_constraint, serialize
 
 # Public names defined in modules that import mxnet.gluon, loaded lazily (PEP 562).
 _LAZY = {
-    "attach": "attachment",
-    "constrain": "attachment",
-    "register_layout": "layouts",
-    "apply_constraints": "enforcement",
-    "ConstrainedTrainer": "trainer",
-    "enforce": "trainer",
-    "verify_constraints": "trainer",
-    "ConstrainedOptimizer": "optimizer",
-    "ConstraintHandler": "estimator",
+    "attach": "gluon.attachment",
+    "constrain": "gluon.attachment",
+    "register_layout": "gluon.layouts",
+    "apply_constraints": "training.apply",
+    "ConstrainedTrainer": "training.trainer",
+    "enforce": "training.trainer",
+    "verify_constraints": "training.verify",
+    "ConstrainedOptimizer": "training.optimizer",
+    "ConstraintHandler": "training.estimator",
     "nn": None,
     "rnn": None,
 }
@@ -59,8 +66,14 @@ __all__ = [
     "ConstraintArgumentError",
     "ConstraintShapeError",
     "UnknownConstraintError",
+    "UnsupportedOptimizerError",
+    "ConstraintTypeError",
     "ConstraintViolationError",
     "EnforcementError",
+    "AmbiguousLayoutWarning",
+    "DivergingCopiesWarning",
+    "UnenforcedConstraintWarning",
+    "FusedKernelWarning",
 ]
 
 __version__ = "0.1.0"

@@ -11,16 +11,16 @@ from hypothesis.extra import numpy as hnp
 
 import gluon_constraints as gc
 import reference as ref
-from gluon_constraints import fused
-from gluon_constraints.projection import project_in_place
+from gluon_constraints.kernels import library
+from gluon_constraints.kernels.projection import project_in_place
 
 requires_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler")
 
 
 @requires_compiler
 def test_kernel_is_built_and_loaded_where_a_compiler_exists():
-    assert fused.kernel() is not None
-    assert fused.library_path().exists()
+    assert library.kernel() is not None
+    assert any(library.cache_directory().glob("lib-*.so"))
 
 
 CASES = [
@@ -96,19 +96,12 @@ class Halved(gc.MaxNorm):
     (mx.nd.ones((4, 3)), Halved(1.0), gc.Reduction((1,))),                       # unknown arithmetic
 ], ids=["3d", "leading-axis", "view", "float16", "subclass"])
 def test_cases_the_kernel_does_not_cover_use_stock_operators(array, constraint, reduction):
-    from gluon_constraints.projection import _fused_plan
+    from gluon_constraints.kernels.projection import _fused_plan
 
     assert _fused_plan(array, constraint, reduction) is None
     expected = constraint(array, reduction).asnumpy()
     project_in_place([(array, constraint, reduction)])
     np.testing.assert_array_equal(array.asnumpy(), expected)
-
-
-def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXX", "false")
-    with pytest.warns(RuntimeWarning, match="could not build its fused kernel; using stock operators"):
-        assert fused._build(tmp_path / "lib.so") is False
-    assert not (tmp_path / "lib.so").exists()
 
 
 def train_mlp(trainer_factory, after_step, steps=5):
@@ -143,7 +136,7 @@ SGD_OPTIONS = {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-3, "clip_gradient
 @requires_compiler
 def test_fused_sgd_update_matches_mxnet_sgd_followed_by_projection(monkeypatch):
     def stock_projection(net):
-        items = [(p.data(), p.constraint, gc.attachment.reduction_of(p))
+        items = [(p.data(), p.constraint, gc.gluon.attachment.reduction_of(p))
                  for p in net.collect_params().values() if getattr(p, "constraint", None) is not None]
         project_in_place(items, use_fused=False)
 
@@ -200,7 +193,7 @@ def test_calls_the_fused_sgd_kernel_cannot_take_fall_back_in_the_optimizers_own_
     options = {"learning_rate": 0.2, "momentum": 0.9}
     ours_net = build()
     trainer = gc.ConstrainedTrainer(ours_net.collect_params(), "sgd", dict(options))
-    assert trainer._optimizer.aggregate_num > trainer._optimizer.inner.aggregate_num
+    assert trainer.optimizer.aggregate_num > trainer.optimizer.inner.aggregate_num
     ours = train(ours_net, trainer, lambda net: None)
     plain_net = build()
     expected = train(plain_net, mx.gluon.Trainer(plain_net.collect_params(), "sgd", dict(options)),

@@ -11,6 +11,7 @@ from mxnet.gluon import nn as gluon_nn
 import gluon_constraints as gc
 import training_reference as ref
 from gluon_constraints import nn
+from gluon_constraints.training.optimizer import master_copy_slot
 
 LR, MOMENTUM, BOUND, STEPS, BATCH = 0.2, 0.9, 0.6, 6, 8
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -226,7 +227,7 @@ def test_multi_precision_projects_the_float32_master_copy(optimizer, options, st
 def master_copies(trainer, index):
     """The float32 master copies the optimizer keeps (kvstore updater or one per device)."""
     updaters = [trainer._kvstore._updater] if trainer._update_on_kvstore else trainer._updaters
-    slot = gc.optimizer.master_copy_slot(trainer._optimizer.inner)
+    slot = master_copy_slot(type(trainer.optimizer.inner))
     return [u.states[index][slot].asnumpy() for u in updaters]
 
 
@@ -242,7 +243,7 @@ def test_multi_precision_with_unknown_master_layout_is_refused():
 
     params, weight = make_fp16_weight([mx.cpu(0)], (2, 3), "unknown_mp_")
     gc.attach(weight, gc.MaxNorm(1.0))
-    with pytest.raises(gc.optimizer.UnsupportedOptimizerError) as info:
+    with pytest.raises(gc.UnsupportedOptimizerError) as info:
         gc.ConstrainedTrainer(params, Reordered(multi_precision=True))
     assert "Optimizer Reordered defines its own multi-precision state layout" in str(info.value)
 
@@ -292,7 +293,7 @@ def test_resuming_from_checkpoint_equals_uninterrupted_run(uokv, tmp_path, refer
     resumed.load_parameters(str(tmp_path / "net.params"), ctx=TWO)
     trainer = gc.ConstrainedTrainer(resumed.collect_params(), "sgd", dict(options), update_on_kvstore=uokv)
     trainer.load_states(str(tmp_path / "trainer.states"))
-    assert isinstance(trainer._optimizer, gc.ConstrainedOptimizer)
+    assert isinstance(trainer.optimizer, gc.ConstrainedOptimizer)
     train_steps(resumed, trainer, TWO, data[3:])
     for name, value in weights_of(straight).items():
         assert weights_of(resumed)[name].tobytes() == value.tobytes(), name
@@ -307,7 +308,7 @@ def test_states_saved_by_a_plain_trainer_still_get_enforcement(tmp_path, referen
     net = build_net([mx.cpu(0)])
     trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": LR, "momentum": MOMENTUM})
     trainer.load_states(str(tmp_path / "plain.states"))
-    assert isinstance(trainer._optimizer, gc.ConstrainedOptimizer)
+    assert isinstance(trainer.optimizer, gc.ConstrainedOptimizer)
     train_steps(net, trainer, [mx.cpu(0)], data[2:])
     assert_feasible_and_identical(net)
 
@@ -401,14 +402,14 @@ def test_enforce_installs_into_a_plain_trainer_once_and_only_before_the_first_st
     net = build_net(TWO)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": LR, "momentum": MOMENTUM})
     assert gc.enforce(trainer) is trainer
-    optimizer = trainer._optimizer
-    assert gc.enforce(trainer)._optimizer is optimizer
+    optimizer = trainer.optimizer
+    assert gc.enforce(trainer).optimizer is optimizer
     train_steps(net, trainer, TWO, data)
     assert_matches_reference(net, expected)
     trainer.verify_constraints()
     late = gluon.Trainer(build_net([mx.cpu(0)], prefix="late_mlp_").collect_params(), "sgd")
     late._init_kvstore()
-    with pytest.raises(gc.EnforcementError, match="enforce\\(\\) was called after the trainer's first step"):
+    with pytest.raises(gc.EnforcementError, match="enforce\\(\\) was called after the trainer created its kvstore"):
         gc.enforce(late)
 
 
@@ -439,7 +440,7 @@ def test_constraint_handler_keeps_constraints_in_estimator_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the Estimator's own logging and deprecation notices
         est.fit(loader, epochs=3, event_handlers=[gc.ConstraintHandler()])
-    assert isinstance(trainer._optimizer, gc.ConstrainedOptimizer)
+    assert isinstance(trainer.optimizer, gc.ConstrainedOptimizer)
     assert trainer._update_on_kvstore
     assert_feasible_and_identical(net, rtol=1e-5)
     norms = np.sqrt((net[0].weight.data().asnumpy().astype(np.float64) ** 2).sum(axis=1))

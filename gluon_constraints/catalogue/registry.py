@@ -10,8 +10,11 @@ import difflib
 import re
 from typing import Any, Dict, Optional, Type, TypeVar
 
-from .constraints import Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
-from .errors import UnknownConstraintError
+from .base import Constraint
+from .compose import Compose
+from .elementwise import NonNeg
+from .norms import MaxNorm, MinMaxNorm, UnitNorm
+from ..errors import UnknownConstraintError
 
 __all__ = ["get", "serialize", "deserialize", "register_constraint"]
 
@@ -89,6 +92,8 @@ def deserialize(data: Dict[str, Any]) -> Constraint:
     ------
     UnknownConstraintError
         If the class name is not registered.
+    ConstraintArgumentError
+        If the config does not fit the class (unknown keys, Compose without members).
     TypeError
         If ``data`` is not such a dict.
     """
@@ -96,7 +101,8 @@ def deserialize(data: Dict[str, Any]) -> Constraint:
         raise TypeError(
             f"deserialize expects a dict with a 'class_name' string: got {data!r}.")
     cls = _lookup(data["class_name"])
-    return cls.from_config(dict(data.get("config") or {}))
+    config = data.get("config")
+    return cls.from_config({} if config is None else config)
 
 
 def get(identifier: Any) -> Optional[Constraint]:
@@ -145,5 +151,10 @@ def _snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-for _builtin in (Constraint, MaxNorm, MinMaxNorm, UnitNorm, NonNeg, Compose):
-    register_constraint(_builtin)
+# One line per built-in family.
+register_constraint(Constraint)
+register_constraint(MaxNorm)
+register_constraint(MinMaxNorm)
+register_constraint(UnitNorm)
+register_constraint(NonNeg)
+register_constraint(Compose)

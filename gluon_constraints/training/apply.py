@@ -7,10 +7,10 @@ from typing import Iterable, List, Tuple, Union
 from mxnet.gluon.block import Block
 from mxnet.gluon.parameter import DeferredInitializationError, Parameter, ParameterDict
 
-from .attachment import constraint_of, reduction_of
-from .constraints import Constraint
-from .projection import project_in_place
-from .reduction import Reduction
+from .. import _mxnet_compat as compat
+from ..catalogue import Constraint, Reduction
+from ..gluon.attachment import check_parameter, constraint_of, owner_of, reduction_of
+from ..kernels.projection import project_in_place
 
 __all__ = ["apply_constraints"]
 
@@ -42,6 +42,8 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     ValueError
         If a constrained parameter is not initialized yet, or its constraint does not fit its
         shape. All parameters are checked before any is written, so nothing changes then.
+    ConstraintTypeError
+        If a constrained parameter's dtype is not floating point.
     """
     plan: List[Tuple[Parameter, Constraint, Reduction]] = []
     for param in _parameters(target):
@@ -53,9 +55,8 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
                 f"Parameter '{param.name}' is not initialized yet (its shape {param.shape} is "
                 f"known only after the first forward pass): initialize it and run a forward pass "
                 f"before apply_constraints.")
-        reduction = reduction_of(param)
-        constraint.validate(param.shape, reduction, name=param.name)
-        plan.append((param, constraint, reduction))
+        check_parameter(param, constraint, compat.data_shape(param), owner_of(param))
+        plan.append((param, constraint, reduction_of(param)))
     firsts = [(_classic(param.list_data()[0]), constraint, reduction)
               for param, constraint, reduction in plan]
     project_in_place(firsts)

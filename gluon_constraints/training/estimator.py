@@ -7,7 +7,9 @@ from typing import Any
 
 from mxnet.gluon.contrib.estimator.event_handler import TrainBegin
 
-from .attachment import constraint_of
+from .. import _mxnet_compat as compat
+from ..errors import UnenforcedConstraintWarning
+from ..gluon.attachment import constraint_of
 from .trainer import enforce
 
 __all__ = ["ConstraintHandler"]
@@ -31,10 +33,11 @@ class ConstraintHandler(TrainBegin):
     def train_begin(self, estimator: Any, *args: Any, **kwargs: Any) -> None:
         """Install enforcement into ``estimator.trainer`` and warn about uncovered parameters."""
         trainer = enforce(estimator.trainer)
-        owned = {id(p) for p in trainer._params}
+        owned = {id(p) for p in compat.trainer_parameters(trainer)}
         stray = sorted(p.name for p in estimator.net.collect_params().values()
                        if id(p) not in owned and p.grad_req != "null" and constraint_of(p) is not None)
         if stray:
             warnings.warn(
                 f"These constrained parameters of the network are not in the estimator's "
-                f"trainer, so their constraints are not enforced: {', '.join(stray)}.", stacklevel=2)
+                f"trainer, so their constraints are not enforced: {', '.join(stray)}.",
+                UnenforcedConstraintWarning, stacklevel=2)

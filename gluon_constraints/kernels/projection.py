@@ -1,7 +1,9 @@
 """Projecting arrays in place: the fused kernel where it applies, stock operators elsewhere.
 
-Used by the optimizer wrapper (on the arrays an update wrote) and by ``apply_constraints``. No
-host synchronisation: every path only queues operators on MXNet's engine.
+Used by the optimizer wrapper (on the arrays an update wrote) and by ``apply_constraints``. A
+constraint reaches the kernel through the :class:`~gluon_constraints.catalogue.RowLowering` its
+class declares (:func:`lowering_of`); everything else uses the constraint's own stock-operator
+projection. No host synchronisation: every path only queues operators on MXNet's engine.
 """
 
 from __future__ import annotations
@@ -10,16 +12,32 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .constraints import BOUNDARY_RTOL, Compose, Constraint
-from .fused import kernel, row_parameters, sgd_kernel
-from .reduction import Reduction
+from .. import _mxnet_compat as compat
+from ..catalogue import BOUNDARY_RTOL, Compose, Constraint, Reduction, RowLowering
+from .library import kernel, sgd_kernel
 
-__all__ = ["project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
+__all__ = ["lowering_of", "project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
+
+# A subclass that redefines one of these computes something else than its parent's lowering.
+_PROJECTING_METHODS = ("project", "apply_to", "__call__")
 
 # The kernels compute in float32: the catalogue's float32 band, so both paths agree.
 _KERNEL_RTOL = BOUNDARY_RTOL[np.dtype(np.float32)]
 
 Item = Tuple[Any, Constraint, Reduction]
+
+
+def lowering_of(constraint: Constraint) -> Optional[RowLowering]:
+    """The kernel lowering ``constraint`` declares, or None if the kernel cannot compute it.
+
+    A class's :meth:`~gluon_constraints.Constraint.row_lowering` describes its own projection;
+    a subclass that overrides the projection below the declaring class gets None.
+    """
+    mro = type(constraint).__mro__
+    declarer = next(cls for cls in mro if "row_lowering" in cls.__dict__)
+    if any(name in cls.__dict__ for cls in mro[:mro.index(declarer)] for name in _PROJECTING_METHODS):
+        return None
+    return constraint.row_lowering()
 
 
 def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
@@ -35,7 +53,7 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
         rows that are contiguous). Items it does not cover use stock operators.
     """
     project = kernel() if use_fused else None
-    rounds: List[List[Tuple[Any, int, Tuple[str, float, float, float]]]] = []
+    rounds: List[List[Tuple[Any, int, RowLowering]]] = []
     for array, constraint, reduction in items:
         plan = _fused_plan(array, constraint, reduction) if project is not None else None
         if plan is None:
@@ -82,7 +100,7 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
         if grad.stype != "default" or not hasattr(state, "stype") or not _fusable(weight):
             return None
         if projection is None:
-            calls.append((1, ("none", 0.0, 0.0, 1.0)))
+            calls.append((1, RowLowering("none")))
             continue
         plan = _fused_plan(weight, projection[0], projection[1])
         if plan is None or len(plan[1]) != 1:
@@ -95,11 +113,10 @@ def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[A
                      grads: Sequence[Any], states: Sequence[Any], attributes: Dict[str, str]) -> None:
     """Run the fused SGD-momentum update and projection with attributes from
     :func:`fused_sgd_attributes`, bookkeeping (update counts, learning rates) as SGD does it."""
-    optimizer._update_count(list(indices))
-    lrs, wds = optimizer._get_lrs(list(indices)), optimizer._get_wds(list(indices))
+    compat.count_update(optimizer, list(indices))
     clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
     numbers = [float(optimizer.momentum), float(optimizer.rescale_grad), clip]
-    for lr, wd in zip(lrs, wds):
+    for lr, wd in compat.optimizer_rates(optimizer, list(indices)):
         numbers += [float(lr), float(wd)]
     sgd_kernel()(
         *[a for triple in zip(weights, grads, states) for a in triple],
@@ -107,14 +124,14 @@ def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[A
         update=",".join(map(repr, numbers)), **attributes)
 
 
-def _joined(calls: Sequence[Tuple[int, Tuple[str, float, float, float]]]) -> Dict[str, str]:
+def _joined(calls: Sequence[Tuple[int, RowLowering]]) -> Dict[str, str]:
     """The kernel's "rows" attribute for per-weight (rows, (mode, lo, hi, rate)) entries."""
     return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{_KERNEL_RTOL!r}"
                              for units, (mode, lo, hi, rate) in calls)}
 
 
 def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
-                ) -> Optional[Tuple[int, List[Tuple[str, float, float, float]]]]:
+                ) -> Optional[Tuple[int, List[RowLowering]]]:
     """(rows, kernel steps) when the fused kernel computes exactly this projection, else None."""
     if not _fusable(array):
         return None
@@ -123,10 +140,10 @@ def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
     units = None
     steps = []
     for member in members:
-        parameters = row_parameters(member)
+        parameters = lowering_of(member)
         if parameters is None:
             return None
-        if parameters[0] == "norm":
+        if parameters.mode == "norm":
             resolved = member.reduction_for(shape, reduction)
             rows = _leading_rows(resolved, shape)
             if rows is None or (units is not None and rows != units):

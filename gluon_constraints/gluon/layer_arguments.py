@@ -1,4 +1,9 @@
-"""The ``*_constraint=`` keyword arguments shared by the drop-in layer modules."""
+"""The ``*_constraint=`` keyword arguments shared by the drop-in layer modules.
+
+:func:`constrained_layer` builds each drop-in class (``nn.Dense``, ``rnn.LSTM``, ...): a subclass
+of the Gluon layer with the :class:`ConstraintArguments` mixin, named, documented and importable
+like a class written out by hand.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import fnmatch
 import inspect
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
+from .. import _mxnet_compat as compat
+from ..catalogue import get
 from .attachment import attach, constraint_of
-from .registry import get
 
-__all__ = ["ConstraintArguments", "extend_signature"]
+__all__ = ["ConstraintArguments", "constrained_layer"]
 
 
 class ConstraintArguments:
@@ -48,7 +54,33 @@ class ConstraintArguments:
         return f"{text[:-1]}, {', '.join(extras)})"
 
 
-def extend_signature(cls: type, base: type, keywords: Sequence[str]) -> None:
+def constrained_layer(base: type, module: str, groups: Mapping[str, Tuple[str, ...]],
+                      arguments_doc: str, shorthands: Mapping[str, Tuple[str, ...]] = {}) -> type:
+    """A subclass of the Gluon layer ``base`` that takes ``<group>_constraint=`` arguments.
+
+    Parameters
+    ----------
+    base : type
+        The Gluon layer class (``mxnet.gluon.nn.Dense``).
+    module : str
+        The module the class is defined in (its ``__module__``, for pickling and ``help``).
+    groups : mapping
+        Keyword group to the shell-style patterns of the parameter attributes it constrains.
+    arguments_doc : str
+        The numpy-style text documenting the new arguments, appended to ``base``'s docstring.
+    shorthands : mapping, default {}
+        Shorthand keyword to the groups it sets (``"weight": ("i2h_weight", "h2h_weight")``).
+    """
+    cls = type(base.__name__, (ConstraintArguments, base), {
+        "__module__": module, "__qualname__": base.__name__,
+        "constraint_groups": dict(groups), "shorthands": dict(shorthands),
+        "__doc__": (base.__doc__ or "").rstrip() + "\n\n    Constraints (gluon-constraints)\n"
+                   "    -------------------------------\n    " + arguments_doc.strip() + "\n"})
+    _extend_signature(cls, base, list(shorthands) + list(groups))
+    return cls
+
+
+def _extend_signature(cls: type, base: type, keywords: Sequence[str]) -> None:
     """Give ``cls`` the signature of ``base`` plus keyword-only ``<k>_constraint=None`` arguments."""
     signature = inspect.signature(base)
     params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
@@ -82,5 +114,5 @@ def _pop_constraints(cls: type, kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _matching_params(block: Any, patterns: Tuple[str, ...]):
-    return [(attr, p) for attr, p in block._reg_params.items()
+    return [(attr, p) for attr, p in compat.own_parameters(block).items()
             if any(fnmatch.fnmatchcase(attr, pat) for pat in patterns)]

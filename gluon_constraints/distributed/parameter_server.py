@@ -17,11 +17,11 @@ import os
 from typing import Any, Iterable
 
 import numpy as np
-from mxnet import ndarray
 
-from .attachment import constraint_of
-from .constraints import Compose, Constraint
-from .errors import EnforcementError
+from .. import _mxnet_compat as compat
+from ..catalogue import Compose, Constraint
+from ..errors import EnforcementError
+from ..gluon.attachment import constraint_of
 
 __all__ = ["prepare_distributed", "settle_initial_weights"]
 
@@ -45,9 +45,10 @@ def prepare_distributed(trainer: Any) -> None:
     kv_type = _kvstore_type(trainer)
     if "dist" not in kv_type or not _updates_on_servers(trainer, kv_type):
         return
-    inner = getattr(trainer._optimizer, "inner", trainer._optimizer)
+    inner = getattr(trainer.optimizer, "inner", trainer.optimizer)
     _require_importable(type(inner), "optimizer")
-    constrained = [(p, constraint_of(p)) for p in trainer._params if constraint_of(p) is not None]
+    constrained = [(p, constraint_of(p)) for p in compat.trainer_parameters(trainer)
+                   if constraint_of(p) is not None]
     for _, constraint in constrained:
         for member in _members(constraint):
             _require_importable(type(member), "constraint")
@@ -55,11 +56,11 @@ def prepare_distributed(trainer: Any) -> None:
               for reason in [_split_reason(_size(p))] if reason]
     if not pieces:
         return
-    explicit = trainer._kvstore_params["update_on_kvstore"]
+    _, explicit = compat.kvstore_setting(trainer)
     if "async" not in kv_type and explicit is None:
         _log.info("Updating on the workers (update_on_kvstore=False): the servers would hold %s "
                   "in pieces.", ", ".join(p.name for p, _, _ in pieces))
-        trainer._kvstore_params["update_on_kvstore"] = False  # the switch Gluon reads at set-up
+        compat.set_update_on_kvstore(trainer, False)
         return
     param, size, reason = pieces[0]
     fix = ("set update_on_kvstore=False (the update then runs on the workers with full shapes), "
@@ -81,25 +82,24 @@ def settle_initial_weights(trainer: Any) -> None:
     worker sometimes starts from the sum of gradients. Broadcasting now and waiting at a barrier
     before the first push removes the race.
     """
-    if trainer._distributed and trainer._kvstore and not trainer._update_on_kvstore:
-        trainer._init_params()
-        ndarray.waitall()
-        trainer._kvstore._barrier()
+    if compat.is_distributed(trainer) and compat.kvstore_of(trainer) \
+            and not compat.updates_on_kvstore(trainer):
+        compat.broadcast_initial_weights(trainer)
 
 
 def _kvstore_type(trainer: Any) -> str:
-    spec = trainer._kvstore_params["kvstore"]
+    spec, _ = compat.kvstore_setting(trainer)
     return spec if isinstance(spec, str) else str(getattr(spec, "type", ""))
 
 
 def _updates_on_servers(trainer: Any, kv_type: str) -> bool:
     """Gluon's own choice of update_on_kvstore for a distributed kvstore (trainer._init_kvstore)."""
-    explicit = trainer._kvstore_params["update_on_kvstore"]
+    _, explicit = compat.kvstore_setting(trainer)
     if "async" in kv_type:
         return True
     if explicit is not None:
         return bool(explicit)
-    if trainer._contains_sparse_grad:
+    if compat.has_sparse_gradients(trainer):
         return True
     return bool(int(os.getenv("MXNET_UPDATE_ON_KVSTORE", "1")))
 
@@ -149,6 +149,6 @@ def _members(constraint: Constraint) -> Iterable[Constraint]:
 
 
 def _size(param: Any) -> int:
-    return int(np.prod(param.shape))
+    return int(np.prod(compat.data_shape(param) or (0,)))
 
 

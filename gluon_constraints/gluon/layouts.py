@@ -15,7 +15,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 from mxnet.gluon import nn, rnn
 from mxnet.gluon.block import Block
 
-from .reduction import Reduction, normalize_axes, per_output_unit
+from .. import _mxnet_compat as compat
+from ..catalogue.reduction import Reduction, normalize_axes, per_output_unit
 
 __all__ = ["LayoutRule", "register_layout", "fan_in"]
 
@@ -105,11 +106,11 @@ def _find_rule(block: Block, attr: str) -> Optional[LayoutRule]:
 def _convolution_weight(block: Block, shape: Tuple[int, ...]) -> Reduction:
     """Convolution weights: every axis but the output-channel one, per group for transposed."""
     ndim = len(shape)
-    if block._op_name != "Deconvolution":
+    transposed, groups, layout = compat.convolution_settings(block)
+    if not transposed:
         # (channels, in/groups, *kernel) or channels-last (channels, *kernel, in/groups).
         return Reduction(tuple(range(1, ndim)))
-    groups = int(block._kwargs["num_group"])
-    channels_last = block._kwargs["layout"].endswith("C")
+    channels_last = layout.endswith("C")
     out_axis = ndim - 1 if channels_last else 1
     if groups == 1:
         return Reduction(tuple(a for a in range(ndim) if a != out_axis))
@@ -123,6 +124,6 @@ def _convolution_weight(block: Block, shape: Tuple[int, ...]) -> Reduction:
 
 register_layout(nn.Dense, {"weight": (1,)})
 register_layout(nn.Embedding, {"weight": (1,)})
-register_layout(nn.conv_layers._Conv, {"weight": _convolution_weight})
-register_layout(rnn.rnn_layer._RNNLayer, {"*_weight": (1,)})
+register_layout(compat.convolution_base(), {"weight": _convolution_weight})
+register_layout(compat.recurrent_layer_base(), {"*_weight": (1,)})
 register_layout(rnn.HybridRecurrentCell, {"i2h_weight": (1,), "h2h_weight": (1,), "h2r_weight": (1,)})

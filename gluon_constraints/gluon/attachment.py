@@ -3,35 +3,39 @@
 A parameter's constraint is the attribute ``param.constraint`` (a :class:`Constraint` or None),
 as on a Keras variable. Alongside it the owning layer is remembered, because the per-output-unit
 axes of a weight depend on the layer type (a transposed convolution is not a convolution), not
-on the parameter's name.
+on the parameter's name. Both are plain attributes of the parameter, so ``copy.deepcopy`` of a
+network copies them with it (the copy's owner is the copied layer).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from mxnet.gluon.block import Block
 from mxnet.gluon.parameter import Parameter
 
-from .constraints import Compose, Constraint
+from .. import _mxnet_compat as compat
+from ..catalogue import Compose, Constraint, Reduction, get
+from ..catalogue.base import check_dtype
+from ..errors import AmbiguousLayoutWarning
 from .layouts import fan_in
-from .reduction import Reduction
-from .registry import get
 
-__all__ = ["attach", "constrain", "constraint_of", "reduction_of", "owned_parameters",
-           "attached_parameters"]
+__all__ = ["attach", "constrain", "constraint_of", "owner_of", "reduction_of", "owned_parameters",
+           "attached_parameters", "check_parameter"]
 
 _OWNER = "_gluon_constraints_owner"
-_HOOKED = "_gluon_constraints_validates_on_init"
 # Every parameter a constraint was ever attached to, while it is alive: lets trainers warn about
 # constrained parameters that no trainer updates.
 _ATTACHED: "weakref.WeakSet[Parameter]" = weakref.WeakSet()
 
+Owner = Optional[Tuple[Block, str]]
+
 
 def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> Optional[Constraint]:
-    """Set ``param.constraint``, validating it against the parameter's shape.
+    """Set ``param.constraint``, validating it against the parameter's dtype and shape.
 
     Attaching again replaces the previous constraint; attaching None removes it. The check runs
     at once if the shape is known, otherwise when deferred initialization allocates the
@@ -46,7 +50,9 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> 
     layer : Block or None, default None
         The block that owns ``param``; its type decides the per-output-unit axes (see
         :func:`gluon_constraints.register_layout`). None keeps a previously recorded owner, or
-        uses the bare-array default (every axis but 0).
+        uses the bare-array default (every axis but 0): then a per-unit constraint on a weight
+        of 3 or more dimensions gets an :class:`~gluon_constraints.AmbiguousLayoutWarning`,
+        because for a transposed convolution that default reduces over the output channels.
 
     Returns
     -------
@@ -57,19 +63,22 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> 
     ------
     TypeError
         If ``param`` is not a Parameter or ``constraint`` is not a constraint.
+    ConstraintTypeError
+        If the parameter's dtype is not floating point.
     ConstraintShapeError
-        If an explicit axis does not fit the known shape; nothing is attached then.
+        If an explicit axis does not fit the known shape. Nothing is attached when anything fails.
     """
     if not isinstance(param, Parameter):
         raise TypeError(f"attach expects an mxnet.gluon.Parameter: got {param!r}.")
     resolved = get(constraint)
-    owner = _owner_entry(param, layer) if layer is not None else getattr(param, _OWNER, None)
-    if resolved is not None and _shape_known(param.shape):
-        _validate(param, resolved, param.shape, owner)
+    owner = _owner_entry(param, layer) if layer is not None else owner_of(param)
+    if resolved is not None:
+        shape = compat.data_shape(param)
+        check_parameter(param, resolved, shape, owner)
     param.constraint = resolved
     setattr(param, _OWNER, owner)
     if resolved is not None:
-        _validate_when_allocated(param)
+        compat.check_before_allocation(param, _check_on_allocation)
         _ATTACHED.add(param)
     return resolved
 
@@ -82,14 +91,15 @@ def constrain(block: Block, rules: Mapping[str, Any],
     ----------
     block : Block
         The network. Its block tree is walked so that each parameter's owning layer (and so its
-        fan-in axes) is known.
+        fan-in axes) is known. Parameters no layer registered itself (those of a network loaded
+        with ``SymbolBlock.imports``) use the bare-array default axes.
     rules : mapping
         Regular expression (searched in each parameter's full name, as ``re.search``) to
         anything :func:`gluon_constraints.get` accepts. A parameter matched by several rules gets
         their constraints composed in the order of the rules.
     layers : type, tuple of types or None, default None
         Keep only parameters owned by blocks of these types (``nn.Conv2D`` matches only 2-D
-        convolutions; ``nn.conv_layers._Conv`` every convolution).
+        convolutions).
 
     Returns
     -------
@@ -106,51 +116,59 @@ def constrain(block: Block, rules: Mapping[str, Any],
         raise TypeError(f"constrain expects an mxnet.gluon.Block: got {block!r}.")
     owned = owned_parameters(block)
     chosen: Dict[str, List[Constraint]] = {}
-    where: Dict[str, Tuple[Parameter, Block, str]] = {}
+    where: Dict[str, Tuple[Parameter, Owner]] = {}
     for pattern, spec in rules.items():
         regex = re.compile(pattern)
         constraint = get(spec)
-        matched = [(p, b, a) for p, b, a in owned
-                   if regex.search(p.name) and (layers is None or isinstance(b, layers))]
+        matched = [(p, o) for p, o in owned
+                   if regex.search(p.name) and (layers is None or (o and isinstance(o[0], layers)))]
         if not matched:
             scope = "" if layers is None else f" owned by {_type_names(layers)}"
-            candidates = [p.name for p, b, _ in owned if layers is None or isinstance(b, layers)]
+            candidates = [p.name for p, o in owned
+                          if layers is None or (o and isinstance(o[0], layers))]
             raise ValueError(
                 f"constrain rule {pattern!r} matched no parameter{scope}. "
                 f"Parameter names: {', '.join(candidates) or '(none)'}.")
-        for param, owner_block, attr in matched:
+        for param, owner in matched:
             chosen.setdefault(param.name, []).append(constraint)
-            where[param.name] = (param, owner_block, attr)
+            where[param.name] = (param, owner)
     combined = {name: cs[0] if len(cs) == 1 else Compose(cs) for name, cs in chosen.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmbiguousLayoutWarning)  # checked, then warned once below
+        for name, constraint in combined.items():
+            param, owner = where[name]
+            check_parameter(param, constraint, compat.data_shape(param), owner)
     for name, constraint in combined.items():
-        param, owner_block, attr = where[name]
-        if _shape_known(param.shape):
-            _validate(param, constraint, param.shape, (owner_block, attr))
-    for name, constraint in combined.items():
-        param, owner_block, _ = where[name]
-        attach(param, constraint, layer=owner_block)
+        param, owner = where[name]
+        if owner is None:
+            attach(param, constraint)
+        else:
+            attach(param, constraint, layer=owner[0])
     return combined
 
 
-def owned_parameters(block: Block) -> List[Tuple[Parameter, Block, str]]:
-    """Every parameter of a block tree once, with the block that owns it and its attribute name.
+def owned_parameters(block: Block) -> List[Tuple[Parameter, Owner]]:
+    """Every parameter of a block tree once, with ``(owning block, attribute name)`` or None.
 
     Parameters
     ----------
     block : Block
         Root of the tree. A parameter shared by several blocks is listed with the first owner
-        found in depth-first order.
+        found; parameters that no block registered as its own (``SymbolBlock``) have owner None.
     """
+    blocks: List[Block] = []
+    block.apply(blocks.append)
     seen = set()
-    found = []
-    stack = [block]
-    while stack:
-        current = stack.pop()
-        for attr, param in current._reg_params.items():
+    found: List[Tuple[Parameter, Owner]] = []
+    for current in blocks:
+        for attr, param in compat.own_parameters(current).items():
             if id(param) not in seen:
                 seen.add(id(param))
-                found.append((param, current, attr))
-        stack.extend(reversed(list(current._children.values())))
+                found.append((param, (current, attr)))
+    for param in block.collect_params().values():
+        if id(param) not in seen:
+            seen.add(id(param))
+            found.append((param, None))
     return found
 
 
@@ -171,8 +189,14 @@ def constraint_of(param: Parameter) -> Optional[Constraint]:
     if constraint is not None and not isinstance(constraint, Constraint):
         raise TypeError(
             f"Parameter '{param.name}' has constraint {constraint!r}, which is not a "
-            f"gluon_constraints.Constraint: attach it with gc.attach(param, ...).")
+            f"gluon_constraints.Constraint: attach it with gc.attach(param, {constraint!r}), "
+            f"which accepts names, dicts and lists.")
     return constraint
+
+
+def owner_of(param: Parameter) -> Owner:
+    """``(owning block, attribute name)`` recorded when the constraint was attached, or None."""
+    return getattr(param, _OWNER, None)
 
 
 def reduction_of(param: Parameter, shape: Optional[Sequence[int]] = None) -> Reduction:
@@ -183,55 +207,62 @@ def reduction_of(param: Parameter, shape: Optional[Sequence[int]] = None) -> Red
     param : Parameter
         The parameter.
     shape : sequence of int or None, default None
-        The shape to resolve for; None means ``param.shape``.
+        The shape to resolve for; None means the parameter's shape (from its data if the
+        declared shape is unknown, as after ``SymbolBlock.imports``).
     """
-    block, attr = getattr(param, _OWNER, None) or (None, None)
-    return fan_in(block, attr, tuple(param.shape if shape is None else shape))
+    block, attr = owner_of(param) or (None, None)
+    return fan_in(block, attr, tuple(compat.data_shape(param) if shape is None else shape))
+
+
+def check_parameter(param: Parameter, constraint: Constraint, shape: Optional[Sequence[int]],
+                    owner: Owner) -> None:
+    """Check that ``constraint`` can run on ``param``: its dtype, and its axes if ``shape`` is known.
+
+    Warns with :class:`~gluon_constraints.AmbiguousLayoutWarning` when the constraint uses
+    per-unit axes, no owning layer is known, and the weight has 3 or more dimensions (where a
+    transposed convolution's output channels are not axis 0).
+
+    Raises
+    ------
+    ConstraintTypeError
+        If the parameter's dtype is not floating point.
+    ConstraintShapeError
+        If the constraint's axes do not fit ``shape``.
+    """
+    check_dtype(param.dtype, type(constraint).__name__, f"parameter '{param.name}'")
+    if shape is None:
+        return
+    block, attr = owner or (None, None)
+    constraint.validate(tuple(shape), fan_in(block, attr, shape), name=param.name)
+    if owner is None and len(shape) >= 3 and constraint.uses_layer_layout():
+        warnings.warn(
+            f"Parameter '{param.name}' of shape {tuple(shape)} has constraint {constraint!r} per "
+            f"output unit, but its layer is unknown, so its axes are taken as every axis but 0. "
+            f"That is right for convolutions and wrong for transposed convolutions (output "
+            f"channels on axis 1). Pass the layer: gc.attach(param, c, layer=block), or use "
+            f"gc.constrain(net, ...) or the gluon_constraints.nn layers, or give an explicit "
+            f"axis.", AmbiguousLayoutWarning, stacklevel=3)
+
+
+def _check_on_allocation(param: Parameter, shape: Tuple[int, ...]) -> None:
+    """Run by MXNet's allocation of ``param`` (see ``compat.check_before_allocation``)."""
+    constraint = constraint_of(param)
+    if constraint is not None:
+        check_parameter(param, constraint, shape, owner_of(param))
 
 
 def _owner_entry(param: Parameter, layer: Block) -> Tuple[Block, str]:
     if not isinstance(layer, Block):
         raise TypeError(f"attach layer= expects an mxnet.gluon.Block: got {layer!r}.")
-    for attr, candidate in layer._reg_params.items():
+    own = compat.own_parameters(layer)
+    for attr, candidate in own.items():
         if candidate is param:
             return layer, attr
     raise ValueError(
         f"Parameter '{param.name}' is not a parameter of layer {type(layer).__name__} "
-        f"(its parameters: {', '.join(p.name for p in layer._reg_params.values()) or 'none'}).")
-
-
-def _validate(param: Parameter, constraint: Constraint, shape: Sequence[int],
-              owner: Optional[Tuple[Block, str]]) -> None:
-    block, attr = owner or (None, None)
-    constraint.validate(tuple(shape), fan_in(block, attr, shape), name=param.name)
-
-
-def _validate_when_allocated(param: Parameter) -> None:
-    """Check the constraint again when MXNet allocates the parameter (deferred init included).
-
-    Every allocation goes through ``Parameter._init_impl(data, ctx_list)``; the check runs before
-    it, so a constraint that does not fit leaves the parameter unallocated.
-    """
-    if getattr(param, _HOOKED, False):
-        return
-    allocate = param._init_impl
-
-    def _init_impl(data: Any, ctx_list: Iterable[Any]) -> None:
-        constraint = constraint_of(param)
-        if constraint is not None:
-            _validate(param, constraint, data.shape, getattr(param, _OWNER, None))
-        allocate(data, ctx_list)
-
-    param._init_impl = _init_impl
-    setattr(param, _HOOKED, True)
-
-
-def _shape_known(shape: Optional[Sequence[int]]) -> bool:
-    return shape is not None and len(shape) > 0 and all(d > 0 for d in shape)
+        f"(its parameters: {', '.join(p.name for p in own.values()) or 'none'}).")
 
 
 def _type_names(layers: Union[Type[Block], Tuple[Type[Block], ...]]) -> str:
     types = layers if isinstance(layers, tuple) else (layers,)
     return " or ".join(t.__name__ for t in types)
-
-

@@ -1,0 +1,222 @@
+"""Every access to MXNet's private attributes, in one place, for the MXNet it was written for.
+
+gluon-constraints hooks into Gluon where no public API reaches: the trainer's kvstore set-up and
+state loading, a parameter's allocation, a block's own parameters, a convolution's settings and
+the optimizer's per-index bookkeeping. Each such access is a function (or the hook mixin) here,
+read against MXNet 1.9.1's sources; every other module uses only these and MXNet's public API.
+Importing this module checks the installed MXNet version.
+
+Like the catalogue, this module imports only ``mxnet`` itself at import time: parameter servers
+import the package while ``import mxnet`` is still running. Gluon classes are looked up when a
+function that needs them is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import mxnet
+
+__all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_optimizer",
+           "replace_loaded_optimizer", "kvstore_of", "updates_on_kvstore", "kvstore_initialized",
+           "kvstore_setting", "set_update_on_kvstore", "has_sparse_gradients", "is_distributed",
+           "broadcast_initial_weights", "check_before_allocation", "storage_type", "trainer_of",
+           "is_allocated", "data_shape", "own_parameters", "convolution_settings", "convolution_base",
+           "recurrent_layer_base", "optimizer_rates", "count_update"]
+
+#: MXNet versions whose private attributes this module was checked against.
+SUPPORTED_MXNET = ("1.9.",)
+
+_version = getattr(mxnet, "__version__", "")
+if not _version.startswith(SUPPORTED_MXNET):
+    raise ImportError(
+        f"gluon-constraints supports MXNet 1.9.x (mxnet, mxnet-cu112, mxnet-cu117, ...): found "
+        f"mxnet {_version or '(unknown version)'}. Install a 1.9 build, e.g. "
+        f"pip install 'mxnet==1.9.1'.")
+
+
+# -- Trainer ------------------------------------------------------------------------------------
+class TrainerHooks:
+    """Mixin for a ``gluon.Trainer`` subclass: turns Trainer's private set-up steps into hooks.
+
+    A subclass implements :meth:`before_kvstore` (runs just before the kvstore is created, at the
+    first ``step``/``update``/``allreduce_grads``/``load_states``, when every shape is known),
+    :meth:`after_kvstore` (just after) and :meth:`after_load_states`.
+    """
+
+    def _init_kvstore(self) -> None:
+        self.before_kvstore()
+        super()._init_kvstore()  # type: ignore[misc]
+        self.after_kvstore()
+
+    def load_states(self, fname: str) -> None:
+        """Load the trainer's states, as ``gluon.Trainer.load_states``, then :meth:`after_load_states`."""
+        super().load_states(fname)  # type: ignore[misc]
+        self.after_load_states()
+
+    def before_kvstore(self) -> None:
+        """Called before the kvstore is created."""
+
+    def after_kvstore(self) -> None:
+        """Called after the kvstore is created."""
+
+    def after_load_states(self) -> None:
+        """Called after ``load_states``."""
+
+
+def trainer_parameters(trainer: Any) -> List[Any]:
+    """The trainer's parameters, in its index (kvstore key) order."""
+    return trainer._params
+
+
+def install_optimizer(trainer: Any, optimizer: Any) -> None:
+    """Make ``optimizer`` the trainer's optimizer before its first step (updaters included)."""
+    trainer._init_optimizer(optimizer, {})
+
+
+def replace_loaded_optimizer(trainer: Any, optimizer: Any) -> None:
+    """After ``load_states``: make ``optimizer`` the one every updater and the kvstore use."""
+    trainer._optimizer = optimizer
+    for updater in trainer._updaters:
+        updater.optimizer = optimizer
+    if trainer._kvstore and trainer._update_on_kvstore:
+        trainer._kvstore._updater.optimizer = optimizer
+
+
+def kvstore_of(trainer: Any) -> Optional[Any]:
+    """The trainer's kvstore once created, else None."""
+    return trainer._kvstore
+
+
+def updates_on_kvstore(trainer: Any) -> bool:
+    """Whether the update runs on the kvstore's copy (or the servers'), once the kvstore exists."""
+    return bool(trainer._kvstore) and bool(trainer._update_on_kvstore)
+
+
+def kvstore_initialized(trainer: Any) -> bool:
+    """Whether the trainer has created its kvstore (first step, or ``load_states``)."""
+    return bool(trainer._kv_initialized)
+
+
+def kvstore_setting(trainer: Any) -> Tuple[Any, Optional[bool]]:
+    """The ``kvstore`` and ``update_on_kvstore`` arguments the trainer was built with."""
+    return trainer._kvstore_params["kvstore"], trainer._kvstore_params["update_on_kvstore"]
+
+
+def set_update_on_kvstore(trainer: Any, value: bool) -> None:
+    """Change the ``update_on_kvstore`` argument before the kvstore is created."""
+    trainer._kvstore_params["update_on_kvstore"] = value
+
+
+def has_sparse_gradients(trainer: Any) -> bool:
+    """Whether a parameter of the trainer has row-sparse gradients."""
+    return bool(trainer._contains_sparse_grad)
+
+
+def is_distributed(trainer: Any) -> bool:
+    """Whether the trainer's kvstore (once created) is a distributed one."""
+    return bool(trainer._distributed)
+
+
+def broadcast_initial_weights(trainer: Any) -> None:
+    """Broadcast the initial weights through the kvstore now, then wait at a barrier."""
+    trainer._init_params()
+    mxnet.ndarray.waitall()
+    trainer._kvstore._barrier()
+
+
+# -- Parameter ----------------------------------------------------------------------------------
+class _CheckBeforeAllocation:
+    """Stands in for ``param._init_impl``: runs ``check(param, shape)``, then allocates.
+
+    An object holding the parameter, not a closure: ``copy.deepcopy`` of a network copies it
+    with the parameter, so the copy checks and allocates itself, never the original.
+    """
+
+    def __init__(self, param: Any, check: Callable[[Any, Tuple[int, ...]], None]) -> None:
+        self.param = param
+        self.check = check
+
+    def __call__(self, data: Any, ctx_list: Any) -> None:
+        self.check(self.param, tuple(data.shape))
+        type(self.param)._init_impl(self.param, data, ctx_list)
+
+
+def check_before_allocation(param: Any, check: Callable[[Any, Tuple[int, ...]], None]) -> None:
+    """Run ``check(param, shape)`` whenever MXNet allocates ``param`` (deferred init included).
+
+    Every allocation goes through ``Parameter._init_impl(data, ctx_list)``; ``check`` runs first,
+    so a check that raises leaves the parameter unallocated. ``check`` must be a module-level
+    function (copies and pickles refer to it by name). Installing twice keeps one check.
+    """
+    installed = param.__dict__.get("_init_impl")
+    if isinstance(installed, _CheckBeforeAllocation):
+        installed.check = check
+        return
+    param._init_impl = _CheckBeforeAllocation(param, check)
+
+
+def storage_type(param: Any) -> str:
+    """The parameter's weight storage type (``'default'``, ``'row_sparse'``)."""
+    return param._stype
+
+
+def trainer_of(param: Any) -> Optional[Any]:
+    """The trainer the parameter is bound to, or None."""
+    return param._trainer
+
+
+def is_allocated(param: Any) -> bool:
+    """Whether the parameter holds data (initialized, deferred initialization completed)."""
+    return param._data is not None
+
+
+def data_shape(param: Any) -> Optional[Tuple[int, ...]]:
+    """The parameter's shape: declared if fully known, else its data's, else None.
+
+    ``SymbolBlock.imports`` leaves ``param.shape`` None even after loading and a forward pass,
+    while the data has its real shape.
+    """
+    shape = param.shape
+    if shape is not None and len(shape) > 0 and all(d > 0 for d in shape):
+        return tuple(shape)
+    if param._data:
+        return tuple(param._data[0].shape)
+    return None
+
+
+# -- Block --------------------------------------------------------------------------------------
+def own_parameters(block: Any) -> Dict[str, Any]:
+    """The parameters a block registered itself, by attribute name (``{"weight": param}``)."""
+    return dict(block._reg_params)
+
+
+def convolution_settings(block: Any) -> Tuple[bool, int, str]:
+    """``(transposed, groups, layout)`` of a Gluon convolution block."""
+    return (block._op_name == "Deconvolution", int(block._kwargs["num_group"]),
+            str(block._kwargs["layout"]))
+
+
+def convolution_base() -> type:
+    """The base class of every Gluon convolution block."""
+    from mxnet.gluon.nn import conv_layers
+
+    return conv_layers._Conv
+
+
+def recurrent_layer_base() -> type:
+    """The base class of Gluon's fused recurrent layers (RNN, LSTM, GRU)."""
+    from mxnet.gluon.rnn import rnn_layer
+
+    return rnn_layer._RNNLayer
+
+
+# -- Optimizer ----------------------------------------------------------------------------------
+def optimizer_rates(optimizer: Any, indices: List[Any]) -> Iterator[Tuple[float, float]]:
+    """``(learning rate, weight decay)`` of each index, multipliers and schedules applied."""
+    return zip(optimizer._get_lrs(indices), optimizer._get_wds(indices))
+
+
+def count_update(optimizer: Any, indices: List[Any]) -> None:
+    """Advance the optimizer's update counts for ``indices``, as its own update would."""
+    optimizer._update_count(indices)

@@ -1,0 +1,19 @@
+"""The constraint catalogue: projections that map a weight back into an allowed set.
+
+Math only: nothing here knows about Gluon parameters, layers or trainers. ``base`` holds the
+contract every family implements, each family has its own module (``norms``, ``elementwise``),
+``compose`` chains them and ``registry`` names them. Only ``mxnet.ndarray`` is imported, because
+parameter servers import the catalogue while ``import mxnet`` is still running (a test enforces
+it).
+"""
+
+from .base import ELEMENTWISE, PER_UNIT, WHOLE, BOUNDARY_RTOL, Constraint, RowLowering
+from .compose import Compose
+from .elementwise import NonNeg
+from .norms import MaxNorm, MinMaxNorm, UnitNorm
+from .reduction import Reduction
+from .registry import deserialize, get, register_constraint, serialize
+
+__all__ = ["Constraint", "RowLowering", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Compose",
+           "Reduction", "get", "serialize", "deserialize", "register_constraint", "BOUNDARY_RTOL",
+           "ELEMENTWISE", "PER_UNIT", "WHOLE"]

@@ -1,0 +1,375 @@
+"""The Constraint contract: what every constraint family provides.
+
+A constraint family is a :class:`Constraint` subclass that provides
+
+- ``__init__``: validates and stores its arguments (with :func:`real_argument` and
+  :func:`bound_argument`), and nothing else; the object is immutable afterwards;
+- :meth:`Constraint.project`: the projection of a weight (or its reshaped view), given the
+  resolved reduction axes, as a new array;
+- :meth:`Constraint.get_config`: its constructor arguments, JSON-serializable;
+- ``locality``: :data:`ELEMENTWISE` (each entry alone), :data:`PER_UNIT` (each output unit's
+  slice, the default) or :data:`WHOLE` (the whole weight). It decides where a constraint can
+  run: a parameter server that holds a piece of a weight can run elementwise constraints only;
+- optionally :meth:`Constraint.row_lowering`: the parameters of the fused row kernel that
+  computes the same projection, or None (the default: stock operators only).
+
+A family lives in its own module of this package and is registered with one line in
+``registry.py``. Only ``mxnet.ndarray`` is imported: parameter servers import the catalogue
+while ``import mxnet`` is still running.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+from numbers import Real
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+from mxnet import ndarray as nd
+from mxnet.ndarray import NDArray
+
+from ..errors import ConstraintArgumentError, ConstraintTypeError
+from .reduction import Axis, Reduction, normalize_axes, per_output_unit
+
+__all__ = ["Constraint", "RowLowering", "BOUNDARY_RTOL", "ELEMENTWISE", "PER_UNIT", "WHOLE",
+           "real_argument", "bound_argument", "axis_config", "check_array", "check_dtype"]
+
+#: Locality values: what one entry's result depends on.
+ELEMENTWISE, PER_UNIT, WHOLE = "elementwise", "per_unit", "whole"
+
+# A norm within this relative distance of a bound counts as on the bound. Rounding the rescaled
+# entries and recomputing the norm moves it by a few units in the last place; without the band a
+# slice on the boundary would be rescaled again on every step (the hidden decay Keras's epsilon
+# causes) and a second projection would not equal the first. float16 weights are rescaled in
+# float32 but stored in float16, so their band is relative to float16's precision.
+BOUNDARY_RTOL = {np.dtype(np.float16): 2.0**-10, np.dtype(np.float32): 2.0**-18,
+                 np.dtype(np.float64): 2.0**-44}
+
+# Weights are computed in float32 at least: a bound must be a normal float32 number.
+_FLOAT32 = np.finfo(np.float32)
+_BOUND_RANGE = (float(_FLOAT32.tiny), float(_FLOAT32.max))
+
+
+class RowLowering(NamedTuple):
+    """What the fused row kernel computes for one constraint on each row (output unit).
+
+    ``mode`` is ``"norm"`` (rescale a row whose L2 norm ``n`` lies outside
+    ``[lo, hi]`` by ``rate * t / n + (1 - rate)``, ``t`` the violated bound) or ``"nonneg"``
+    (``w * (w >= 0)`` elementwise).
+    """
+
+    mode: str
+    lo: float = 0.0
+    hi: float = 0.0
+    rate: float = 1.0
+
+
+class _Immutable(type):
+    """Metaclass that freezes a constraint once its ``__init__`` has run."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        object.__setattr__(instance, "_frozen", True)
+        return instance
+
+
+class Constraint(metaclass=_Immutable):
+    """Base class of all constraints: a projection of a weight onto an allowed set.
+
+    ``c(w)`` returns a new array of the same kind (``mx.nd.NDArray`` or ``mx.np.ndarray``),
+    shape, dtype and context as ``w`` and never modifies ``w``. float16 weights are computed in
+    float32 and returned as float16. The base class itself is the identity.
+
+    Constraints are immutable once built: every path (the fused kernel, stock operators, the
+    parameter servers' copy) computes with the values given at construction. To change a bound,
+    build a new constraint and attach it.
+    """
+
+    #: Reduction axes in the weight's own layout; None means per output unit.
+    axis: Axis = None
+    #: What one entry's result depends on: ELEMENTWISE, PER_UNIT or WHOLE.
+    locality: str = ELEMENTWISE
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(
+                f"{type(self).__name__} is immutable: cannot set {name!r} to {value!r}. Build a "
+                f"new constraint (e.g. {type(self).__name__}(...)) and attach it with gc.attach "
+                f"or gc.constrain; every path then uses the new values.")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}.")
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # Unpickled and copied constraints are frozen too (files written by 0.1.0 included).
+        self.__dict__.update(state)
+        self.__dict__["_frozen"] = True
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether each entry's result depends on that entry alone (``locality == ELEMENTWISE``)."""
+        return self.locality == ELEMENTWISE
+
+    def __call__(self, w: NDArray, reduction: Optional[Reduction] = None) -> NDArray:
+        """Project ``w`` and return the result as a new array.
+
+        Parameters
+        ----------
+        w : mx.nd.NDArray or mx.np.ndarray
+            The weight: dense, floating point (float16, float32 or float64). It is not modified.
+        reduction : Reduction or None, default None
+            Per-output-unit slices to use when the constraint's ``axis`` is None. None means the
+            bare-array default: every axis but 0 (axis 0 of a 1-D array). Layers pass their
+            fan-in reduction here.
+
+        Returns
+        -------
+        mx.nd.NDArray or mx.np.ndarray
+            The projected weight, same kind, shape, dtype and context as ``w``. An empty array
+            comes back as an empty copy; a 0-d array is treated as a vector of one entry.
+
+        Raises
+        ------
+        ConstraintTypeError
+            If ``w`` is not an array, not dense, or not floating point.
+        """
+        check_array(w, type(self).__name__)
+        numpy_mode = _is_numpy_array(w)
+        shape = tuple(w.shape)
+        if w.size == 0:
+            return w.copy()
+        legacy = (w.reshape(1) if not shape else w).as_nd_ndarray() if numpy_mode else w
+        dtype = np.dtype(legacy.dtype)
+        work = legacy.astype(np.float32) if dtype == np.float16 else legacy
+        out = self.apply_to(work, reduction, boundary_rtol=BOUNDARY_RTOL[dtype])
+        if out.dtype != dtype:
+            out = out.astype(dtype)
+        if not numpy_mode:
+            return out
+        result = out.as_np_ndarray()
+        return result.reshape(()) if not shape else result
+
+    def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
+                 boundary_rtol: float = 0.0) -> NDArray:
+        """Project a classic NDArray already in the computation dtype.
+
+        This is the step :meth:`__call__` performs after checking the array and converting kinds
+        and dtypes; trainers call it on the float32 master copy of float16 weights.
+
+        Parameters
+        ----------
+        w : mx.nd.NDArray
+            The weight, float32 or float64. It is not modified.
+        reduction : Reduction or None, default None
+            As in :meth:`__call__`.
+        boundary_rtol : float, default 0.0
+            Relative distance from a bound within which a norm counts as on it.
+        """
+        resolved = self.reduction_for(w.shape, reduction)
+        view = w.reshape(resolved.view_shape) if resolved.view_shape is not None else w
+        out = self.project(view, resolved.axes, boundary_rtol)
+        return out.reshape(w.shape) if resolved.view_shape is not None else out
+
+    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """Return the projection of ``w`` as a new array (the identity here).
+
+        Parameters
+        ----------
+        w : mx.nd.NDArray
+            Weight (or its reshaped view) in the computation dtype.
+        axes : tuple of int
+            Non-negative reduction axes of ``w``.
+        boundary_rtol : float
+            Relative distance from a bound within which a norm counts as on it.
+        """
+        return w.copy()
+
+    def row_lowering(self) -> Optional[RowLowering]:
+        """The fused row kernel's parameters for this constraint, or None (stock operators).
+
+        A subclass that overrides :meth:`project` or :meth:`apply_to` below the class declaring
+        the lowering loses it (the kernel would compute its parent's projection).
+        """
+        return None
+
+    def reduction_for(self, shape: Sequence[int], default: Optional[Reduction] = None,
+                      name: Optional[str] = None) -> Reduction:
+        """Resolve the reduction this constraint uses on an array of ``shape``.
+
+        An explicit ``axis`` wins; otherwise ``default`` (a layer's fan-in), otherwise every axis
+        but 0.
+
+        Parameters
+        ----------
+        shape : sequence of int
+            Shape of the weight.
+        default : Reduction or None, default None
+            Per-output-unit reduction supplied by the layer that owns the weight.
+        name : str or None, default None
+            Parameter name to quote in the error message.
+
+        Raises
+        ------
+        ConstraintShapeError
+            If the explicit ``axis`` does not fit ``shape``.
+        """
+        if self.axis is not None:
+            where = f"{type(self).__name__} axis {self.axis!r}"
+            if name is not None:
+                where += f" for parameter '{name}'"
+            return Reduction(normalize_axes(self.axis, shape, where))
+        return default if default is not None else per_output_unit(shape)
+
+    def validate(self, shape: Sequence[int], default: Optional[Reduction] = None,
+                 name: Optional[str] = None) -> None:
+        """Check that this constraint can be applied to a weight of ``shape``.
+
+        Parameters
+        ----------
+        shape : sequence of int
+            Shape of the weight.
+        default : Reduction or None, default None
+            Per-output-unit reduction supplied by the layer that owns the weight.
+        name : str or None, default None
+            Parameter name to quote in the error message.
+
+        Raises
+        ------
+        ConstraintShapeError
+            If the constraint's axes do not fit ``shape``.
+        """
+        self.reduction_for(shape, default, name)
+
+    def uses_layer_layout(self) -> bool:
+        """Whether the result depends on the owning layer's fan-in axes (``axis=None``, per unit)."""
+        return self.locality != ELEMENTWISE and self.axis is None
+
+    def get_config(self) -> Dict[str, Any]:
+        """Return the constructor arguments as a JSON-serializable dict."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Constraint":
+        """Build a constraint from the output of :meth:`get_config`.
+
+        Parameters
+        ----------
+        config : dict
+            Constructor arguments by name.
+
+        Raises
+        ------
+        ConstraintArgumentError
+            If ``config`` is not a dict or names an argument the constructor does not take.
+        """
+        if not isinstance(config, dict):
+            raise ConstraintArgumentError(f"{cls.__name__} config must be a dict: got {config!r}.")
+        accepted = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+        unknown = sorted(set(config) - set(accepted))
+        if unknown:
+            raise ConstraintArgumentError(
+                f"{cls.__name__} config has unknown keys {unknown}: got {config!r}. Expected "
+                f"keys: {', '.join(accepted) or '(none)'}.")
+        return cls(**config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), json.dumps(self.get_config(), sort_keys=True)))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_array(w: Any, owner: str) -> None:
+    """Refuse what a projection cannot take: non-arrays, sparse storage, non-floating dtypes.
+
+    Raises
+    ------
+    ConstraintTypeError
+        Naming ``owner``, what was given and what is expected.
+    """
+    if not isinstance(w, NDArray):
+        raise ConstraintTypeError(
+            f"{owner} expects an mx.nd.NDArray or mx.np.ndarray: got {type(w).__name__}.")
+    if w.stype != "default":
+        raise ConstraintTypeError(
+            f"{owner} projects dense arrays: got storage type {w.stype!r} of shape "
+            f"{tuple(w.shape)}. Convert it with .tostype('default').")
+    check_dtype(w.dtype, owner, f"an array of shape {tuple(w.shape)}")
+
+
+def check_dtype(dtype: Any, owner: str, what: str) -> None:
+    """Refuse a dtype that is not float16, float32 or float64 (``what`` names the weight).
+
+    Raises
+    ------
+    ConstraintTypeError
+        For integer, boolean and other dtypes: rescaling them would truncate to zero.
+    """
+    if np.dtype(dtype) not in BOUNDARY_RTOL:
+        raise ConstraintTypeError(
+            f"{owner} got {what} with dtype {np.dtype(dtype).name}: constraints project "
+            f"floating-point weights (float16, float32, float64); an integer weight would be "
+            f"truncated (MaxNorm(2) would turn [[3, 4]] into [[0, 0]]).")
+
+
+def real_argument(owner: str, argument: str, value: object) -> float:
+    """Validate a real, finite constructor argument and return it as a float.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ConstraintArgumentError
+        If it is not finite (integers too large for a float included).
+    """
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise TypeError(f"{owner} {argument} must be a real number: got {value!r}.")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConstraintArgumentError(f"{owner} {argument} must be finite: got {value!r}.")
+    return number
+
+
+def bound_argument(owner: str, argument: str, value: object, allow_zero: bool = False) -> float:
+    """Validate a norm bound: finite, > 0 (or 0 if ``allow_zero``) and a normal float32 number.
+
+    Weights are computed in float32 at least, so a bound outside float32's normal range
+    ``[1.1754944e-38, 3.4028235e+38]`` cannot be compared with a norm.
+
+    Raises
+    ------
+    ConstraintArgumentError
+        Naming the constraint, the argument, the value and the allowed range.
+    """
+    number = real_argument(owner, argument, value)
+    if number < 0.0 or (number == 0.0 and not allow_zero):
+        raise ConstraintArgumentError(
+            f"{owner} {argument} must be {'>= 0' if allow_zero else '> 0'}: got {value!r}.")
+    low, high = _BOUND_RANGE
+    if number != 0.0 and not low <= number <= high:
+        raise ConstraintArgumentError(
+            f"{owner} {argument} must lie in float32's normal range [{low:.8g}, {high:.8g}] "
+            f"(weights are computed in float32 at least): got {value!r}.")
+    return number
+
+
+def axis_config(axis: Axis) -> Any:
+    """The JSON form of an axis: None, an int or a list of ints."""
+    return list(axis) if isinstance(axis, tuple) else axis
+
+
+def _is_numpy_array(w: NDArray) -> bool:
+    """Whether ``w`` is an ``mx.np.ndarray`` (checked without importing ``mxnet.numpy``)."""
+    numpy_module = sys.modules.get("mxnet.numpy")
+    return numpy_module is not None and isinstance(w, numpy_module.ndarray)

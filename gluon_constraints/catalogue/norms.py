@@ -1,0 +1,186 @@
+"""Norm constraints per output unit: ``MaxNorm``, ``MinMaxNorm``, ``UnitNorm``.
+
+Each bounds the L2 norm ``n_j = ||w_j||`` of every slice ``w_j`` (the weights feeding output
+unit ``j``) and rescales only the slices outside the allowed set, so feasible slices come back
+bit-for-bit. Norms are computed with MXNet's scaled L2 reduction (``nd.norm``), which neither
+overflows for entries around 1e19 nor underflows for entries around 1e-23 in float32, as the
+fused kernel's float64 accumulation does not; rescaling divides by the norm first
+(``w_j / n_j``, whose entries lie in [-1, 1]) so it cannot overflow either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+from mxnet import ndarray as nd
+from mxnet.ndarray import NDArray
+
+from ..errors import ConstraintArgumentError
+from .base import PER_UNIT, Constraint, RowLowering, axis_config, bound_argument, real_argument
+from .reduction import Axis, canonical_axis
+
+__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm"]
+
+
+class MaxNorm(Constraint):
+    """Bound the L2 norm of each output unit's incoming weights.
+
+    The set is ``{w : ||w_j|| <= max_value for every unit j}``; each slice ``w_j`` becomes::
+
+        w_j * max_value / max(||w_j||, max_value)
+
+    so slices already inside the ball are returned unchanged. This is the max-norm
+    regularization of Srivastava et al. (2014).
+
+    Parameters
+    ----------
+    max_value : float, default 2.0
+        Largest allowed L2 norm: finite, > 0 and a normal float32 number.
+    axis : int, tuple of int or None, default None
+        Reduction axes in the Gluon weight layout; None means per output unit (every axis but 0
+        of a bare array, the layer's fan-in axes when attached to a layer).
+
+    Examples
+    --------
+    >>> gc.MaxNorm(2.0)(mx.nd.array([[3, 4], [0.3, 0.4]]))  # doctest: +SKIP
+    [[1.2 1.6]
+     [0.3 0.4]]
+    """
+
+    locality = PER_UNIT
+
+    def __init__(self, max_value: float = 2.0, axis: Axis = None) -> None:
+        self.max_value = bound_argument("MaxNorm", "max_value", max_value)
+        self.axis = canonical_axis(axis, "MaxNorm")
+
+    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w * max_value / max(n, max_value)`` per slice, as a new array."""
+        norms = slice_norms(w, axes)
+        outside = norms > self.max_value * (1.0 + boundary_rtol)
+        return rescaled(w, norms, outside, self.max_value)
+
+    def row_lowering(self) -> Optional[RowLowering]:
+        """The kernel's band ``[0, max_value]``."""
+        return RowLowering("norm", 0.0, self.max_value, 1.0)
+
+    def get_config(self) -> Dict[str, Any]:
+        """``{"max_value": ..., "axis": ...}``."""
+        return {"max_value": self.max_value, "axis": axis_config(self.axis)}
+
+
+class MinMaxNorm(Constraint):
+    """Keep the L2 norm of each output unit's incoming weights between two bounds.
+
+    The set is ``{w : min_value <= ||w_j|| <= max_value}`` (all-zero slices stay zero). With
+    ``n = ||w_j||`` the norm of slice ``w_j``, the slice becomes::
+
+        w_j * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n
+
+    ``rate=1.0`` projects strictly onto the band; a smaller rate moves each slice only part of
+    the way per application. Slices inside the band and all-zero slices are unchanged.
+
+    Parameters
+    ----------
+    min_value : float, default 0.0
+        Smallest allowed norm: 0, or a finite normal float32 number > 0.
+    max_value : float, default 1.0
+        Largest allowed norm: finite, >= min_value and a normal float32 number.
+    rate : float, default 1.0
+        Fraction of the way to the band moved per application. Must lie in [0, 1].
+    axis : int, tuple of int or None, default None
+        Reduction axes in the Gluon weight layout; None means per output unit.
+    """
+
+    locality = PER_UNIT
+
+    def __init__(self, min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0,
+                 axis: Axis = None) -> None:
+        self.min_value = bound_argument("MinMaxNorm", "min_value", min_value, allow_zero=True)
+        self.max_value = bound_argument("MinMaxNorm", "max_value", max_value)
+        self.rate = real_argument("MinMaxNorm", "rate", rate)
+        if self.min_value > self.max_value:
+            raise ConstraintArgumentError(
+                f"MinMaxNorm min_value must be <= max_value: got min_value={min_value!r} "
+                f"and max_value={max_value!r}.")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ConstraintArgumentError(
+                f"MinMaxNorm rate must lie in [0, 1]: got {rate!r}.")
+        self.axis = canonical_axis(axis, "MinMaxNorm")
+
+    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n`` per slice."""
+        norms = slice_norms(w, axes)
+        above = norms > self.max_value * (1.0 + boundary_rtol)
+        below = (norms < self.min_value * (1.0 - boundary_rtol)) * (norms > 0)
+        target = nd.where(above, nd.full(norms.shape, self.max_value, norms.context, norms.dtype),
+                          nd.full(norms.shape, self.min_value, norms.context, norms.dtype))
+        return rescaled(w, norms, above + below, target, self.rate)
+
+    def row_lowering(self) -> Optional[RowLowering]:
+        """The kernel's band ``[min_value, max_value]`` and ``rate``."""
+        return RowLowering("norm", self.min_value, self.max_value, self.rate)
+
+    def get_config(self) -> Dict[str, Any]:
+        """``{"min_value": ..., "max_value": ..., "rate": ..., "axis": ...}``."""
+        return {"min_value": self.min_value, "max_value": self.max_value, "rate": self.rate,
+                "axis": axis_config(self.axis)}
+
+
+class UnitNorm(Constraint):
+    """Rescale each output unit's incoming weights to unit L2 norm.
+
+    The set is ``{w : ||w_j|| = 1}``; each slice ``w_j`` becomes::
+
+        w_j / ||w_j||
+
+    An all-zero slice has no direction and stays zero.
+
+    Parameters
+    ----------
+    axis : int, tuple of int or None, default None
+        Reduction axes in the Gluon weight layout; None means per output unit.
+    """
+
+    locality = PER_UNIT
+
+    def __init__(self, axis: Axis = None) -> None:
+        self.axis = canonical_axis(axis, "UnitNorm")
+
+    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+        """``w / n`` per slice (zero slices stay zero)."""
+        norms = slice_norms(w, axes)
+        off_sphere = (nd.abs(norms - 1.0) > boundary_rtol) * (norms > 0)
+        return rescaled(w, norms, off_sphere, 1.0)
+
+    def row_lowering(self) -> Optional[RowLowering]:
+        """The kernel's band ``[1, 1]``."""
+        return RowLowering("norm", 1.0, 1.0, 1.0)
+
+    def get_config(self) -> Dict[str, Any]:
+        """``{"axis": ...}``."""
+        return {"axis": axis_config(self.axis)}
+
+
+def slice_norms(w: NDArray, axes: Tuple[int, ...]) -> NDArray:
+    """L2 norm of every slice over ``axes``, kept as broadcastable size-1 dimensions.
+
+    MXNet's ``norm`` reduces with a scaled sum of squares, so it is exact where squaring would
+    overflow or underflow the weight's dtype.
+    """
+    if not axes:
+        return nd.abs(w)
+    return nd.norm(w, ord=2, axis=axes, keepdims=True)
+
+
+def rescaled(w: NDArray, norms: NDArray, active: NDArray, target: Any, rate: float = 1.0) -> NDArray:
+    """``w`` with each active slice moved to norm ``target`` (``rate`` of the way); others as is.
+
+    Computes ``rate * (w / n) * target + (1 - rate) * w`` on active slices: ``w / n`` lies in
+    [-1, 1], so no intermediate overflows, and inactive slices are returned bit-for-bit.
+    """
+    safe = nd.where(active, norms, nd.ones_like(norms))
+    moved = nd.broadcast_mul(nd.broadcast_div(w, safe), target if isinstance(target, NDArray)
+                             else nd.full(norms.shape, target, norms.context, norms.dtype))
+    if rate != 1.0:
+        moved = rate * moved + (1.0 - rate) * w
+    return nd.where(nd.broadcast_to(active, w.shape), moved, w)

@@ -1,0 +1,51 @@
+"""Drop-in replacement for ``mxnet.gluon.nn`` with constraint arguments on weight layers.
+
+Every public name of ``mxnet.gluon.nn`` is here. ``Dense``, ``Conv1D/2D/3D``,
+``Conv1D/2D/3DTranspose`` and ``Embedding`` are subclasses of the originals that also accept
+``weight_constraint=None`` and ``bias_constraint=None`` (``Embedding``: weight only), in any form
+:func:`gluon_constraints.get` accepts. They keep every original argument, default, parameter name
+and export format; the constraint's ``axis=None`` means the layer's own fan-in (per output unit).
+
+Examples
+--------
+>>> from gluon_constraints import nn
+>>> layer = nn.Dense(64, activation="relu", weight_constraint=gc.MaxNorm(3))  # doctest: +SKIP
+"""
+
+from mxnet.gluon import nn as _gluon_nn
+
+from .layer_arguments import constrained_layer
+
+_WRAPPED = ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+            "Conv3DTranspose", "Embedding"]
+
+__all__ = sorted({name for name in dir(_gluon_nn) if not name.startswith("_")} | set(_WRAPPED))
+
+globals().update({name: getattr(_gluon_nn, name) for name in __all__ if name not in _WRAPPED})
+
+_WEIGHT_AND_BIAS = {"weight": ("weight",), "bias": ("bias",)}
+_WEIGHT_DOC = """weight_constraint : Constraint, str, dict, list or None, default None
+        Projection applied to the weight after every update; ``axis=None`` means {fan_in}."""
+_BIAS_DOC = """
+    bias_constraint : Constraint, str, dict, list or None, default None
+        Projection applied to the bias (a 1-D vector, reduced as a whole)."""
+_CONV = ("per output channel, each whole filter (every axis but 0), in any layout and with any "
+         "groups")
+_TRANSPOSED = ("per output channel: every axis of the (in_channels, channels/groups, *kernel) "
+               "weight but the output-channel one, within the channel's group")
+
+
+def _layer(base, fan_in, groups=_WEIGHT_AND_BIAS):
+    doc = _WEIGHT_DOC.format(fan_in=fan_in) + (_BIAS_DOC if "bias" in groups else "")
+    return constrained_layer(base, __name__, groups, doc)
+
+
+Dense = _layer(_gluon_nn.Dense, "per output unit, each row (axis 1) of the (units, in_units) weight")
+Conv1D = _layer(_gluon_nn.Conv1D, _CONV)
+Conv2D = _layer(_gluon_nn.Conv2D, _CONV)
+Conv3D = _layer(_gluon_nn.Conv3D, _CONV)
+Conv1DTranspose = _layer(_gluon_nn.Conv1DTranspose, _TRANSPOSED)
+Conv2DTranspose = _layer(_gluon_nn.Conv2DTranspose, _TRANSPOSED)
+Conv3DTranspose = _layer(_gluon_nn.Conv3DTranspose, _TRANSPOSED)
+Embedding = _layer(_gluon_nn.Embedding, "per embedding vector, each row (axis 1) of the "
+                   "(input_dim, output_dim) weight", {"weight": ("weight",)})

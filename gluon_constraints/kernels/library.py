@@ -1,0 +1,158 @@
+"""The fused kernels' shared library: compiled on first use, cached, verified, loaded.
+
+``project_rows.cc`` holds two custom CPU operators written against the ``lib_api.h`` the mxnet
+wheel ships: ``gc_project_rows`` (a one-pass projection of row slices) and
+``gc_sgd_mom_project_rows`` (MXNet's SGD-with-momentum update with that projection fused in).
+The library is built with the system's C++ compiler the first time it is needed (about 10
+seconds), cached under ``~/.cache/gluon_constraints`` (or ``$GLUON_CONSTRAINTS_CACHE``), and
+loaded with ``mx.library.load``.
+
+The cache never hands back a damaged file: each build is stored under the name of its own
+SHA-256 (``lib-<sha256>.so``, written to a temporary name and renamed, never rewritten), a small
+``current`` file names it, and the file is hashed again before it is loaded (a truncated library
+would kill the process with a bus error inside ``dlopen``). A file that fails the check is built
+again. Any failure to build, cache, verify or load (no compiler, a read-only or blocked cache
+directory, a compiler error) gives one :class:`~gluon_constraints.FusedKernelWarning` per process
+and the stock operators, which compute the same projections. ``GLUON_CONSTRAINTS_FUSED=0``
+chooses the stock operators without a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import mxnet
+from mxnet import ndarray
+
+from ..errors import FusedKernelWarning
+
+__all__ = ["kernel", "sgd_kernel", "cache_directory"]
+
+_SOURCE = Path(__file__).with_name("project_rows.cc")
+_EXPORTS = _SOURCE.with_name("exports.map")
+# -march=native: the library is built on, and cached for, this machine's processor (its
+# features are part of the cache key).
+_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-Wl,-Bsymbolic",
+          f"-Wl,--version-script={_EXPORTS}"]
+_OP_NAME = "gc_project_rows"
+_SGD_OP_NAME = "gc_sgd_mom_project_rows"
+_POINTER = "current"
+_lock = threading.Lock()
+_loaded: Optional[Callable[..., Any]] = None
+_tried = False
+
+
+class _KernelUnavailable(Exception):
+    """Why the fused kernel cannot be used in this process (the warning's text)."""
+
+
+def kernel() -> Optional[Callable[..., Any]]:
+    """The loaded operator (``ndarray.gc_project_rows``), or None where it cannot be had.
+
+    Decided once per process. It is never loaded inside a parameter-server process (mxnet is
+    still importing there) or when ``GLUON_CONSTRAINTS_FUSED=0``.
+    """
+    global _loaded, _tried
+    if _loaded is not None or _tried:
+        return _loaded
+    if os.environ.get("GLUON_CONSTRAINTS_FUSED", "1") == "0" or "mxnet.gluon" not in sys.modules:
+        return None
+    with _lock:
+        if not _tried:
+            try:
+                _loaded = _load()
+            except _KernelUnavailable as reason:
+                warnings.warn(f"gluon-constraints is using stock MXNet operators (same results, "
+                              f"slower) because its fused kernel is unavailable: {reason}",
+                              FusedKernelWarning, stacklevel=3)
+            _tried = True
+    return _loaded
+
+
+def sgd_kernel() -> Optional[Callable[..., Any]]:
+    """The fused SGD-momentum update and projection (``ndarray.gc_sgd_mom_project_rows``)."""
+    return getattr(ndarray, _SGD_OP_NAME) if kernel() is not None else None
+
+
+def cache_directory() -> Path:
+    """Where the compiled library for this source, this mxnet and this processor is cached."""
+    key = _SOURCE.read_bytes() + _EXPORTS.read_bytes() + " ".join(_FLAGS[:-1]).encode()
+    digest = hashlib.sha256(key + mxnet.__version__.encode() + _processor_features()).hexdigest()[:16]
+    root = os.environ.get("GLUON_CONSTRAINTS_CACHE") or Path.home() / ".cache" / "gluon_constraints"
+    return Path(root) / digest
+
+
+def _processor_features() -> bytes:
+    """The processor's feature flags (what -march=native compiles for)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine().encode()
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+    return (platform.machine() + flags).encode()
+
+
+def _load() -> Callable[..., Any]:
+    from mxnet import library  # a full mxnet import is complete on this process
+
+    try:
+        directory = cache_directory()
+        path = _verified(directory) or _build(directory)
+    except OSError as error:
+        raise _KernelUnavailable(
+            f"its cache could not be used ({error}). Set GLUON_CONSTRAINTS_CACHE to a writable "
+            f"directory.") from None
+    try:
+        library.load(str(path), False)
+    except Exception as error:  # noqa: BLE001 - MXNet raises MXNetError or OSError; either way: stock
+        raise _KernelUnavailable(f"loading {path} failed ({error}).") from None
+    return getattr(ndarray, _OP_NAME)
+
+
+def _verified(directory: Path) -> Optional[Path]:
+    """The cached library if ``current`` names one whose contents match its name, else None."""
+    try:
+        name = (directory / _POINTER).read_text().strip()
+    except FileNotFoundError:
+        return None
+    path = directory / name
+    if not (name.startswith("lib-") and name.endswith(".so")) or not path.is_file():
+        return None
+    return path if f"lib-{_sha256(path)}.so" == name else None
+
+
+def _build(directory: Path) -> Path:
+    """Compile the library into ``directory`` and point ``current`` at it."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise _KernelUnavailable(
+            f"no C++ compiler was found ({os.environ.get('CXX', 'g++')!r}; set CXX to one).")
+    mxnet_dir = Path(mxnet.__file__).parent
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        built = Path(scratch) / "lib.so"
+        command = [compiler, *_FLAGS, str(_SOURCE), str(mxnet_dir / "src" / "lib_api.cc"),
+                   "-I", str(mxnet_dir / "include"), "-o", str(built)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise _KernelUnavailable(f"{compiler} could not build it:\n{result.stderr[-2000:]}")
+        name = f"lib-{_sha256(built)}.so"
+        os.replace(built, directory / name)  # atomic; a concurrent build of the same bytes is equal
+        pointer = Path(scratch) / _POINTER
+        pointer.write_text(name)
+        os.replace(pointer, directory / _POINTER)
+    return directory / name
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

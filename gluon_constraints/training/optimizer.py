@@ -1,0 +1,336 @@
+"""``ConstrainedOptimizer``: projects each weight onto its constraint right after its update.
+
+The projection has to run where the update runs, on the copy that is authoritative: a device
+copy (one context, or ``update_on_kvstore=False``), the kvstore's stored copy
+(``update_on_kvstore=True``, the multi-device default, from which every device copy is pulled),
+a parameter server's copy (distributed kvstores), or the float32 master copy that
+``multi_precision=True`` keeps in the optimizer state and casts to the float16 weight every step.
+The one piece of code that runs on exactly that array in every configuration is the optimizer's
+update, so this wrapper calls the user's optimizer and then projects what it just updated.
+
+Servers unpickle this class while ``import mxnet`` is still running: the module imports only
+``mxnet.ndarray``, ``mxnet.optimizer`` and the catalogue and kernels, never ``mxnet.gluon``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+from mxnet import ndarray
+from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
+
+from ..catalogue import Constraint, Reduction
+from ..errors import EnforcementError, UnsupportedOptimizerError
+from ..kernels.library import kernel as fused_kernel
+from ..kernels.projection import fused_sgd_attributes, fused_sgd_update, project_in_place
+
+__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot"]
+
+
+class Projection(NamedTuple):
+    """What to project for one parameter: the constraint, its reduction and the full shape."""
+
+    constraint: Constraint
+    reduction: Reduction
+    shape: Tuple[int, ...]
+
+
+# Parameters per update call when the fused SGD kernel runs (MXNet's own SGD takes 4).
+_FUSED_AGGREGATION = 256
+# Where Optimizer.create_state_multi_precision puts the float32 master copy, by the class that
+# defines it: the base class returns (master, state); SGD, NAG and LARS return (state, master).
+_MASTER_SLOT_BY_CREATOR = {Optimizer: 0, SGD: 1, NAG: 1, LARS: 1}
+# Classes whose update_multi_precision updates that master copy and casts it into the weight.
+_CASTING_UPDATERS = {Optimizer: (Optimizer, LAMB), SGD: (SGD,), NAG: (NAG,), LARS: (LARS,)}
+
+
+def master_copy_slot(optimizer_class: type) -> int:
+    """Index of the float32 master copy in a multi-precision state of ``optimizer_class``.
+
+    Parameters
+    ----------
+    optimizer_class : type
+        The (unwrapped) optimizer's class.
+
+    Raises
+    ------
+    UnsupportedOptimizerError
+        If the class defines its own multi-precision state layout that is not a built-in one.
+    """
+    mro = optimizer_class.__mro__
+    creator = next(c for c in mro if "create_state_multi_precision" in c.__dict__)
+    updater = next(c for c in mro if "update_multi_precision" in c.__dict__)
+    if creator in _MASTER_SLOT_BY_CREATOR and updater in _CASTING_UPDATERS[creator]:
+        return _MASTER_SLOT_BY_CREATOR[creator]
+    raise UnsupportedOptimizerError(
+        f"Optimizer {optimizer_class.__name__} defines its own multi-precision state layout "
+        f"(create_state_multi_precision from {creator.__name__}, update_multi_precision from "
+        f"{updater.__name__}): gluon-constraints cannot find its float32 master copy, and "
+        f"projecting only the float16 weight would be undone at the next step. Use a built-in "
+        f"optimizer, multi_precision=False, or float32 weights.")
+
+
+class ConstrainedOptimizer(Optimizer):
+    """Wrap an optimizer so every update is followed by the parameter's constraint.
+
+    After ``inner.update_multi_precision(index, weight, grad, state)`` each updated weight whose
+    parameter has a constraint is projected in place; with ``multi_precision=True`` and float16
+    weights the float32 master copy in ``state`` is projected and then cast into the weight, so
+    the next step starts from a feasible master. Every other attribute (learning rate,
+    ``rescale_grad``, schedulers, update counts) reads and writes through to the wrapped
+    optimizer, so Gluon's Trainer and kvstores use the wrapper like the original.
+
+    The wrapper keeps its own ``param_dict`` (the trainer's parameters, also given to the
+    wrapped optimizer for its learning-rate multipliers): if another trainer takes the wrapped
+    optimizer, the next update raises instead of projecting that trainer's parameters. On a
+    worker the constraint is read from ``param_dict[index].constraint`` at each update; a pickled
+    copy (what distributed kvstores send to their servers) carries a snapshot of the
+    projections, because ``param_dict`` is not pickled.
+
+    An exception during an update is also kept in :attr:`failure`: MXNet's kvstore calls the
+    update from C++ and discards exceptions, so the trainer re-raises it after the step.
+
+    Parameters
+    ----------
+    inner : mxnet.optimizer.Optimizer
+        The optimizer that performs the update.
+    projections : dict or None, default None
+        ``{index: Projection}`` to use where ``param_dict`` is empty (on servers).
+    """
+
+    _OWN = ("inner", "projections", "param_dict", "failure", "_cache", "_fused_calls",
+            "_fuses_sgd")
+
+    def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None) -> None:
+        if not isinstance(inner, Optimizer):
+            raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
+        if isinstance(inner, ConstrainedOptimizer):
+            raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
+        self._own(inner, projections or {})
+
+    def _own(self, inner: Optimizer, projections: Dict[int, Projection]) -> None:
+        """Set the wrapper's own attributes (everything else lives on ``inner``)."""
+        for name, value in (("inner", inner), ("projections", dict(projections)),
+                            ("param_dict", inner.param_dict), ("failure", None),
+                            ("_cache", {}), ("_fused_calls", {}), ("_fuses_sgd", None)):
+            object.__setattr__(self, name, value)
+
+    # -- delegation -----------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name in ConstrainedOptimizer._OWN or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "param_dict":  # ours for projections, the inner's for lr/wd multipliers
+            setattr(self.inner, name, value)
+        if name in ConstrainedOptimizer._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.inner, name, value)
+
+    @property
+    def aggregate_num(self) -> int:
+        """How many parameters an ``Updater`` passes per update call.
+
+        With the fused SGD kernel one call can take every parameter of a step (fewer, larger
+        calls: MXNet's per-call dispatch dominates for many small layers); otherwise the wrapped
+        optimizer's own number.
+        """
+        inner = self.inner.aggregate_num
+        return max(inner, _FUSED_AGGREGATION) if inner > 0 and self._fused_sgd_possible() else inner
+
+    def _fused_sgd_possible(self) -> bool:
+        """Whether the fused SGD kernel can serve this optimizer (decided once: read per call)."""
+        if self._fuses_sgd is None:
+            self._fuses_sgd = (type(self.inner) is SGD and self.inner.momentum > 0
+                               and fused_kernel() is not None)
+        return self._fuses_sgd
+
+    @property
+    def learning_rate(self) -> float:
+        """The wrapped optimizer's current learning rate."""
+        return self.inner.learning_rate
+
+    def set_learning_rate(self, lr: float) -> None:
+        """Set the wrapped optimizer's learning rate."""
+        self.inner.set_learning_rate(lr)
+
+    def set_lr_mult(self, args_lr_mult: Dict[Any, float]) -> None:
+        """Set per-parameter learning-rate multipliers on the wrapped optimizer."""
+        self.inner.set_lr_mult(args_lr_mult)
+
+    def set_wd_mult(self, args_wd_mult: Dict[Any, float]) -> None:
+        """Set per-parameter weight-decay multipliers on the wrapped optimizer."""
+        self.inner.set_wd_mult(args_wd_mult)
+
+    def create_state(self, index: Any, weight: Any) -> Any:
+        """The wrapped optimizer's state for ``weight``."""
+        return self.inner.create_state(index, weight)
+
+    def create_state_multi_precision(self, index: Any, weight: Any) -> Any:
+        """The wrapped optimizer's state for ``weight``, with a float32 master copy if asked."""
+        return self.inner.create_state_multi_precision(index, weight)
+
+    # -- update + projection ----------------------------------------------------------------
+    def update(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
+        """Update like the wrapped optimizer, then project each updated weight."""
+        self._guarded(self._update, index, weight, grad, state, False)
+
+    def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
+        """Update like the wrapped optimizer (master copy included), then project.
+
+        For SGD with momentum on float32 weights the fused kernel does both in one pass. A call
+        without constrained parameters is passed straight through.
+        """
+        self._guarded(self._update, index, weight, grad, state, True)
+
+    def _guarded(self, run: Any, index: Any, *arguments: Any) -> None:
+        """Run one update call; keep any exception in :attr:`failure` too, naming the parameters."""
+        try:
+            run(index, *arguments)
+        except Exception as error:
+            indices = index if isinstance(index, (list, tuple)) else [index]
+            names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
+            self.failure = (names, error)
+            raise
+
+    def _update(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
+        indices, weights, grads, states = _listed(index, weight, grad, state)
+        if self.param_dict and self.inner.param_dict is not self.param_dict:
+            raise EnforcementError(
+                f"The optimizer {type(self.inner).__name__} was given to another trainer after "
+                f"this one: both now share its parameter table and update counts, so neither "
+                f"trainer's learning rates nor constraints are right. Give each trainer its own "
+                f"optimizer (by name, or a separate instance).")
+        projections = [self.projection_for(i, w) for i, w in zip(indices, weights)]
+        inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
+        if not any(projections):
+            inner_update(index, weight, grad, state)
+            return
+        if multi_precision:
+            attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
+            if attributes is not None:
+                fused_sgd_update(self.inner, indices, weights, grads, states, attributes)
+                return
+        if not isinstance(index, (list, tuple)):
+            inner_update(index, weight, grad, state)
+            self._project_updated(projections, weights, states, multi_precision)
+            return
+        step = max(self.inner.aggregate_num, 1)  # the wrapped optimizer's own call size
+        for at in range(0, len(indices), step):
+            part = slice(at, at + step)
+            inner_update(list(indices[part]), list(weights[part]), list(grads[part]),
+                         list(states[part]))
+            self._project_updated(projections[part], weights[part], states[part], multi_precision)
+
+    def _fused_sgd_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
+                              grads: Sequence[Any], states: Sequence[Any],
+                              projections: Sequence[Optional[Projection]]) -> Optional[Dict[str, str]]:
+        """The fused kernel's attributes for this call, cached while nothing they depend on changes."""
+        if not self._fused_sgd_possible():
+            return None
+        key = tuple(indices)
+        signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context)
+        cached = self._fused_calls.get(key)
+        if cached is None or cached[0] != signature:
+            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections))
+            self._fused_calls[key] = cached
+        return cached[1]
+
+    def _project_updated(self, projections: Sequence[Optional[Projection]], weights: Sequence[Any],
+                         states: Sequence[Any], multi_precision: bool) -> None:
+        """Project every weight this update call wrote, in one batch where possible."""
+        items, casts = [], []
+        for projection, w, s in zip(projections, weights, states):
+            if projection is None:
+                continue
+            constraint, reduction, shape = projection
+            if multi_precision and self.inner.multi_precision and w.dtype == np.float16:
+                master = s[master_copy_slot(type(self.inner))]
+                items.append((_full_shape(master, shape), constraint, reduction))
+                casts.append((master, w))
+            else:
+                items.append((_full_shape(w, shape), constraint, reduction))
+        project_in_place(items)
+        for master, w in casts:
+            ndarray.cast(master, dtype=w.dtype, out=w)
+
+    def projection_for(self, index: Any, weight: Optional[Any] = None) -> Optional[Projection]:
+        """The projection of parameter ``index``: live from ``param_dict``, else the snapshot.
+
+        The cached projection is reused while the parameter keeps the same constraint object,
+        the same owning layer and the same shape (constraints are immutable, so their values
+        cannot change behind the cache).
+
+        Parameters
+        ----------
+        index : int
+            The Trainer's index of the parameter (its kvstore key).
+        weight : NDArray or None, default None
+            The array being updated; its shape stands in for an unknown declared shape.
+        """
+        param = self.param_dict.get(index)
+        if param is None:
+            return self.projections.get(index)
+        from ..gluon.attachment import constraint_of, owner_of, reduction_of  # workers only
+
+        constraint = constraint_of(param)
+        if constraint is None:
+            return None
+        owner = owner_of(param)
+        shape = tuple(param.shape) if _known(param.shape) or weight is None else tuple(weight.shape)
+        cached = self._cache.get(index)
+        if cached is not None and cached[0] is constraint and cached[1] is owner \
+                and cached[2].shape == shape:
+            return cached[2]
+        projection = Projection(constraint, reduction_of(param, shape), shape)
+        self._cache[index] = (constraint, owner, projection)
+        return projection
+
+    def snapshot(self) -> Dict[int, Projection]:
+        """``{index: Projection}`` for every constrained parameter in ``param_dict``."""
+        table = dict(self.projections)
+        for index in self.param_dict:
+            projection = self.projection_for(index)
+            if projection is not None:
+                table[index] = projection
+        return table
+
+    def take_failure(self) -> Optional[Tuple[List[str], Exception]]:
+        """The last update's exception with the parameter names, cleared (None if none)."""
+        failure, self.failure = self.failure, None
+        return failure
+
+    # -- pickling (kvstore servers, save_states) ----------------------------------------------
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"inner": self.inner, "projections": self.snapshot()}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._own(state["inner"], state["projections"])
+
+    def __repr__(self) -> str:
+        return f"ConstrainedOptimizer({type(self.inner).__name__})"
+
+
+def _known(shape: Optional[Sequence[int]]) -> bool:
+    return shape is not None and len(shape) > 0 and all(d > 0 for d in shape)
+
+
+def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[Any], ...]:
+    """One update call's arguments as sequences (Updater passes lists when it aggregates)."""
+    if isinstance(index, (list, tuple)):
+        return index, weight, grad, state
+    return (index,), (weight,), (grad,), (state,)
+
+
+def _full_shape(array: Any, shape: Sequence[int]) -> Any:
+    """``array`` viewed with the parameter's shape (servers hold weights flattened to 1-D)."""
+    if tuple(array.shape) == tuple(shape):
+        return array
+    if array.size != int(np.prod(shape)):
+        # A server holding a piece of a big array; the trainer refuses this before training.
+        raise EnforcementError(f"gluon-constraints got a piece of {array.size} elements of a "
+                               f"weight of shape {tuple(shape)}: it cannot be projected.")
+    return array.reshape(shape)

@@ -1,0 +1,341 @@
+"""Enforcing constraints during training: ``ConstrainedTrainer`` and ``enforce``.
+
+Both make the trainer's optimizer a :class:`~gluon_constraints.training.optimizer.ConstrainedOptimizer`
+before the first step, so the projection runs inside the update, on whichever copy the update
+writes (device copy, kvstore copy, server copy or float32 master). A post-``step()`` hook on the
+device copies would be undone at the next step whenever the kvstore or a master copy is
+authoritative.
+
+What an enforcing trainer adds to ``gluon.Trainer`` is one mixin, :class:`EnforcedTraining`.
+``ConstrainedTrainer`` is ``gluon.Trainer`` with it; :func:`enforce` gives an existing trainer
+of any class (``horovod.mxnet.DistributedTrainer`` included) the same mixin by making the
+instance's class a subclass of its own class with the mixin (cached per class), so the instance
+keeps its type for ``isinstance`` and no method is replaced on the instance.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from mxnet.gluon import Trainer
+from mxnet.gluon.parameter import Parameter
+from mxnet.optimizer import SGLD, Nadam, Optimizer
+
+from .. import _mxnet_compat as compat
+from ..distributed.parameter_server import prepare_distributed, settle_initial_weights
+from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
+from ..gluon.attachment import attached_parameters, check_parameter, constraint_of, owner_of
+from .optimizer import ConstrainedOptimizer, master_copy_slot
+from .verify import verify_constraints
+
+__all__ = ["ConstrainedTrainer", "EnforcedTraining", "enforce"]
+
+# Optimizers whose update mutates optimizer-wide state or draws random numbers, so device copies
+# updated one by one (update_on_kvstore=False) drift apart: MXNet's behaviour, measured on 1.9.1.
+_PER_DEVICE_DIVERGING = (Nadam, SGLD)
+# The trainer each enforced optimizer belongs to (one optimizer, one trainer).
+_OPTIMIZER_USERS: "weakref.WeakKeyDictionary[Optimizer, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+class EnforcedTraining(compat.TrainerHooks):
+    """Mixin for a ``gluon.Trainer`` (subclass): enforce every constraint at every update.
+
+    Before the kvstore is created (first step, or ``load_states``) every constrained parameter
+    is checked with its now-known shape and distributed settings are prepared; before each
+    ``step()`` / ``update()`` constraints changed since the last step are checked, so a failing
+    check leaves every weight as it was; after it, an exception that MXNet's kvstore discarded
+    during the update is raised as :class:`~gluon_constraints.EnforcementError`.
+    """
+
+    _gc_checked: Dict[int, Tuple[int, int]]
+
+    def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
+        """As ``gluon.Trainer.step``; every constrained parameter is projected after its update.
+
+        Raises
+        ------
+        TypeError, ConstraintShapeError, ConstraintTypeError
+            If a constraint set or changed since the last step does not fit its parameter
+            (checked before anything is updated).
+        EnforcementError
+            If an update or projection failed inside the kvstore (naming the parameters).
+        """
+        self._check_changed_constraints()
+        self._surfacing_failures(super().step, batch_size, ignore_stale_grad)  # type: ignore[misc]
+
+    def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
+        """As ``gluon.Trainer.update``; every constrained parameter is projected after its update."""
+        self._check_changed_constraints()
+        self._surfacing_failures(super().update, batch_size, ignore_stale_grad)  # type: ignore[misc]
+
+    def verify_constraints(self) -> None:
+        """Check every copy this trainer owns; see :func:`gluon_constraints.verify_constraints`."""
+        verify_constraints(self)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def before_kvstore(self) -> None:
+        """Check every constrained parameter (shapes are known now) and prepare distribution."""
+        check_parameters(compat.trainer_parameters(self), self.optimizer, owner=self)
+        prepare_distributed(self)
+        _warn_unenforced(self)
+
+    def after_kvstore(self) -> None:
+        """Settle the initial weights of a distributed job."""
+        settle_initial_weights(self)
+
+    def after_load_states(self) -> None:
+        """After ``load_states`` from a plain trainer's file, wrap the loaded optimizer again."""
+        if not isinstance(self.optimizer, ConstrainedOptimizer):
+            compat.replace_loaded_optimizer(self, ConstrainedOptimizer(self.optimizer))
+        _OPTIMIZER_USERS[self.optimizer.inner] = weakref.ref(self)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _check_changed_constraints(self) -> None:
+        """Check constraints attached or replaced since the last step (cheap when none changed)."""
+        for index, param in enumerate(compat.trainer_parameters(self)):
+            constraint, owner = getattr(param, "constraint", None), owner_of(param)
+            key = (id(constraint), id(owner))
+            if constraint is None or self._gc_checked.get(index) == key:
+                continue
+            check_parameter(param, constraint_of(param), compat.data_shape(param), owner)
+            self._gc_checked[index] = key
+
+    def _surfacing_failures(self, run: Any, *arguments: Any) -> None:
+        optimizer = self.optimizer
+        try:
+            run(*arguments)
+        except BaseException:
+            optimizer.take_failure()  # it surfaced by itself
+            raise
+        failure = optimizer.take_failure()
+        if failure is not None:
+            names, error = failure
+            raise EnforcementError(
+                f"Updating and projecting {', '.join(names)} failed inside the kvstore during "
+                f"this step (MXNet discards exceptions raised there; gluon-constraints re-raises "
+                f"it): {type(error).__name__}: {error}") from error
+
+
+class ConstrainedTrainer(EnforcedTraining, Trainer):
+    """A ``gluon.Trainer`` that keeps every constrained parameter inside its constraint.
+
+    Same constructor as :class:`mxnet.gluon.Trainer`. After ``step()`` (and after ``update()``
+    when ``allreduce_grads()`` / ``update()`` are called separately) every parameter with a
+    constraint satisfies it on every context, in every configuration Gluon supports: one or
+    several contexts, kvstore None / ``'device'`` / ``'local'`` / a ``KVStore`` object,
+    ``update_on_kvstore`` True, False or None, and float16 weights with ``multi_precision=True``
+    (the float32 master copy is projected). Device copies are bitwise identical wherever MXNet
+    keeps them identical; where it does not (several contexts with ``kvstore=None``, or with the
+    update on the devices and Nadam or SGLD) a :class:`~gluon_constraints.DivergingCopiesWarning`
+    says so at construction.
+
+    Everything is checked before any parameter is bound to the trainer: a refused trainer leaves
+    the parameters free for another.
+
+    Parameters
+    ----------
+    params : ParameterDict, dict or list of Parameter
+        The parameters to optimize.
+    optimizer : str or mxnet.optimizer.Optimizer
+        The optimizer, by name or instance. An instance belongs to one trainer.
+    optimizer_params : dict or None, default None
+        Keyword arguments for the optimizer when it is given by name.
+    kvstore : str or KVStore, default 'device'
+        As for ``gluon.Trainer``.
+    compression_params : dict or None, default None
+        As for ``gluon.Trainer``.
+    update_on_kvstore : bool or None, default None
+        As for ``gluon.Trainer``.
+
+    Raises
+    ------
+    TypeError, ConstraintShapeError, ConstraintTypeError
+        If a constraint is not a Constraint, does not fit its parameter's shape or its dtype
+        (naming the parameter).
+    EnforcementError
+        If a constrained parameter is sparse, or the optimizer instance already belongs to
+        another live trainer.
+    UnsupportedOptimizerError
+        If ``multi_precision=True``, a constrained parameter is float16 and the optimizer keeps its
+        float32 master copy in a layout the wrapper does not know.
+    """
+
+    def __init__(self, params: Any, optimizer: Any, optimizer_params: Optional[dict] = None,
+                 kvstore: Any = "device", compression_params: Optional[dict] = None,
+                 update_on_kvstore: Optional[bool] = None) -> None:
+        check_parameters(_listed_parameters(params), optimizer, optimizer_params)
+        super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
+                         compression_params=compression_params, update_on_kvstore=update_on_kvstore)
+        _install(self)
+
+
+def enforce(trainer: Trainer) -> Trainer:
+    """Install constraint enforcement into an existing ``gluon.Trainer`` before its first step.
+
+    Works on any ``gluon.Trainer`` instance, subclasses such as
+    ``horovod.mxnet.DistributedTrainer`` included: the instance's class becomes a subclass of its
+    class with :class:`EnforcedTraining` (a plain ``gluon.Trainer`` becomes a
+    :class:`ConstrainedTrainer`), so ``isinstance`` checks keep working. Installing twice is
+    harmless. A refused call changes nothing.
+
+    Parameters
+    ----------
+    trainer : mxnet.gluon.Trainer
+        A trainer whose kvstore is not created yet (no ``step``, ``update``,
+        ``allreduce_grads`` or ``load_states`` so far).
+
+    Returns
+    -------
+    mxnet.gluon.Trainer
+        ``trainer`` itself.
+
+    Raises
+    ------
+    EnforcementError
+        If the trainer's kvstore already exists: it may hold an unconstrained optimizer (on
+        parameter servers too), so the constraints could not be guaranteed.
+    """
+    if not isinstance(trainer, Trainer):
+        raise TypeError(f"enforce expects an mxnet.gluon.Trainer: got {trainer!r}.")
+    if isinstance(trainer, EnforcedTraining):
+        return trainer
+    if compat.kvstore_initialized(trainer):
+        raise EnforcementError(
+            "enforce() was called after the trainer created its kvstore (done by its first "
+            "step(), update(), allreduce_grads() or load_states()), which may hold an "
+            "unconstrained optimizer: call gc.enforce(trainer) right after building the "
+            "trainer, before load_states and the first step, or build a gc.ConstrainedTrainer.")
+    check_parameters(compat.trainer_parameters(trainer), trainer.optimizer, owner=trainer)
+    trainer.__class__ = _enforced_class(type(trainer))
+    _install(trainer)
+    return trainer
+
+
+def check_parameters(params: Iterable[Parameter], optimizer: Any,
+                     optimizer_params: Optional[dict] = None, owner: Optional[Trainer] = None) -> None:
+    """Refuse constraints and optimizers that cannot be enforced, before anything is bound.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        The trainer's parameters.
+    optimizer : str or Optimizer
+        The optimizer as given to the trainer (or the trainer's optimizer).
+    optimizer_params : dict or None, default None
+        Its keyword arguments when given by name.
+    owner : Trainer or None, default None
+        The trainer the optimizer already belongs to, if it exists.
+    """
+    inner = getattr(optimizer, "inner", optimizer)
+    if isinstance(inner, Optimizer):
+        _refuse_shared(inner, owner)
+        optimizer_class, multi_precision = type(inner), inner.multi_precision
+    else:
+        optimizer_class = Optimizer.opt_registry.get(str(optimizer).lower())
+        multi_precision = bool((optimizer_params or {}).get("multi_precision", False))
+    for param in params:
+        constraint = constraint_of(param)
+        if constraint is None:
+            continue
+        if compat.storage_type(param) != "default":
+            raise EnforcementError(
+                f"Parameter '{param.name}' has a constraint but {compat.storage_type(param)} "
+                f"storage: gluon-constraints projects dense weights only.")
+        check_parameter(param, constraint, compat.data_shape(param), owner_of(param))
+        if multi_precision and optimizer_class is not None and np.dtype(param.dtype) == np.float16:
+            master_copy_slot(optimizer_class)
+
+
+def _install(trainer: Trainer) -> None:
+    """Wrap the optimizer, record its owner, and warn where device copies will diverge."""
+    wrapper = ConstrainedOptimizer(trainer.optimizer)
+    compat.install_optimizer(trainer, wrapper)
+    _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
+    trainer._gc_checked = {}
+    _warn_diverging(trainer, type(wrapper.inner))
+
+
+_ENFORCED_CLASSES: Dict[type, type] = {Trainer: ConstrainedTrainer}
+
+
+def _enforced_class(cls: type) -> type:
+    """``cls`` with :class:`EnforcedTraining` (``ConstrainedTrainer`` for ``gluon.Trainer``)."""
+    if cls not in _ENFORCED_CLASSES:
+        _ENFORCED_CLASSES[cls] = type(f"Constrained{cls.__name__}", (EnforcedTraining, cls),
+                                      {"__module__": cls.__module__, "__doc__": cls.__doc__})
+    return _ENFORCED_CLASSES[cls]
+
+
+def _refuse_shared(optimizer: Optimizer, owner: Optional[Trainer]) -> None:
+    """Refuse an optimizer instance that another live trainer uses."""
+    user = _OPTIMIZER_USERS.get(optimizer)
+    other = user() if user is not None else None
+    if other is None:
+        other = next((compat.trainer_of(p) for p in optimizer.param_dict.values()
+                      if compat.trainer_of(p) not in (None, owner)), None)
+    if other is not None and other is not owner:
+        raise EnforcementError(
+            f"The optimizer {type(optimizer).__name__} instance is shared: it already belongs "
+            f"to another trainer. MXNet optimizers keep per-parameter tables and update counts "
+            f"by index, so two trainers on one instance get each other's learning-rate "
+            f"multipliers, step counts and constraints. Give each trainer its own optimizer, "
+            f"by name (gc.ConstrainedTrainer(params, 'adam', {{...}})) or as a separate instance "
+            f"(e.g. one for the generator and one for the discriminator of a GAN).")
+
+
+def _warn_diverging(trainer: Trainer, optimizer_class: type) -> None:
+    """Warn where MXNet itself leaves a parameter's device copies different."""
+    contexts = set()
+    for param in compat.trainer_parameters(trainer):
+        try:
+            contexts.update(param.list_ctx())
+        except RuntimeError:  # not initialized yet: contexts unknown
+            continue
+    if len(contexts) < 2:
+        return
+    kvstore, update_on_kvstore = compat.kvstore_setting(trainer)
+    if kvstore is None:
+        warnings.warn(
+            f"kvstore=None with {len(contexts)} contexts: gradients are never summed across "
+            f"devices, so each device copy trains on its own part of the batch and the copies "
+            f"diverge (MXNet's behaviour; each copy still satisfies its constraints). Use "
+            f"kvstore='device' to keep the copies identical.", DivergingCopiesWarning, stacklevel=3)
+        return
+    per_device = update_on_kvstore is False or (
+        update_on_kvstore is None and os.getenv("MXNET_UPDATE_ON_KVSTORE", "1") == "0")
+    if per_device and issubclass(optimizer_class, _PER_DEVICE_DIVERGING):
+        warnings.warn(
+            f"{optimizer_class.__name__} with update_on_kvstore=False on {len(contexts)} "
+            f"contexts: each device's update draws its own random numbers or advances shared "
+            f"optimizer state, so the device copies diverge (MXNet's behaviour, plain Trainer "
+            f"too; each copy still satisfies its constraints). Leave update_on_kvstore at its "
+            f"default to keep them identical.", DivergingCopiesWarning, stacklevel=3)
+
+
+def _warn_unenforced(trainer: Trainer) -> None:
+    """Warn about constrained parameters that no trainer updates (before the first step)."""
+    owned = {id(p) for p in compat.trainer_parameters(trainer)}
+    stray = sorted(p.name for p in attached_parameters()
+                   if id(p) not in owned and p.grad_req != "null" and compat.trainer_of(p) is None
+                   and compat.is_allocated(p))
+    if stray:
+        warnings.warn(
+            f"These constrained parameters are not updated by this trainer (nor by any other), "
+            f"so their constraints are not enforced: {', '.join(stray)}. If they belong to a "
+            f"network you still train, give its parameters to a trainer; if they belong to "
+            f"another network that is merely still alive (an old model in a notebook), delete "
+            f"it or silence this warning with warnings.simplefilter('ignore', "
+            f"gc.UnenforcedConstraintWarning).", UnenforcedConstraintWarning, stacklevel=5)
+
+
+def _listed_parameters(params: Any) -> List[Parameter]:
+    """The parameters as ``gluon.Trainer`` reads them (it raises its own error for other input)."""
+    if hasattr(params, "values") and callable(params.values):
+        return list(params.values())
+    if isinstance(params, (list, tuple)):
+        return [p for p in params if isinstance(p, Parameter)]
+    return []

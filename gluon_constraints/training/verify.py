@@ -1,0 +1,79 @@
+"""``verify_constraints``: check every copy a trainer owns (a debugging aid; it synchronises)."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import numpy as np
+from mxnet import ndarray
+
+from .. import _mxnet_compat as compat
+from ..errors import ConstraintViolationError
+from ..gluon.attachment import constraint_of, reduction_of
+
+__all__ = ["verify_constraints"]
+
+# A projected copy may differ from its projection by float rounding only.
+_VERIFY_RTOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def verify_constraints(trainer: Any) -> None:
+    """Check that every copy of every constrained parameter satisfies its constraint.
+
+    Checks each device copy and, where the update runs on a kvstore (``update_on_kvstore``), the
+    copy the kvstore keeps (pulled back; on a distributed kvstore, the servers' copy). A copy is
+    violated if it holds a NaN or an infinity, or if projecting it would change it by more than
+    float rounding. All copies must also be bitwise identical, except a ``dist_async`` server
+    copy, which moves on with other workers' pushes. A constraint that moves a slice only part
+    of the way (``MinMaxNorm`` with ``rate < 1``) reports slices it has not reached yet. A
+    debugging aid: it synchronises with the host.
+
+    Parameters
+    ----------
+    trainer : mxnet.gluon.Trainer
+        A trainer with enforcement installed.
+
+    Raises
+    ------
+    ConstraintViolationError
+        Naming each violated parameter, the copy, and by how much the projection would change it
+        (largest change relative to the largest entry) or how many entries are not finite, and
+        each parameter whose device copies differ.
+    """
+    problems: List[str] = []
+    kvstore = compat.kvstore_of(trainer)
+    on_kvstore = compat.updates_on_kvstore(trainer)
+    for index, param in enumerate(compat.trainer_parameters(trainer)):
+        constraint = constraint_of(param)
+        if constraint is None or param.grad_req == "null":
+            continue
+        reduction = reduction_of(param)
+        copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
+        if on_kvstore:
+            stored = ndarray.zeros(copies[0][1].shape, ctx=copies[0][1].context, dtype=param.dtype)
+            kvstore.pull(index, out=stored)
+            copies.append(("kvstore copy", stored))
+        for label, array in copies:
+            problems.extend(_violations(param.name, label, array, constraint(array, reduction)))
+        first = copies[0][1].asnumpy()
+        comparable = copies[1:-1] if on_kvstore and "async" in kvstore.type else copies[1:]
+        for label, array in comparable:
+            if array.asnumpy().tobytes() != first.tobytes():
+                problems.append(f"{param.name} ({label}): differs from {copies[0][0]}")
+    if problems:
+        raise ConstraintViolationError(
+            "Constraints are violated:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _violations(name: str, label: str, array: Any, projected: Any) -> List[str]:
+    values = array.asnumpy().astype(np.float64)
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        return [f"{name} ({label}): {bad} of {values.size} entries are NaN or infinite"]
+    target = projected.asnumpy().astype(np.float64)
+    scale = max(float(np.abs(values).max(initial=0.0)), np.finfo(np.float64).tiny)
+    change = float(np.abs(target - values).max(initial=0.0)) / scale
+    if change > _VERIFY_RTOL.get(np.dtype(array.dtype), 1e-5):
+        return [f"{name} ({label}): projection would change it by {change:.3g} relative to its "
+                f"largest entry"]
+    return []
