@@ -2,9 +2,9 @@
 
 import sys
 
-from .distributed.launch import Cluster, free_port, main
+from .distributed.launch import Cluster, StopSignals, free_port, main
 
-__all__ = ["Cluster", "free_port", "main"]
+__all__ = ["Cluster", "StopSignals", "free_port", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

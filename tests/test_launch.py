@@ -1,4 +1,4 @@
-"""The local cluster launcher: exit codes, teardown, timeouts, Ctrl-C."""
+"""The local cluster launcher (docs/distributed.md): exit codes, teardown, timeouts, signals."""
 
 import os
 import signal
@@ -81,16 +81,57 @@ def test_timeout_stops_the_job_with_124(tmp_path):
     assert_all_gone(tmp_path)
 
 
-def test_interrupt_stops_the_job_with_130(tmp_path):
-    process = launch(tmp_path, "import time\ntime.sleep(120)\n")
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "logs" / "pids").exists() and time.monotonic() < deadline:
+READY_WORKER = """import os, pathlib, time
+pathlib.Path(os.environ["READY_DIR"], str(os.getpid())).touch()
+time.sleep(600)
+"""
+
+
+def wait_until_workers_run(tmp_path, workers=2, limit=180):
+    """Wait (however loaded the machine) until every worker has started its script."""
+    deadline = time.monotonic() + limit
+    while len(list((tmp_path / "ready").iterdir())) < workers:
+        assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.1)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    finish(process)
-    assert process.returncode == 130
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_tears_the_job_down_with_its_exit_code(tmp_path, monkeypatch, sig, code):
+    (tmp_path / "ready").mkdir()
+    monkeypatch.setenv("READY_DIR", str(tmp_path / "ready"))
+    process = launch(tmp_path, READY_WORKER)
+    wait_until_workers_run(tmp_path)
+    process.send_signal(sig)
+    output = finish(process, timeout=180)
+    assert process.returncode == code
+    assert f"received {signal.Signals(sig).name}; stopping the job." in output
     assert_all_gone(tmp_path)
+
+
+def test_repeated_signals_cannot_interrupt_the_teardown(tmp_path, monkeypatch):
+    (tmp_path / "ready").mkdir()
+    monkeypatch.setenv("READY_DIR", str(tmp_path / "ready"))
+    process = launch(tmp_path, READY_WORKER)
+    wait_until_workers_run(tmp_path)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+        process.send_signal(sig)
+    output = finish(process, timeout=180)
+    assert process.returncode == 130  # the first signal decides
+    assert "Traceback" not in output
+    assert_all_gone(tmp_path)
+
+
+def test_a_received_signal_stops_the_wait_loop_without_timing(tmp_path):
+    from gluon_constraints.launch import Cluster, StopSignals
+
+    cluster = Cluster([sys.executable, "-c", "import time; time.sleep(600)"], workers=1, servers=1,
+                      log_dir=tmp_path / "logs")
+    cluster.start()
+    signals = StopSignals()
+    signals.received = signal.SIGTERM  # as the handler records it
+    assert cluster.wait(signals=signals) == 143
+    assert all(p.poll() is not None for p in cluster.processes.values())
 
 
 def test_free_port_can_be_bound():

@@ -3,9 +3,11 @@
 ``python -m gluon_constraints.launch -n 2 -s 2 python train.py --epochs 3``
 
 starts one scheduler, ``-s`` servers and ``-n`` workers on 127.0.0.1 with a free port, each in
-its own process group, and waits. When a process fails, on Ctrl-C, or when ``--timeout`` expires,
-it tears every process it started down (SIGTERM, then SIGKILL after a grace period) and exits
-with the first failure's exit code (124 on timeout, 130 on Ctrl-C). The mxnet wheel's own
+its own process group, and waits. When a process fails, on Ctrl-C or SIGTERM, or when
+``--timeout`` expires, it tears every process it started down (SIGTERM, then SIGKILL after a
+grace period) and exits with the first failure's exit code (124 on timeout, 130 on Ctrl-C, 143 on
+SIGTERM). Signals only set a flag that the wait loop reads, so they can never interrupt the
+start-up or the teardown half way. The mxnet wheel's own
 ``tools/launch.py`` crashes on Python 3.9+ and leaves processes behind; this one also makes each
 child die with the launcher (``PR_SET_PDEATHSIG``) if the launcher is killed outright.
 
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["Cluster", "free_port", "main"]
+__all__ = ["Cluster", "StopSignals", "free_port", "main"]
 
 _PR_SET_PDEATHSIG = 1
 _GRACE_S = 3.0
@@ -44,6 +46,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM recorded as a flag, for a wait loop to read, instead of exceptions.
+
+    While installed, the first of these signals is kept in :attr:`received` and later ones are
+    ignored; nothing is raised, so no code can be interrupted half way.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+
+    def install(self) -> None:
+        """Record these signals from now on (in the main thread)."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
 
 
 class Cluster:
@@ -109,19 +133,32 @@ class Cluster:
             command, env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
 
-    def wait(self, timeout: Optional[float] = None) -> int:
-        """Wait for the job; tear everything down on the first failure or at the timeout.
+    def wait(self, timeout: Optional[float] = None, signals: Optional[StopSignals] = None) -> int:
+        """Wait for the job; tear everything down on the first failure, signal or the timeout.
+
+        Parameters
+        ----------
+        timeout : float or None, default None
+            Seconds before the job is stopped; None waits for as long as it runs.
+        signals : StopSignals or None, default None
+            Stop the job as soon as one of these signals has been received.
 
         Returns
         -------
         int
             0 if every process exited 0; else the first failure's exit code (128 + signal
-            number for a process killed by a signal), or 124 if the timeout expired.
+            number for a process killed by a signal), 124 if the timeout expired, or 128 + the
+            number of the signal received.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         workers = [p for n, p in self.processes.items() if n.startswith("worker")]
         try:
             while True:
+                if signals is not None and signals.received is not None:
+                    name = signal.Signals(signals.received).name
+                    print(f"gluon_constraints.launch: received {name}; stopping the job.",
+                          file=sys.stderr)
+                    return 128 + signals.received
                 for name, process in self.processes.items():
                     code = process.poll()
                     if code not in (None, 0):
@@ -184,17 +221,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     cluster = Cluster(command, args.num_workers, args.num_servers or args.num_workers,
                       host=args.host, log_dir=args.log_dir)
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    signals = StopSignals()
+    signals.install()
     try:
         cluster.start()
-        return cluster.wait(args.timeout)
-    except KeyboardInterrupt:
+    except BaseException:
         cluster.stop()
-        return 130
+        raise
+    return cluster.wait(args.timeout, signals)
 
 
 if __name__ == "__main__":
