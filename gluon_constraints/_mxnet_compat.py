@@ -178,7 +178,7 @@ def data_shape(param: Any) -> Optional[Tuple[int, ...]]:
     while the data has its real shape.
     """
     shape = param.shape
-    if shape is not None and len(shape) > 0 and all(d > 0 for d in shape):
+    if shape is not None and len(shape) > 0 and all(d is not None and d > 0 for d in shape):
         return tuple(shape)
     if param._data:
         return tuple(param._data[0].shape)

@@ -31,7 +31,7 @@ import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
-from ..errors import ConstraintArgumentError, ConstraintTypeError
+from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError
 from .reduction import Axis, Reduction, normalize_axes, per_output_unit
 
 __all__ = ["Constraint", "RowLowering", "BOUNDARY_RTOL", "ELEMENTWISE", "PER_UNIT", "WHOLE",
@@ -129,17 +129,26 @@ class Constraint(metaclass=_Immutable):
         Returns
         -------
         mx.nd.NDArray or mx.np.ndarray
-            The projected weight, same kind, shape, dtype and context as ``w``. An empty array
-            comes back as an empty copy; a 0-d array is treated as a vector of one entry.
+            The projected weight, same kind, shape, dtype and context as ``w``. An empty
+            ``mx.np`` array comes back as an empty copy; a 0-d one is treated as a vector of one
+            entry.
 
         Raises
         ------
         ConstraintTypeError
             If ``w`` is not an array, not dense, or not floating point.
+        ConstraintShapeError
+            If ``w`` is a classic ``mx.nd.NDArray`` with an empty or 0-d shape (MXNet reads those
+            as unknown shapes).
         """
         check_array(w, type(self).__name__)
         numpy_mode = _is_numpy_array(w)
         shape = tuple(w.shape)
+        if not numpy_mode and (not shape or 0 in shape):
+            raise ConstraintShapeError(
+                f"{type(self).__name__} cannot project a classic mx.nd.NDArray of shape {shape}: "
+                f"MXNet's classic arrays read 0 and () as unknown shapes, so no operator runs on "
+                f"them. Use an mx.np array (after mx.npx.set_np()) for empty and 0-d arrays.")
         if w.size == 0:
             return w.copy()
         legacy = (w.reshape(1) if not shape else w).as_nd_ndarray() if numpy_mode else w
@@ -337,8 +346,14 @@ def real_argument(owner: str, argument: str, value: object) -> float:
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise ConstraintArgumentError(f"{owner} {argument} must be finite: got {value!r}.")
+        raise ConstraintArgumentError(f"{owner} {argument} must be finite: got {_shown(value)}.")
     return number
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, shortened for integers too long to read."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
 
 
 def bound_argument(owner: str, argument: str, value: object, allow_zero: bool = False) -> float:

@@ -30,6 +30,8 @@ _OWNER = "_gluon_constraints_owner"
 # Every parameter a constraint was ever attached to, while it is alive: lets trainers warn about
 # constrained parameters that no trainer updates.
 _ATTACHED: "weakref.WeakSet[Parameter]" = weakref.WeakSet()
+# The constraint each parameter was last warned about (AmbiguousLayoutWarning), to warn once.
+_WARNED_LAYOUT: "weakref.WeakKeyDictionary[Parameter, Constraint]" = weakref.WeakKeyDictionary()
 
 Owner = Optional[Tuple[Block, str]]
 
@@ -220,7 +222,7 @@ def check_parameter(param: Parameter, constraint: Constraint, shape: Optional[Se
 
     Warns with :class:`~gluon_constraints.AmbiguousLayoutWarning` when the constraint uses
     per-unit axes, no owning layer is known, and the weight has 3 or more dimensions (where a
-    transposed convolution's output channels are not axis 0).
+    transposed convolution's output channels are not axis 0); once per parameter and constraint.
 
     Raises
     ------
@@ -234,7 +236,9 @@ def check_parameter(param: Parameter, constraint: Constraint, shape: Optional[Se
         return
     block, attr = owner or (None, None)
     constraint.validate(tuple(shape), fan_in(block, attr, shape), name=param.name)
-    if owner is None and len(shape) >= 3 and constraint.uses_layer_layout():
+    if owner is None and len(shape) >= 3 and constraint.uses_layer_layout() \
+            and _WARNED_LAYOUT.get(param) is not constraint:
+        _WARNED_LAYOUT[param] = constraint
         warnings.warn(
             f"Parameter '{param.name}' of shape {tuple(shape)} has constraint {constraint!r} per "
             f"output unit, but its layer is unknown, so its axes are taken as every axis but 0. "

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple, Union
 
 import mxnet
 from mxnet import ndarray
@@ -52,10 +52,6 @@ _loaded: Optional[Callable[..., Any]] = None
 _tried = False
 
 
-class _KernelUnavailable(Exception):
-    """Why the fused kernel cannot be used in this process (the warning's text)."""
-
-
 def kernel() -> Optional[Callable[..., Any]]:
     """The loaded operator (``ndarray.gc_project_rows``), or None where it cannot be had.
 
@@ -69,12 +65,13 @@ def kernel() -> Optional[Callable[..., Any]]:
         return None
     with _lock:
         if not _tried:
-            try:
-                _loaded = _load()
-            except _KernelUnavailable as reason:
+            loaded = _load()
+            if isinstance(loaded, str):
                 warnings.warn(f"gluon-constraints is using stock MXNet operators (same results, "
-                              f"slower) because its fused kernel is unavailable: {reason}",
+                              f"slower) because its fused kernel is unavailable: {loaded}",
                               FusedKernelWarning, stacklevel=3)
+            else:
+                _loaded = loaded
             _tried = True
     return _loaded
 
@@ -102,20 +99,24 @@ def _processor_features() -> bytes:
     return (platform.machine() + flags).encode()
 
 
-def _load() -> Callable[..., Any]:
+def _load() -> Union[Callable[..., Any], str]:
+    """The loaded operator, or why it cannot be had (the warning's text)."""
     from mxnet import library  # a full mxnet import is complete on this process
 
     try:
         directory = cache_directory()
-        path = _verified(directory) or _build(directory)
+        path = _verified(directory)
+        if path is None:
+            path, failure = _build(directory)
+            if path is None:
+                return failure
     except OSError as error:
-        raise _KernelUnavailable(
-            f"its cache could not be used ({error}). Set GLUON_CONSTRAINTS_CACHE to a writable "
-            f"directory.") from None
+        return (f"its cache could not be used ({error}). Set GLUON_CONSTRAINTS_CACHE to a "
+                f"writable directory.")
     try:
         library.load(str(path), False)
     except Exception as error:  # noqa: BLE001 - MXNet raises MXNetError or OSError; either way: stock
-        raise _KernelUnavailable(f"loading {path} failed ({error}).") from None
+        return f"loading {path} failed ({error})."
     return getattr(ndarray, _OP_NAME)
 
 
@@ -131,12 +132,12 @@ def _verified(directory: Path) -> Optional[Path]:
     return path if f"lib-{_sha256(path)}.so" == name else None
 
 
-def _build(directory: Path) -> Path:
-    """Compile the library into ``directory`` and point ``current`` at it."""
+def _build(directory: Path) -> Tuple[Optional[Path], str]:
+    """Compile the library into ``directory`` and point ``current`` at it: (path, '') or
+    (None, why not)."""
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
-        raise _KernelUnavailable(
-            f"no C++ compiler was found ({os.environ.get('CXX', 'g++')!r}; set CXX to one).")
+        return None, f"no C++ compiler was found ({os.environ.get('CXX', 'g++')!r}; set CXX to one)."
     mxnet_dir = Path(mxnet.__file__).parent
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
@@ -145,13 +146,13 @@ def _build(directory: Path) -> Path:
                    "-I", str(mxnet_dir / "include"), "-o", str(built)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise _KernelUnavailable(f"{compiler} could not build it:\n{result.stderr[-2000:]}")
+            return None, f"{compiler} could not build it:\n{result.stderr[-2000:]}"
         name = f"lib-{_sha256(built)}.so"
         os.replace(built, directory / name)  # atomic; a concurrent build of the same bytes is equal
         pointer = Path(scratch) / _POINTER
         pointer.write_text(name)
         os.replace(pointer, directory / _POINTER)
-    return directory / name
+    return directory / name, ""
 
 
 def _sha256(path: Path) -> str:

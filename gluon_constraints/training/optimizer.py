@@ -14,7 +14,7 @@ Servers unpickle this class while ``import mxnet`` is still running: the module 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from mxnet import ndarray
@@ -88,8 +88,10 @@ class ConstrainedOptimizer(Optimizer):
     copy (what distributed kvstores send to their servers) carries a snapshot of the
     projections, because ``param_dict`` is not pickled.
 
-    An exception during an update is also kept in :attr:`failure`: MXNet's kvstore calls the
-    update from C++ and discards exceptions, so the trainer re-raises it after the step.
+    An exception during an update is raised as an
+    :class:`~gluon_constraints.EnforcementError` naming the parameters and also kept in
+    :attr:`failure`: MXNet's kvstore calls the update from C++ and discards exceptions, so the
+    trainer raises it again after the step.
 
     Parameters
     ----------
@@ -187,14 +189,20 @@ class ConstrainedOptimizer(Optimizer):
         self._guarded(self._update, index, weight, grad, state, True)
 
     def _guarded(self, run: Any, index: Any, *arguments: Any) -> None:
-        """Run one update call; keep any exception in :attr:`failure` too, naming the parameters."""
+        """Run one update call; an exception becomes an EnforcementError naming the parameters,
+        raised and also kept in :attr:`failure`."""
         try:
             run(index, *arguments)
+        except EnforcementError as error:
+            self.failure = error
+            raise
         except Exception as error:
             indices = index if isinstance(index, (list, tuple)) else [index]
             names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
-            self.failure = (names, error)
-            raise
+            self.failure = EnforcementError(
+                f"Updating and projecting {', '.join(names)} failed: {type(error).__name__}: "
+                f"{error}")
+            raise self.failure from error
 
     def _update(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
         indices, weights, grads, states = _listed(index, weight, grad, state)
@@ -298,8 +306,8 @@ class ConstrainedOptimizer(Optimizer):
                 table[index] = projection
         return table
 
-    def take_failure(self) -> Optional[Tuple[List[str], Exception]]:
-        """The last update's exception with the parameter names, cleared (None if none)."""
+    def take_failure(self) -> Optional[EnforcementError]:
+        """The last update's failure, cleared (None if none)."""
         failure, self.failure = self.failure, None
         return failure
 

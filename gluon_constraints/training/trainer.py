@@ -112,12 +112,8 @@ class EnforcedTraining(compat.TrainerHooks):
             optimizer.take_failure()  # it surfaced by itself
             raise
         failure = optimizer.take_failure()
-        if failure is not None:
-            names, error = failure
-            raise EnforcementError(
-                f"Updating and projecting {', '.join(names)} failed inside the kvstore during "
-                f"this step (MXNet discards exceptions raised there; gluon-constraints re-raises "
-                f"it): {type(error).__name__}: {error}") from error
+        if failure is not None:  # raised inside MXNet's kvstore update, which discards it
+            raise failure
 
 
 class ConstrainedTrainer(EnforcedTraining, Trainer):
