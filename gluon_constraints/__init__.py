@@ -11,19 +11,8 @@ import importlib
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
 from .catalogue import (Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, Reduction, UnitNorm,
                         deserialize, get, register_constraint, serialize)
-from .errors import (
-    AmbiguousLayoutWarning,
-    ConstraintArgumentError,
-    ConstraintShapeError,
-    ConstraintTypeError,
-    ConstraintViolationError,
-    DivergingCopiesWarning,
-    EnforcementError,
-    FusedKernelWarning,
-    UnenforcedConstraintWarning,
-    UnknownConstraintError,
-    UnsupportedOptimizerError,
-)
+from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
+from .errors import __all__ as _ERRORS
 
 # Public names defined in modules that import mxnet.gluon, loaded lazily (PEP 562).
 _LAZY = {
@@ -63,18 +52,7 @@ __all__ = [
     "ConstraintHandler",
     "nn",
     "rnn",
-    "ConstraintArgumentError",
-    "ConstraintShapeError",
-    "UnknownConstraintError",
-    "UnsupportedOptimizerError",
-    "ConstraintTypeError",
-    "ConstraintViolationError",
-    "EnforcementError",
-    "AmbiguousLayoutWarning",
-    "DivergingCopiesWarning",
-    "UnenforcedConstraintWarning",
-    "FusedKernelWarning",
-]
+] + _ERRORS
 
 __version__ = "0.1.0"
 

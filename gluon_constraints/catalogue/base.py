@@ -237,19 +237,8 @@ class Constraint(metaclass=_Immutable):
                  name: Optional[str] = None) -> None:
         """Check that this constraint can be applied to a weight of ``shape``.
 
-        Parameters
-        ----------
-        shape : sequence of int
-            Shape of the weight.
-        default : Reduction or None, default None
-            Per-output-unit reduction supplied by the layer that owns the weight.
-        name : str or None, default None
-            Parameter name to quote in the error message.
-
-        Raises
-        ------
-        ConstraintShapeError
-            If the constraint's axes do not fit ``shape``.
+        Takes the arguments of :meth:`reduction_for` and raises its ``ConstraintShapeError`` if
+        the constraint's axes do not fit ``shape``; a composition checks every member.
         """
         self.reduction_for(shape, default, name)
 

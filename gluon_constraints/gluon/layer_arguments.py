@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .. import _mxnet_compat as compat
 from ..catalogue import get
@@ -55,7 +55,8 @@ class ConstraintArguments:
 
 
 def constrained_layer(base: type, module: str, groups: Mapping[str, Tuple[str, ...]],
-                      arguments_doc: str, shorthands: Mapping[str, Tuple[str, ...]] = {}) -> type:
+                      arguments_doc: str,
+                      shorthands: Optional[Mapping[str, Tuple[str, ...]]] = None) -> type:
     """A subclass of the Gluon layer ``base`` that takes ``<group>_constraint=`` arguments.
 
     Parameters
@@ -68,12 +69,13 @@ def constrained_layer(base: type, module: str, groups: Mapping[str, Tuple[str, .
         Keyword group to the shell-style patterns of the parameter attributes it constrains.
     arguments_doc : str
         The numpy-style text documenting the new arguments, appended to ``base``'s docstring.
-    shorthands : mapping, default {}
+    shorthands : mapping or None, default None
         Shorthand keyword to the groups it sets (``"weight": ("i2h_weight", "h2h_weight")``).
     """
+    shorthands = dict(shorthands or {})
     cls = type(base.__name__, (ConstraintArguments, base), {
         "__module__": module, "__qualname__": base.__name__,
-        "constraint_groups": dict(groups), "shorthands": dict(shorthands),
+        "constraint_groups": dict(groups), "shorthands": shorthands,
         "__doc__": (base.__doc__ or "").rstrip() + "\n\n    Constraints (gluon-constraints)\n"
                    "    -------------------------------\n    " + arguments_doc.strip() + "\n"})
     _extend_signature(cls, base, list(shorthands) + list(groups))

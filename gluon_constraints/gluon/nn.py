@@ -16,13 +16,6 @@ from mxnet.gluon import nn as _gluon_nn
 
 from .layer_arguments import constrained_layer
 
-_WRAPPED = ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
-            "Conv3DTranspose", "Embedding"]
-
-__all__ = sorted({name for name in dir(_gluon_nn) if not name.startswith("_")} | set(_WRAPPED))
-
-globals().update({name: getattr(_gluon_nn, name) for name in __all__ if name not in _WRAPPED})
-
 _WEIGHT_AND_BIAS = {"weight": ("weight",), "bias": ("bias",)}
 _WEIGHT_DOC = """weight_constraint : Constraint, str, dict, list or None, default None
         Projection applied to the weight after every update; ``axis=None`` means {fan_in}."""
@@ -35,17 +28,26 @@ _TRANSPOSED = ("per output channel: every axis of the (in_channels, channels/gro
                "weight but the output-channel one, within the channel's group")
 
 
-def _layer(base, fan_in, groups=_WEIGHT_AND_BIAS):
+# Each wrapped layer: its fan-in in words (for the docstring) and its constraint keywords.
+_LAYERS = {
+    "Dense": ("per output unit, each row (axis 1) of the (units, in_units) weight", _WEIGHT_AND_BIAS),
+    "Conv1D": (_CONV, _WEIGHT_AND_BIAS),
+    "Conv2D": (_CONV, _WEIGHT_AND_BIAS),
+    "Conv3D": (_CONV, _WEIGHT_AND_BIAS),
+    "Conv1DTranspose": (_TRANSPOSED, _WEIGHT_AND_BIAS),
+    "Conv2DTranspose": (_TRANSPOSED, _WEIGHT_AND_BIAS),
+    "Conv3DTranspose": (_TRANSPOSED, _WEIGHT_AND_BIAS),
+    "Embedding": ("per embedding vector, each row (axis 1) of the (input_dim, output_dim) weight",
+                  {"weight": ("weight",)}),
+}
+
+
+def _layer(name, fan_in, groups):
     doc = _WEIGHT_DOC.format(fan_in=fan_in) + (_BIAS_DOC if "bias" in groups else "")
-    return constrained_layer(base, __name__, groups, doc)
+    return constrained_layer(getattr(_gluon_nn, name), __name__, groups, doc)
 
 
-Dense = _layer(_gluon_nn.Dense, "per output unit, each row (axis 1) of the (units, in_units) weight")
-Conv1D = _layer(_gluon_nn.Conv1D, _CONV)
-Conv2D = _layer(_gluon_nn.Conv2D, _CONV)
-Conv3D = _layer(_gluon_nn.Conv3D, _CONV)
-Conv1DTranspose = _layer(_gluon_nn.Conv1DTranspose, _TRANSPOSED)
-Conv2DTranspose = _layer(_gluon_nn.Conv2DTranspose, _TRANSPOSED)
-Conv3DTranspose = _layer(_gluon_nn.Conv3DTranspose, _TRANSPOSED)
-Embedding = _layer(_gluon_nn.Embedding, "per embedding vector, each row (axis 1) of the "
-                   "(input_dim, output_dim) weight", {"weight": ("weight",)})
+__all__ = sorted({name for name in dir(_gluon_nn) if not name.startswith("_")} | set(_LAYERS))
+
+globals().update({name: getattr(_gluon_nn, name) for name in __all__ if name not in _LAYERS})
+globals().update({name: _layer(name, *spec) for name, spec in _LAYERS.items()})

@@ -33,13 +33,9 @@ _ARGUMENTS_DOC = """i2h_weight_constraint, h2h_weight_constraint : Constraint, s
         Shorthands setting both i2h and h2h; passing one with its specific form is an error."""
 
 
-def _layer(base, groups):
-    return constrained_layer(base, __name__, groups, _ARGUMENTS_DOC, _SHORTHANDS)
+def _layer(name):
+    groups = _CELL_GROUPS if name.endswith("Cell") else _LAYER_GROUPS
+    return constrained_layer(getattr(_gluon_rnn, name), __name__, groups, _ARGUMENTS_DOC, _SHORTHANDS)
 
 
-RNN = _layer(_gluon_rnn.RNN, _LAYER_GROUPS)
-LSTM = _layer(_gluon_rnn.LSTM, _LAYER_GROUPS)
-GRU = _layer(_gluon_rnn.GRU, _LAYER_GROUPS)
-RNNCell = _layer(_gluon_rnn.RNNCell, _CELL_GROUPS)
-LSTMCell = _layer(_gluon_rnn.LSTMCell, _CELL_GROUPS)
-GRUCell = _layer(_gluon_rnn.GRUCell, _CELL_GROUPS)
+globals().update({name: _layer(name) for name in _WRAPPED})
