@@ -90,8 +90,9 @@ class Constraint(metaclass=_Immutable):
 
     #: Reduction axes in the weight's own layout; None means per output unit.
     axis: Axis = None
-    #: What one entry's result depends on: ELEMENTWISE, PER_UNIT or WHOLE.
-    locality: str = ELEMENTWISE
+    #: What one entry's result depends on: ELEMENTWISE, PER_UNIT or WHOLE. PER_UNIT is the safe
+    #: default: parameter servers holding a piece of a weight refuse it instead of running it.
+    locality: str = PER_UNIT
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_frozen"):
