@@ -22,7 +22,6 @@ from mxnet.gluon import nn as gluon_nn
 import gluon_constraints as gc
 import reference as ref
 from gluon_constraints import nn
-from gluon_constraints.kernels.projection import project_in_place
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 HERE = Path(__file__).parent
@@ -296,17 +295,20 @@ EXTREME = np.array([[1e19, -1e19, 2e19, 0.0, 1e19, 1e19],      # norm ~3e19: squ
     (gc.UnitNorm(), lambda w, a: ref.unit_norm(w, a)),
     (gc.MinMaxNorm(1.0, 2.0), lambda w, a: ref.min_max_norm(w, 1.0, 2.0, 1.0, a)),
 ], ids=["MaxNorm", "UnitNorm", "MinMaxNorm"])
-def test_stock_and_fused_paths_agree_on_extreme_magnitudes(constraint, reference):
+def test_dense_and_conv_layers_agree_on_extreme_magnitudes(constraint, reference):
+    # The same values as a Dense weight (2-D: the fused kernel where it is built) and as a
+    # Conv2D weight (4-D: stock operators), and through a direct call (stock operators).
     expected = reference(EXTREME, (1,))
-    as_conv = mx.nd.array(EXTREME.reshape(4, 1, 2, 3))          # 4-D: stock operators
-    as_dense = mx.nd.array(EXTREME)                              # 2-D: the fused kernel where built
-    as_stock_dense = mx.nd.array(EXTREME)
-    project_in_place([(as_conv, constraint, gc.Reduction((1, 2, 3)))])
-    project_in_place([(as_dense, constraint, gc.Reduction((1,)))])
-    project_in_place([(as_stock_dense, constraint, gc.Reduction((1,)))], use_fused=False)
-    for got in (as_conv.asnumpy().reshape(4, 6), as_dense.asnumpy(), as_stock_dense.asnumpy()):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=0)
-    assert np.all(np.isfinite(as_conv.asnumpy()))
+    dense = nn.Dense(4, in_units=6, weight_constraint=constraint)
+    conv = nn.Conv2D(4, (2, 3), in_channels=1, weight_constraint=constraint)
+    for layer in (dense, conv):
+        layer.initialize()
+        layer.weight.set_data(mx.nd.array(EXTREME.reshape(layer.weight.shape)))
+        gc.apply_constraints(layer)
+    direct = constraint(mx.nd.array(EXTREME))
+    for got in (dense.weight.data(), conv.weight.data(), direct):
+        np.testing.assert_allclose(got.asnumpy().reshape(4, 6), expected, rtol=1e-5, atol=0)
+        assert np.all(np.isfinite(got.asnumpy()))
 
 
 # -- 8. integer weights --------------------------------------------------------------------------
