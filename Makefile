@@ -1,6 +1,7 @@
 # Both targets set everything up from nothing but python3 (and a C++ compiler for Horovod): a
-# virtual environment in .venv with the package and its extras installed in one resolve (a
-# separate install would pull numpy 2, which mxnet 1.9.1 cannot import).
+# virtual environment in .venv with the package, MXNet's CPU build (the cpu extra) and the other
+# extras installed in one resolve (a separate install would pull numpy 2, which mxnet 1.9.1
+# cannot import).
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/python -m pip
@@ -25,11 +26,11 @@ benchmark: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip 'setuptools>=77' wheel
-	$(PIP) install --quiet -e '.[test,demo]'
+	$(PIP) install --quiet -e '.[cpu,test,demo]'
 	touch $(INSTALLED)
 
 $(WITH_HOROVOD): $(INSTALLED)
-	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[test,demo,horovod]'
+	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[cpu,test,demo,horovod]'
 	touch $(WITH_HOROVOD)
 
 clean:

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import mxnet
+try:
+    import mxnet
+except ModuleNotFoundError as missing:
+    if missing.name != "mxnet":
+        raise
+    raise ImportError(
+        "gluon-constraints needs MXNet 1.9.x, and no mxnet module is installed. Install the CPU "
+        "build with pip install 'gluon-constraints[cpu]' (or 'mxnet==1.9.1'), or a GPU build "
+        "matching your CUDA, e.g. pip install 'mxnet-cu112==1.9.1'.") from None
 
 __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_optimizer",
            "replace_loaded_optimizer", "kvstore_of", "updates_on_kvstore", "kvstore_initialized",
@@ -30,9 +38,9 @@ SUPPORTED_MXNET = ("1.9.",)
 _version = getattr(mxnet, "__version__", "")
 if not _version.startswith(SUPPORTED_MXNET):
     raise ImportError(
-        f"gluon-constraints supports MXNet 1.9.x (mxnet, mxnet-cu112, mxnet-cu117, ...): found "
-        f"mxnet {_version or '(unknown version)'}. Install a 1.9 build, e.g. "
-        f"pip install 'mxnet==1.9.1'.")
+        f"gluon-constraints supports MXNet 1.9.x (any build: mxnet, mxnet-cu112, mxnet-cu117, ...): "
+        f"found mxnet {_version or '(unknown version)'}. Install a 1.9 build, e.g. "
+        f"pip install 'gluon-constraints[cpu]' or 'mxnet-cu112==1.9.1'.")
 
 
 # -- Trainer ------------------------------------------------------------------------------------
