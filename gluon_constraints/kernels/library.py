@@ -15,11 +15,18 @@ again. Any failure to build, cache, verify or load (no compiler, a read-only or 
 directory, a compiler error) gives one :class:`~gluon_constraints.FusedKernelWarning` per process
 and the stock operators, which compute the same projections. ``GLUON_CONSTRAINTS_FUSED=0``
 chooses the stock operators without a warning.
+
+A build logs one line when it starts and one with its duration (logger
+``gluon_constraints.kernels``, level WARNING so it shows without any logging set-up; silence it
+with ``logging.getLogger("gluon_constraints").setLevel(logging.ERROR)``).
+``python -m gluon_constraints build-kernel`` builds ahead of time, ``... info`` reports
+:func:`status`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -27,16 +34,17 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 import mxnet
 from mxnet import ndarray
 
 from ..errors import FusedKernelWarning
 
-__all__ = ["kernel", "sgd_kernel", "cache_directory"]
+__all__ = ["kernel", "sgd_kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
@@ -47,9 +55,26 @@ _FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", 
 _OP_NAME = "gc_project_rows"
 _SGD_OP_NAME = "gc_sgd_mom_project_rows"
 _POINTER = "current"
+_log = logging.getLogger("gluon_constraints.kernels")
 _lock = threading.Lock()
 _loaded: Optional[Callable[..., Any]] = None
 _tried = False
+_unavailable = ""  # why the kernel could not be had in this process, once tried
+
+
+class KernelStatus(NamedTuple):
+    """Which path projections take in this process, and why.
+
+    ``path`` is ``"fused"`` (the kernel is loaded, or a verified library is cached and loads on
+    first use) or ``"stock"``; ``reason`` says why, ``library`` is the cached library if there is
+    one, ``compiler`` the C++ compiler a build would use (None if there is none).
+    """
+
+    path: str
+    reason: str
+    cache: Optional[Path]
+    library: Optional[Path]
+    compiler: Optional[str]
 
 
 def kernel() -> Optional[Callable[..., Any]]:
@@ -67,6 +92,8 @@ def kernel() -> Optional[Callable[..., Any]]:
         if not _tried:
             loaded = _load()
             if isinstance(loaded, str):
+                global _unavailable
+                _unavailable = loaded
                 warnings.warn(f"gluon-constraints is using stock MXNet operators (same results, "
                               f"slower) because its fused kernel is unavailable: {loaded}",
                               FusedKernelWarning, stacklevel=3)
@@ -74,6 +101,42 @@ def kernel() -> Optional[Callable[..., Any]]:
                 _loaded = loaded
             _tried = True
     return _loaded
+
+
+def status() -> KernelStatus:
+    """Report which path projections take in this process, without building anything.
+
+    Returns
+    -------
+    KernelStatus
+        ``path`` ``"fused"`` or ``"stock"`` and the reason: the kernel is loaded, a verified
+        library is cached, it has not been built yet (it is built on first use), or why it
+        cannot be used.
+    """
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    try:
+        cache: Optional[Path] = cache_directory()
+        cached = _verified(cache)
+    except OSError as error:
+        cache, cached = None, None
+        failure = f"its cache could not be used ({error})"
+    if os.environ.get("GLUON_CONSTRAINTS_FUSED", "1") == "0":
+        return KernelStatus("stock", "GLUON_CONSTRAINTS_FUSED=0 chooses the stock operators",
+                            cache, cached, compiler)
+    if _loaded is not None:
+        return KernelStatus("fused", "the fused kernel is loaded", cache, cached, compiler)
+    if _tried:
+        return KernelStatus("stock", _unavailable, cache, cached, compiler)
+    if cache is None:
+        return KernelStatus("stock", failure, cache, cached, compiler)
+    if cached is not None:
+        return KernelStatus("fused", "a verified library is cached and loads on first use",
+                            cache, cached, compiler)
+    if compiler is None:
+        return KernelStatus("stock", "no C++ compiler to build the fused kernel (set CXX)",
+                            cache, None, None)
+    return KernelStatus("fused", "not built yet: it is built on first use, or now with "
+                        "python -m gluon_constraints build-kernel", cache, None, compiler)
 
 
 def sgd_kernel() -> Optional[Callable[..., Any]]:
@@ -103,21 +166,35 @@ def _load() -> Union[Callable[..., Any], str]:
     """The loaded operator, or why it cannot be had (the warning's text)."""
     from mxnet import library  # a full mxnet import is complete on this process
 
-    try:
-        directory = cache_directory()
-        path = _verified(directory)
-        if path is None:
-            path, failure = _build(directory)
-            if path is None:
-                return failure
-    except OSError as error:
-        return (f"its cache could not be used ({error}). Set GLUON_CONSTRAINTS_CACHE to a "
-                f"writable directory.")
+    path, failure = prepared_library(build=True)
+    if path is None:
+        return failure
     try:
         library.load(str(path), False)
     except Exception as error:  # noqa: BLE001 - MXNet raises MXNetError or OSError; either way: stock
         return f"loading {path} failed ({error})."
     return getattr(ndarray, _OP_NAME)
+
+
+def prepared_library(build: bool = True) -> Tuple[Optional[Path], str]:
+    """The verified cached library, built first if there is none and ``build``.
+
+    Returns
+    -------
+    (Path, "") or (None, str)
+        The library, or None and why there is none.
+    """
+    try:
+        directory = cache_directory()
+        path = _verified(directory)
+        if path is not None:
+            return path, ""
+        if not build:
+            return None, "it has not been built yet"
+        return _build(directory)
+    except OSError as error:
+        return None, (f"its cache could not be used ({error}). Set GLUON_CONSTRAINTS_CACHE to a "
+                      f"writable directory.")
 
 
 def _verified(directory: Path) -> Optional[Path]:
@@ -140,6 +217,9 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
         return None, f"no C++ compiler was found ({os.environ.get('CXX', 'g++')!r}; set CXX to one)."
     mxnet_dir = Path(mxnet.__file__).parent
     directory.mkdir(parents=True, exist_ok=True)
+    _log.warning("gluon-constraints: building its fused kernel once for this machine (10 to 70 s) "
+                 "into %s", directory)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         built = Path(scratch) / "lib.so"
         command = [compiler, *_FLAGS, str(_SOURCE), str(mxnet_dir / "src" / "lib_api.cc"),
@@ -152,6 +232,7 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
         pointer = Path(scratch) / _POINTER
         pointer.write_text(name)
         os.replace(pointer, directory / _POINTER)
+    _log.warning("gluon-constraints: fused kernel built in %.1f s", time.monotonic() - started)
     return directory / name, ""
 
 

@@ -1,0 +1,68 @@
+"""``python -m gluon_constraints info`` / ``build-kernel`` and the build's log lines
+(docs/training.md, "Speed")."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+BUILDING = "gluon-constraints: building its fused kernel once for this machine (10 to 70 s) into "
+SILENCED = ("import logging, runpy, sys; logging.getLogger('gluon_constraints').setLevel(logging.ERROR); "
+            "sys.argv = ['gluon_constraints', 'build-kernel']; runpy.run_module('gluon_constraints', "
+            "run_name='__main__')")
+
+
+def tool(*arguments, code=None, **env):
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "gluon_constraints", *arguments]
+    return subprocess.run(command, env={**os.environ, "GLUON_CONSTRAINTS_FUSED": "1", **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_info_reports_the_mxnet_build_and_the_stock_path_when_chosen(tmp_path):
+    result = tool("info", GLUON_CONSTRAINTS_FUSED="0", GLUON_CONSTRAINTS_CACHE=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    import mxnet
+
+    assert lines[1].startswith(f"MXNet {mxnet.__version__} (mxnet; CUDA no")
+    assert lines[2] == "projections: stock MXNet operators (GLUON_CONSTRAINTS_FUSED=0 chooses the stock operators)"
+    assert lines[3].startswith(f"kernel cache: {tmp_path}{os.sep}")
+    assert lines[4] == "kernel library: (none yet)"
+
+
+@pytest.mark.skipif(not any(os.path.exists(os.path.join(d, "g++")) for d in os.environ["PATH"].split(os.pathsep)),
+                    reason="needs a C++ compiler")
+def test_build_kernel_builds_logs_and_info_then_reports_the_library(tmp_path):
+    before = tool("info", GLUON_CONSTRAINTS_CACHE=str(tmp_path))
+    assert "projections: fused kernel (not built yet: it is built on first use, or now with python -m " \
+           "gluon_constraints build-kernel)" in before.stdout
+    built = tool("build-kernel", GLUON_CONSTRAINTS_CACHE=str(tmp_path))
+    assert built.returncode == 0, built.stderr
+    (library,) = tmp_path.glob("*/lib-*.so")
+    assert built.stdout.strip() == f"gluon-constraints: fused kernel ready: {library}"
+    assert BUILDING + str(library.parent) in built.stderr
+    assert re.search(r"gluon-constraints: fused kernel built in \d+\.\d s", built.stderr)
+    after = tool("info", GLUON_CONSTRAINTS_CACHE=str(tmp_path))
+    assert "projections: fused kernel (a verified library is cached and loads on first use)" in after.stdout
+    assert f"kernel library: {library}" in after.stdout
+    again = tool("build-kernel", GLUON_CONSTRAINTS_CACHE=str(tmp_path))  # cached: no second build
+    assert again.returncode == 0 and BUILDING not in again.stderr
+
+
+def test_build_kernel_fails_with_the_reason_and_logs_through_logging(tmp_path):
+    failed = tool("build-kernel", GLUON_CONSTRAINTS_CACHE=str(tmp_path / "a"), CXX="false")
+    assert failed.returncode == 1
+    assert BUILDING in failed.stderr
+    assert "gluon-constraints: the fused kernel cannot be built: " in failed.stderr
+    assert "could not build it" in failed.stderr
+    silenced = tool(code=SILENCED, GLUON_CONSTRAINTS_CACHE=str(tmp_path / "b"), CXX="false")
+    assert "the fused kernel cannot be built" in silenced.stderr
+    assert BUILDING not in silenced.stderr
+
+
+def test_info_names_a_missing_compiler(tmp_path):
+    result = tool("info", GLUON_CONSTRAINTS_CACHE=str(tmp_path), CXX="no-such-compiler-xyz")
+    assert "projections: stock MXNet operators (no C++ compiler to build the fused kernel (set CXX))" in result.stdout
+    assert "compiler: (none found; set CXX)" in result.stdout
