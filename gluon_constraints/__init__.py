@@ -25,6 +25,11 @@ _LAZY = {
     "verify_constraints": "training.verify",
     "ConstrainedOptimizer": "training.optimizer",
     "ConstraintHandler": "training.estimator",
+    "constraints_config": "gluon.saving",
+    "constrain_from_config": "gluon.saving",
+    "export": "gluon.saving",
+    "imports": "gluon.saving",
+    "load_parameters": "gluon.saving",
     "nn": None,
     "rnn": None,
 }
@@ -50,6 +55,11 @@ __all__ = [
     "verify_constraints",
     "ConstrainedOptimizer",
     "ConstraintHandler",
+    "constraints_config",
+    "constrain_from_config",
+    "export",
+    "imports",
+    "load_parameters",
     "nn",
     "rnn",
 ] + _ERRORS

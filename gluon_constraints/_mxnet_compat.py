@@ -29,7 +29,8 @@ __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_opt
            "replace_loaded_optimizer", "kvstore_of", "updates_on_kvstore", "kvstore_initialized",
            "kvstore_setting", "set_update_on_kvstore", "has_sparse_gradients", "is_distributed",
            "broadcast_initial_weights", "check_before_allocation", "storage_type", "trainer_of",
-           "is_allocated", "data_shape", "own_parameters", "convolution_settings", "convolution_base",
+           "is_allocated", "data_shape", "own_parameters", "structural_parameters",
+           "convolution_settings", "convolution_base",
            "recurrent_layer_base", "optimizer_rates", "count_update"]
 
 #: MXNet versions whose private attributes this module was checked against.
@@ -197,6 +198,11 @@ def data_shape(param: Any) -> Optional[Tuple[int, ...]]:
 def own_parameters(block: Any) -> Dict[str, Any]:
     """The parameters a block registered itself, by attribute name (``{"weight": param}``)."""
     return dict(block._reg_params)
+
+
+def structural_parameters(block: Any) -> Dict[str, Any]:
+    """Parameters by structural name (``"0.weight"``), as ``Block.save_parameters`` names them."""
+    return block._collect_params_with_prefix()
 
 
 def convolution_settings(block: Any) -> Tuple[bool, int, str]:

@@ -29,6 +29,7 @@ __all__ = [
     "DivergingCopiesWarning",
     "UnenforcedConstraintWarning",
     "FusedKernelWarning",
+    "InfeasibleWeightsWarning",
 ]
 
 
@@ -75,3 +76,8 @@ class UnenforcedConstraintWarning(UserWarning):
 
 class FusedKernelWarning(UserWarning):
     """The fused kernel could not be built, cached or loaded; stock operators are used instead."""
+
+
+class InfeasibleWeightsWarning(UserWarning):
+    """Loaded weights lie outside their constraints (an old checkpoint); training or
+    ``gc.apply_constraints`` projects them."""

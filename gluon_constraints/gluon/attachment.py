@@ -14,7 +14,7 @@ import warnings
 import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
-from mxnet.gluon.block import Block
+from mxnet.gluon.block import Block, SymbolBlock
 from mxnet.gluon.parameter import Parameter
 
 from .. import _mxnet_compat as compat
@@ -156,13 +156,16 @@ def owned_parameters(block: Block) -> List[Tuple[Parameter, Owner]]:
     ----------
     block : Block
         Root of the tree. A parameter shared by several blocks is listed with the first owner
-        found; parameters that no block registered as its own (``SymbolBlock``) have owner None.
+        found; parameters that no layer registered as its own (those of a ``SymbolBlock``) have
+        owner None.
     """
     blocks: List[Block] = []
     block.apply(blocks.append)
     seen = set()
     found: List[Tuple[Parameter, Owner]] = []
     for current in blocks:
+        if isinstance(current, SymbolBlock):  # registers what it loaded, but is no layer
+            continue
         for attr, param in compat.own_parameters(current).items():
             if id(param) not in seen:
                 seen.add(id(param))

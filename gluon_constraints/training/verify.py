@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import numpy as np
 from mxnet import ndarray
 
 from .. import _mxnet_compat as compat
+from ..catalogue.feasibility import violation
 from ..errors import ConstraintViolationError
 from ..gluon.attachment import constraint_of, reduction_of
 
 __all__ = ["verify_constraints"]
-
-# A projected copy may differ from its projection by float rounding only.
-_VERIFY_RTOL = {np.dtype(np.float16): 2e-3, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
-
 
 def verify_constraints(trainer: Any) -> None:
     """Check that every copy of every constrained parameter satisfies its constraint.
@@ -54,7 +50,9 @@ def verify_constraints(trainer: Any) -> None:
             kvstore.pull(index, out=stored)
             copies.append(("kvstore copy", stored))
         for label, array in copies:
-            problems.extend(_violations(param.name, label, array, constraint(array, reduction)))
+            found = violation(constraint, array, reduction)
+            if found is not None:
+                problems.append(f"{param.name} ({label}): {found}")
         first = copies[0][1].asnumpy()
         comparable = copies[1:-1] if on_kvstore and "async" in kvstore.type else copies[1:]
         for label, array in comparable:
@@ -64,16 +62,3 @@ def verify_constraints(trainer: Any) -> None:
         raise ConstraintViolationError(
             "Constraints are violated:\n" + "\n".join(f"  {p}" for p in problems))
 
-
-def _violations(name: str, label: str, array: Any, projected: Any) -> List[str]:
-    values = array.asnumpy().astype(np.float64)
-    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-    if bad:
-        return [f"{name} ({label}): {bad} of {values.size} entries are NaN or infinite"]
-    target = projected.asnumpy().astype(np.float64)
-    scale = max(float(np.abs(values).max(initial=0.0)), np.finfo(np.float64).tiny)
-    change = float(np.abs(target - values).max(initial=0.0)) / scale
-    if change > _VERIFY_RTOL.get(np.dtype(array.dtype), 1e-5):
-        return [f"{name} ({label}): projection would change it by {change:.3g} relative to its "
-                f"largest entry"]
-    return []

@@ -1,0 +1,257 @@
+"""Keeping constraints with a model: a JSON config of a network's constraints, written beside an
+exported model and read back, and a check of loaded weights against their constraints.
+
+Gluon saves weights (``save_parameters``, ``export``) but not the attributes set on parameters,
+so constraints are lost with the model. :func:`constraints_config` records, for each constrained
+parameter, its serialized constraint, its structural name (``"0.weight"``, as
+``save_parameters`` names it), the type of its owning layer and the per-output-unit axes that
+layer gives it; :func:`constrain_from_config` attaches them again, to a rebuilt network (matched
+by full name, then by structural name) or to one loaded with ``SymbolBlock.imports`` (which has
+no layers: the recorded axes are given to the constraint explicitly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from mxnet import gluon
+from mxnet.gluon.block import Block
+
+from .. import _mxnet_compat as compat
+from ..catalogue import Compose, Constraint, deserialize, serialize
+from ..catalogue.feasibility import violation
+from ..errors import AmbiguousLayoutWarning, InfeasibleWeightsWarning
+from .attachment import attach, check_parameter, constraint_of, owned_parameters, owner_of, reduction_of
+
+__all__ = ["constraints_config", "constrain_from_config", "export", "imports", "load_parameters",
+           "CONFIG_FORMAT"]
+
+#: The ``"format"`` entry of a constraints config.
+CONFIG_FORMAT = "gluon-constraints/constraints-1"
+_SUFFIX = "-constraints.json"
+
+
+def constraints_config(net: Block) -> Dict[str, Any]:
+    """The constraints of a network as a JSON-serializable dict.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+
+    Returns
+    -------
+    dict
+        ``{"format": CONFIG_FORMAT, "parameters": {name: entry}}`` with one entry per constrained
+        parameter: ``"constraint"`` (as :func:`gluon_constraints.serialize` writes it),
+        ``"path"`` (the structural name, or None), ``"layer"`` (the owning layer's class name,
+        or None) and, when the constraint uses the layer's per-unit axes and the shape is known,
+        ``"axes"`` and ``"view_shape"`` (the resolved reduction).
+
+    Examples
+    --------
+    >>> json.dumps(gc.constraints_config(net))  # doctest: +SKIP
+    """
+    paths = {id(param): path for path, param in compat.structural_parameters(net).items()}
+    entries: Dict[str, Any] = {}
+    for param, _ in owned_parameters(net):
+        constraint = constraint_of(param)
+        if constraint is None:
+            continue
+        owner = owner_of(param)
+        entry: Dict[str, Any] = {"constraint": serialize(constraint), "path": paths.get(id(param)),
+                                 "layer": type(owner[0]).__name__ if owner else None}
+        if constraint.uses_layer_layout() and compat.data_shape(param) is not None:
+            reduction = reduction_of(param)
+            entry["axes"] = list(reduction.axes)
+            entry["view_shape"] = list(reduction.view_shape) if reduction.view_shape else None
+        entries[param.name] = entry
+    return {"format": CONFIG_FORMAT, "parameters": entries}
+
+
+def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Constraint]:
+    """Attach the constraints recorded by :func:`constraints_config` to ``net``.
+
+    Each entry is matched to a parameter by full name, else by structural name. A parameter
+    whose layer is known gets that layer's axes (the layer type must be the recorded one); a
+    parameter without a layer (a ``SymbolBlock``) gets the recorded axes as an explicit ``axis``.
+    Everything is checked before anything is attached.
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    config : dict
+        The output of :func:`constraints_config` (read back from JSON).
+
+    Returns
+    -------
+    dict
+        ``{parameter name: constraint attached}``.
+
+    Raises
+    ------
+    ValueError
+        If ``config`` is not such a dict, or entries match no parameter, a parameter of another
+        layer type, or a per-group layout that a network without layers cannot express; the
+        message names every such entry.
+    """
+    entries = _entries(config)
+    owned = owned_parameters(net)
+    by_name = {param.name: param for param, _ in owned}
+    by_path = compat.structural_parameters(net)
+    plan: List[Tuple[Any, Any, Constraint]] = []
+    problems: List[str] = []
+    for name, entry in entries.items():
+        param = by_name.get(name) or by_path.get(entry.get("path") or "")
+        if param is None:
+            problems.append(f"{name}: no parameter of that name or structural name "
+                            f"{entry.get('path')!r}")
+            continue
+        owner = owner_of(param) or next((o for p, o in owned if p is param), None)
+        constraint = deserialize(entry["constraint"])
+        if owner is not None and entry.get("layer") not in (None, type(owner[0]).__name__):
+            problems.append(f"{name}: saved for a {entry['layer']}, found in a {type(owner[0]).__name__}")
+            continue
+        if owner is None and entry.get("axes") is not None:
+            if entry.get("view_shape"):
+                problems.append(f"{name}: its {entry.get('layer')} reduces over a per-group view, "
+                                f"which a network without layers cannot express; attach it with "
+                                f"gc.attach(param, constraint, layer=...)")
+                continue
+            constraint = _with_axes(constraint, tuple(entry["axes"]))
+        plan.append((param, owner, constraint))
+    if problems:
+        raise ValueError("constrain_from_config cannot attach these entries:\n" +
+                         "\n".join(f"  {p}" for p in problems) +
+                         f"\nParameter names: {', '.join(sorted(by_name))}.")
+    for param, owner, constraint in plan:
+        check_parameter(param, constraint, compat.data_shape(param), owner)
+    for param, owner, constraint in plan:
+        if owner is None:
+            attach(param, constraint)
+        else:
+            attach(param, constraint, layer=owner[0])
+    return {param.name: constraint for param, _, constraint in plan}
+
+
+def export(net: Block, path: str, epoch: int = 0) -> str:
+    """``net.export(path, epoch)`` and the network's constraints written beside the model.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        A hybridized network that has run a forward pass (as ``HybridBlock.export`` needs).
+    path : str
+        The prefix: files ``path-symbol.json``, ``path-%04d.params`` and
+        ``path-constraints.json`` are written.
+    epoch : int, default 0
+        The epoch number in the parameter file's name.
+
+    Returns
+    -------
+    str
+        The path of the constraints file.
+    """
+    net.export(path, epoch)
+    target = f"{path}{_SUFFIX}"
+    Path(target).write_text(json.dumps(constraints_config(net), indent=1, sort_keys=True))
+    return target
+
+
+def imports(symbol_file: str, input_names: Any, param_file: Optional[str] = None,
+            ctx: Any = None, **kwargs: Any) -> gluon.SymbolBlock:
+    """``gluon.SymbolBlock.imports`` with the constraints :func:`export` wrote beside the model.
+
+    Parameters
+    ----------
+    symbol_file : str
+        ``<prefix>-symbol.json``; the constraints are read from ``<prefix>-constraints.json``.
+    input_names, param_file, ctx, **kwargs
+        As for ``gluon.SymbolBlock.imports``.
+
+    Returns
+    -------
+    gluon.SymbolBlock
+        The network with its constraints attached (weights that violate them are warned about).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no constraints file beside the symbol file.
+    """
+    prefix = symbol_file[: -len("-symbol.json")] if symbol_file.endswith("-symbol.json") \
+        else os.path.splitext(symbol_file)[0]
+    config_file = Path(f"{prefix}{_SUFFIX}")
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"No constraints file {str(config_file)!r} beside {symbol_file!r}: gc.imports reads "
+            f"what gc.export wrote. For a model exported without constraints use "
+            f"gluon.SymbolBlock.imports, then gc.constrain.")
+    config = json.loads(config_file.read_text())
+    net = gluon.SymbolBlock.imports(symbol_file, input_names, param_file, ctx, **kwargs)
+    attached = constrain_from_config(net, config)
+    _warn_infeasible([p for p in net.collect_params().values() if p.name in attached])
+    return net
+
+
+def load_parameters(net: Block, filename: str, **kwargs: Any) -> None:
+    """``net.load_parameters(filename, ...)``, then warn about loaded weights that violate
+    their constraints.
+
+    An old checkpoint, or one saved before constraints were added, can hold weights outside
+    their sets; training projects them at the first step, and ``gc.apply_constraints(net)``
+    projects them now. Reading the weights synchronises with the host (once, at load time).
+
+    Parameters
+    ----------
+    net : Block
+        The network.
+    filename : str
+        The parameter file.
+    **kwargs
+        As for ``Block.load_parameters`` (``ctx``, ``allow_missing``, ...).
+    """
+    net.load_parameters(filename, **kwargs)
+    _warn_infeasible([p for p in net.collect_params().values()])
+
+
+def _entries(config: Any) -> Dict[str, Any]:
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT \
+            or not isinstance(config.get("parameters"), dict):
+        raise ValueError(f"Expected a constraints config ({{'format': {CONFIG_FORMAT!r}, "
+                         f"'parameters': {{...}}}}, as gc.constraints_config writes): got "
+                         f"{str(config)[:200]}.")
+    return config["parameters"]
+
+
+def _with_axes(constraint: Constraint, axes: Sequence[int]) -> Constraint:
+    """``constraint`` with every member that used the layer's axes given ``axes`` explicitly."""
+    if isinstance(constraint, Compose):
+        return Compose([_with_axes(member, axes) for member in constraint.constraints])
+    config = constraint.get_config()
+    if not constraint.uses_layer_layout() or "axis" not in config:
+        return constraint
+    return type(constraint).from_config({**config, "axis": list(axes)})
+
+
+def _warn_infeasible(params: Sequence[Any]) -> None:
+    found = []
+    for param in params:
+        constraint = constraint_of(param)
+        if constraint is None or not compat.is_allocated(param):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AmbiguousLayoutWarning)
+            problem = violation(constraint, param.list_data()[0].as_nd_ndarray(), reduction_of(param))
+        if problem is not None:
+            found.append(f"{param.name} ({problem})")
+    if found:
+        warnings.warn(
+            f"These loaded weights violate their constraints: {'; '.join(found)}. Training "
+            f"projects them at its first step; gc.apply_constraints(net) projects them now.",
+            InfeasibleWeightsWarning, stacklevel=3)
