@@ -1,6 +1,6 @@
 """Independent float64 numpy reference formulas for the constraint catalogue.
 
-Written from SPEC.md and Keras 3's source, not imported from the package, so a bug in the
+Written from docs/constraints.md and Keras 3's source, not imported from the package, so a bug in the
 package's arithmetic cannot hide in its own reference.
 """
 
@@ -63,5 +63,5 @@ def keras_non_neg(w):
 
 
 def per_output_unit_axes(ndim):
-    """SPEC section 2: every axis but 0, or axis 0 of a 1-D array."""
+    """docs/constraints.md, "Axes": every axis but 0, or axis 0 of a 1-D array."""
     return (0,) if ndim == 1 else tuple(range(1, ndim))

@@ -1,4 +1,4 @@
-"""attach, constrain and apply_constraints on existing networks (SPEC section 3)."""
+"""attach, constrain and apply_constraints on existing networks (docs/layers.md)."""
 
 import mxnet as mx
 import numpy as np

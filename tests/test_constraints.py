@@ -1,4 +1,4 @@
-"""The constraint catalogue against independent float64 references (SPEC section 2)."""
+"""The constraint catalogue against independent float64 references (docs/constraints.md)."""
 
 import itertools
 import math

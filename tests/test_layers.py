@@ -1,4 +1,4 @@
-"""gluon_constraints.nn and .rnn as drop-in replacements (SPEC section 4)."""
+"""gluon_constraints.nn and .rnn as drop-in replacements (docs/layers.md)."""
 
 import inspect
 

@@ -1,4 +1,4 @@
-"""Names, configs and serialization of constraints (SPEC section 2, Configuration)."""
+"""Names, configs and serialization of constraints (docs/constraints.md, "Names, configs and serialization")."""
 
 import json
 

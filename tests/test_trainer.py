@@ -1,4 +1,4 @@
-"""ConstrainedTrainer in every single-machine configuration (SPEC section 5)."""
+"""ConstrainedTrainer in every single-machine configuration (docs/training.md)."""
 
 import warnings
 
