@@ -1,9 +1,21 @@
-"""Keras-style weight constraints for Apache MXNet Gluon.
+"""Keras-style weight constraints for Apache MXNet Gluon: max-norm and friends, per output unit.
 
-Importing the package needs only ``mxnet.ndarray``: parameter-server processes import it while
-``import mxnet`` is still running, before ``mxnet.nd`` and ``mxnet.gluon`` exist. Names that need
-Gluon (attaching, layers, enforcement) are loaded on first use. The package's layers, and what
-may import what, are described in docs/architecture.md.
+After every update each constrained weight is projected back into its set (max-norm as in the
+Dropout paper: every unit's incoming weights keep an L2 norm <= c), on whichever copy the
+update wrote: device copies, the kvstore's copy, parameter servers' copies, fp32 master copies.
+Example::
+
+    import gluon_constraints as gc
+    from gluon_constraints import nn                      # a drop-in for mxnet.gluon.nn
+    net = nn.Dense(64, in_units=32, weight_constraint=gc.MaxNorm(3.0))
+    net.initialize()
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+
+The documentation is in the repository's docs/ (index.md first; architecture.md for the layers
+of this package). Importing the package needs only ``mxnet.ndarray``: parameter-server
+processes import it while ``import mxnet`` is still running, before ``mxnet.nd`` and
+``mxnet.gluon`` exist, so names that need Gluon (attaching, layers, enforcement) load on first
+use.
 """
 
 import importlib

@@ -104,3 +104,18 @@ def test_every_exception_and_warning_lives_in_errors_and_is_exported():
                     f"{path.name} defines exception {node.name}"
     for name in errors.__all__:
         assert getattr(gc, name) is getattr(errors, name) and name in gc.__all__
+
+
+def test_help_opens_with_what_the_library_does_and_an_example_that_runs():
+    import textwrap
+
+    import gluon_constraints as gc
+
+    lines = gc.__doc__.splitlines()
+    assert lines[0].startswith("Keras-style weight constraints for Apache MXNet Gluon")
+    start = lines.index("Example::") + 2
+    example = textwrap.dedent("\n".join(lines[start:start + 5]))
+    namespace = {}
+    exec(compile(example, "gluon_constraints.__doc__", "exec"), namespace)
+    assert isinstance(namespace["trainer"], gc.ConstrainedTrainer)
+    assert namespace["net"].weight.constraint == gc.MaxNorm(3.0)
