@@ -21,8 +21,9 @@ use.
 import importlib
 
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
-from .catalogue import (Compose, Constraint, MaxNorm, MinMaxNorm, NonNeg, Reduction, UnitNorm,
-                        deserialize, get, register_constraint, serialize)
+from .catalogue import (Compose, Constraint, Function, MaxNorm, MinMaxNorm, NonNeg, Reduction,
+                        UnitNorm, deserialize, get, max_norm, min_max_norm, non_neg,
+                        register_constraint, serialize, unit_norm)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
@@ -53,6 +54,11 @@ __all__ = [
     "UnitNorm",
     "NonNeg",
     "Compose",
+    "Function",
+    "max_norm",
+    "min_max_norm",
+    "unit_norm",
+    "non_neg",
     "Reduction",
     "get",
     "serialize",

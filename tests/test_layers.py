@@ -9,10 +9,11 @@ from mxnet.gluon import nn as gluon_nn
 from mxnet.gluon import rnn as gluon_rnn
 
 import gluon_constraints as gc
+import reference as ref
 from gluon_constraints import nn, rnn
 
 WRAPPED_NN = ["Dense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
-              "Conv3DTranspose", "Embedding"]
+              "Conv3DTranspose", "Embedding", "BatchNorm", "LayerNorm", "InstanceNorm", "GroupNorm"]
 WRAPPED_RNN = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 
@@ -34,8 +35,10 @@ def test_signature_keeps_every_original_argument_and_default(name):
     theirs = inspect.signature(getattr(gluon_nn, name)).parameters
     for arg, param in theirs.items():
         assert ours[arg].default == param.default
-    assert ours["weight_constraint"].default is None
-    assert ("bias_constraint" in ours) == (name != "Embedding")
+    added = {arg for arg in ours if arg.endswith("_constraint")}
+    expected = ({"gamma_constraint", "beta_constraint"} if name.endswith("Norm") else
+                {"weight_constraint"} if name == "Embedding" else {"weight_constraint", "bias_constraint"})
+    assert added == expected and all(ours[arg].default is None for arg in added)
 
 
 def build_pair(name, prefix):
@@ -163,3 +166,40 @@ def test_wrapped_rnn_computes_like_plain(tmp_path):
     plain.load_parameters(str(tmp_path / "l.params"))
     x = mx.nd.random.normal(shape=(5, 2, 3))
     np.testing.assert_array_equal(ours(x).asnumpy(), plain(x).asnumpy())
+
+
+@pytest.mark.parametrize("build,keras,ours", [
+    (lambda **kw: nn.Dense(3, **kw), "kernel_constraint", "use weight_constraint="),
+    (lambda **kw: nn.Conv2D(3, 3, **kw), "kernel_constraint", "use weight_constraint="),
+    (lambda **kw: nn.Embedding(5, 3, **kw), "embeddings_constraint", "use weight_constraint="),
+    (lambda **kw: rnn.LSTM(3, **kw), "kernel_constraint", "use i2h_weight_constraint="),
+    (lambda **kw: rnn.GRU(3, **kw), "recurrent_constraint", "use h2h_weight_constraint="),
+    (lambda **kw: nn.Conv2D(3, 3, **kw), "depthwise_constraint",
+     "Conv2D has no such weight (a depthwise kernel: in Gluon a depthwise convolution is Conv2D(groups=in_channels)"),
+], ids=["Dense", "Conv2D", "Embedding", "LSTM-kernel", "GRU-recurrent", "depthwise"])
+def test_keras_keywords_are_refused_with_the_gluon_keyword_to_use(build, keras, ours):
+    with pytest.raises(TypeError) as info:
+        build(**{keras: gc.MaxNorm(3, axis=0)})
+    message = str(info.value)
+    assert f"got {keras}= (Keras's name): {ours}" in message
+    assert "Keras constraints' explicit axes refer to Keras's weight layout" in message
+
+
+@pytest.mark.parametrize("build", [
+    lambda **kw: nn.BatchNorm(in_channels=4, **kw),
+    lambda **kw: nn.LayerNorm(axis=1, in_channels=4, **kw),
+    lambda **kw: nn.InstanceNorm(in_channels=4, scale=True, **kw),  # its default freezes gamma
+    lambda **kw: nn.GroupNorm(num_groups=2, **kw),
+], ids=["BatchNorm", "LayerNorm", "InstanceNorm", "GroupNorm"])
+def test_normalization_layers_take_gamma_and_beta_constraints(build):
+    layer = build(gamma_constraint=gc.MaxNorm(1.0), beta_constraint="non_neg")
+    assert layer.gamma.constraint == gc.MaxNorm(1.0) and layer.beta.constraint == gc.NonNeg()
+    layer.initialize()
+    x = mx.nd.random.normal(shape=(2, 4, 3, 3))
+    layer(x)  # deferred shapes resolved (GroupNorm's gamma is per channel)
+    layer.gamma.set_data(mx.nd.full(layer.gamma.shape, 2.0))
+    layer.beta.set_data(mx.nd.full(layer.beta.shape, -1.0))
+    gc.apply_constraints(layer)
+    gamma = layer.gamma.data().asnumpy()
+    np.testing.assert_allclose(gamma, ref.max_norm(np.full(gamma.shape, 2.0), 1.0, (0,)), rtol=1e-6)
+    np.testing.assert_array_equal(layer.beta.data().asnumpy(), 0.0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gluon_constraints as gc
+import reference as ref
 
 EXAMPLES = [
     gc.MaxNorm(3.0, axis=(1, 2)),
@@ -94,7 +95,7 @@ def test_unknown_class_name_in_dict_raises():
         gc.deserialize({"class_name": "Radial", "config": {}})
 
 
-@pytest.mark.parametrize("value", [3.0, object(), np.ones(3), lambda w: w], ids=["float", "object", "array", "lambda"])
+@pytest.mark.parametrize("value", [3.0, object(), np.ones(3), int], ids=["float", "object", "array", "class"])
 def test_get_rejects_non_constraints_with_type_error(value):
     with pytest.raises(TypeError, match="Expected a constraint .* got .* of type"):
         gc.get(value)
@@ -146,3 +147,35 @@ def test_register_refuses_a_taken_name():
     with pytest.raises(ValueError, match="Constraint name 'MaxNorm' is already registered"):
         gc.register_constraint(MaxNorm)
     assert gc.get("max_norm").__class__ is gc.MaxNorm
+
+
+def test_get_builds_a_constraint_class_with_its_defaults():
+    assert gc.get(gc.MaxNorm) == gc.MaxNorm(2.0)
+    assert gc.get(gc.MinMaxNorm) == gc.MinMaxNorm(0.0, 1.0, 1.0)
+
+
+def test_snake_case_module_aliases_are_the_classes():
+    assert (gc.max_norm, gc.min_max_norm, gc.unit_norm, gc.non_neg) == \
+        (gc.MaxNorm, gc.MinMaxNorm, gc.UnitNorm, gc.NonNeg)
+    assert gc.max_norm(3.0) == gc.MaxNorm(3.0)
+
+
+def halve(w):
+    return w * 0.5
+
+
+def test_get_wraps_a_plain_function_which_runs_on_the_whole_weight_and_cannot_be_serialized():
+    constraint = gc.get(halve)
+    assert isinstance(constraint, gc.Function) and constraint == gc.Function(halve)
+    w = mx.nd.array([[3.0, 4.0], [1.0, -2.0]])
+    np.testing.assert_array_equal(constraint(w).asnumpy(), w.asnumpy() * 0.5)
+    assert repr(constraint) == "Function(halve)"
+    with pytest.raises(TypeError, match="Function\\(halve\\) wraps a Python function, which cannot be serialized"):
+        gc.serialize(constraint)
+    composed = gc.get([halve, gc.MaxNorm(1.0)])
+    np.testing.assert_allclose(composed(w).asnumpy(), ref.max_norm(w.asnumpy() * 0.5, 1.0, (1,)), rtol=1e-6)
+
+
+def test_a_function_returning_another_shape_is_an_error_naming_it():
+    with pytest.raises(gc.ConstraintShapeError, match="returned shape \\(2,\\) for a weight of shape \\(2, 2\\)"):
+        gc.get(lambda w: w[0])(mx.nd.ones((2, 2)))

@@ -245,7 +245,7 @@ class Constraint(metaclass=_Immutable):
 
     def uses_layer_layout(self) -> bool:
         """Whether the result depends on the owning layer's fan-in axes (``axis=None``, per unit)."""
-        return self.locality != ELEMENTWISE and self.axis is None
+        return self.locality == PER_UNIT and self.axis is None
 
     def get_config(self) -> Dict[str, Any]:
         """Return the constructor arguments as a JSON-serializable dict."""

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Type, TypeVar
 from .base import Constraint
 from .compose import Compose
 from .elementwise import NonNeg
+from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
 from ..errors import UnknownConstraintError
 
@@ -110,10 +111,12 @@ def get(identifier: Any) -> Optional[Constraint]:
 
     Parameters
     ----------
-    identifier : Constraint, None, str, dict, list or tuple
+    identifier : Constraint, None, str, dict, list, tuple, Constraint class or function
         A constraint (returned as is), None (returned as is), a registered class name or alias
-        (built with default arguments), a serialized dict, or a list or tuple of any of these
-        (composed left to right into a :class:`Compose`).
+        (built with default arguments), a serialized dict, a list or tuple of any of these
+        (composed left to right into a :class:`Compose`), a Constraint subclass (built with
+        default arguments), or a plain function ``w -> w`` (wrapped in a :class:`Function`,
+        which cannot be serialized), as Keras's ``get`` accepts.
 
     Raises
     ------
@@ -130,9 +133,14 @@ def get(identifier: Any) -> Optional[Constraint]:
         return deserialize(identifier)
     if isinstance(identifier, (list, tuple)):
         return Compose(identifier)
+    if isinstance(identifier, type) and issubclass(identifier, Constraint):
+        return identifier()
+    if callable(identifier) and not isinstance(identifier, type):
+        return Function(identifier)
     raise TypeError(
-        f"Expected a constraint (a Constraint, a name, a serialized dict, a list of those, or "
-        f"None): got {identifier!r} of type {type(identifier).__name__}.")
+        f"Expected a constraint (a Constraint, a name, a serialized dict, a list of those, a "
+        f"Constraint class, a function w -> w, or None): got {identifier!r} of type "
+        f"{type(identifier).__name__}.")
 
 
 def _lookup(name: str) -> Type[Constraint]:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Compose, Constraint
+from ..catalogue import Compose, Constraint, Function
 from ..errors import EnforcementError
 from ..gluon.attachment import constraint_of
 
@@ -46,12 +46,14 @@ def prepare_distributed(trainer: Any) -> None:
     if "dist" not in kv_type or not _updates_on_servers(trainer, kv_type):
         return
     inner = getattr(trainer.optimizer, "inner", trainer.optimizer)
-    _require_importable(type(inner), "optimizer")
+    _require_importable(type(inner), "optimizer class")
     constrained = [(p, constraint_of(p)) for p in compat.trainer_parameters(trainer)
                    if constraint_of(p) is not None]
     for _, constraint in constrained:
         for member in _members(constraint):
-            _require_importable(type(member), "constraint")
+            _require_importable(type(member), "constraint class")
+            if isinstance(member, Function):
+                _require_importable(member.fn, "constraint function")
     pieces = [(p, _size(p), reason) for p, c in constrained if not c.elementwise
               for reason in [_split_reason(_size(p))] if reason]
     if not pieces:
@@ -122,7 +124,7 @@ def _require_importable(cls: type, role: str) -> None:
         return
     where = "in __main__" if cls.__module__ == "__main__" else f"in {cls.__module__}.{cls.__qualname__}"
     raise EnforcementError(
-        f"The {role} class {cls.__name__} is defined {where}, which the parameter servers cannot "
+        f"The {role} {cls.__name__} is defined {where}, which the parameter servers cannot "
         f"import: they unpickle the optimizer and its constraints by module path, and when that "
         f"fails MXNet only prints a line on the server while the weights silently become sums of "
         f"gradients. Move {cls.__name__} into a module the servers can import (installed, or on "

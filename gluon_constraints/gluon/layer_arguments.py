@@ -23,11 +23,14 @@ class ConstraintArguments:
 
     A subclass lists in ``constraint_groups`` each keyword group and the shell-style patterns of
     the parameter attributes it applies to, e.g. ``{"weight": ("weight",), "bias": ("bias",)}``.
-    Shorthand keywords (``shorthands``) set several groups at once.
+    Shorthand keywords (``shorthands``) set several groups at once. A Keras keyword
+    (``kernel_constraint``, ...) is refused with a ``TypeError`` naming this layer's keyword for
+    it (``keras_names``), because a Keras constraint's explicit axes refer to Keras's layout.
     """
 
     constraint_groups: Mapping[str, Tuple[str, ...]] = {}
     shorthands: Mapping[str, Tuple[str, ...]] = {}
+    keras_names: Mapping[str, str] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         chosen = _pop_constraints(type(self), kwargs)
@@ -56,7 +59,8 @@ class ConstraintArguments:
 
 def constrained_layer(base: type, module: str, groups: Mapping[str, Tuple[str, ...]],
                       arguments_doc: str,
-                      shorthands: Optional[Mapping[str, Tuple[str, ...]]] = None) -> type:
+                      shorthands: Optional[Mapping[str, Tuple[str, ...]]] = None,
+                      keras_names: Optional[Mapping[str, str]] = None) -> type:
     """A subclass of the Gluon layer ``base`` that takes ``<group>_constraint=`` arguments.
 
     Parameters
@@ -71,11 +75,15 @@ def constrained_layer(base: type, module: str, groups: Mapping[str, Tuple[str, .
         The numpy-style text documenting the new arguments, appended to ``base``'s docstring.
     shorthands : mapping or None, default None
         Shorthand keyword to the groups it sets (``"weight": ("i2h_weight", "h2h_weight")``).
+    keras_names : mapping or None, default None
+        Keras keyword to this layer's keyword (``"kernel_constraint": "weight_constraint"``),
+        quoted in the error a Keras keyword gets.
     """
     shorthands = dict(shorthands or {})
     cls = type(base.__name__, (ConstraintArguments, base), {
         "__module__": module, "__qualname__": base.__name__,
         "constraint_groups": dict(groups), "shorthands": shorthands,
+        "keras_names": dict(keras_names or {}),
         "__doc__": (base.__doc__ or "").rstrip() + "\n\n    Constraints (gluon-constraints)\n"
                    "    -------------------------------\n    " + arguments_doc.strip() + "\n"})
     _extend_signature(cls, base, list(shorthands) + list(groups))
@@ -94,6 +102,14 @@ def _extend_signature(cls: type, base: type, keywords: Sequence[str]) -> None:
 
 def _pop_constraints(cls: type, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Take the constraint keywords out of ``kwargs``, resolving shorthands, before building."""
+    for keras in sorted(set(kwargs) & set(_KERAS_KEYWORDS)):
+        ours = cls.keras_names.get(keras)  # type: ignore[attr-defined]
+        instead = (f"use {ours}=" if ours else
+                   f"{cls.__name__} has no such weight ({_KERAS_KEYWORDS[keras]})")
+        raise TypeError(
+            f"{cls.__name__} got {keras}= (Keras's name): {instead}. Keras constraints' explicit "
+            f"axes refer to Keras's weight layout, so do not copy them: leave axis=None (per "
+            f"output unit in Gluon's layout) or translate with gc.from_keras(constraint, layer).")
     chosen: Dict[str, Any] = {}
     for shorthand, groups in cls.shorthands.items():  # type: ignore[attr-defined]
         value = get(kwargs.pop(f"{shorthand}_constraint", None))
@@ -113,6 +129,18 @@ def _pop_constraints(cls: type, kwargs: Dict[str, Any]) -> Dict[str, Any]:
                 f"{cls.__name__} got both {shorthand}_constraint and {key}: pass one of them.")
         chosen[group] = value
     return chosen
+
+
+# Keras's constraint keywords, with what they constrain.
+_KERAS_KEYWORDS = {
+    "kernel_constraint": "the kernel",
+    "recurrent_constraint": "the recurrent kernel",
+    "embeddings_constraint": "the embedding matrix",
+    "depthwise_constraint": "a depthwise kernel: in Gluon a depthwise convolution is "
+                            "Conv2D(groups=in_channels), constrained with weight_constraint=",
+    "pointwise_constraint": "a pointwise kernel: in Gluon that is a separate Conv2D with "
+                            "kernel_size=1, constrained with weight_constraint=",
+}
 
 
 def _matching_params(block: Any, patterns: Tuple[str, ...]):

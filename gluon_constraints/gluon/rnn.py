@@ -25,6 +25,8 @@ _LAYER_GROUPS = {"i2h_weight": ("*_i2h_weight",), "h2h_weight": ("*_h2h_weight",
 _CELL_GROUPS = {"i2h_weight": ("i2h_weight",), "h2h_weight": ("h2h_weight",),
                 "i2h_bias": ("i2h_bias",), "h2h_bias": ("h2h_bias",)}
 _SHORTHANDS = {"weight": ("i2h_weight", "h2h_weight"), "bias": ("i2h_bias", "h2h_bias")}
+_KERAS_NAMES = {"kernel_constraint": "i2h_weight_constraint",
+                "recurrent_constraint": "h2h_weight_constraint"}
 _ARGUMENTS_DOC = """i2h_weight_constraint, h2h_weight_constraint : Constraint, str, dict, list or None
         Projections of the input-to-hidden and hidden-to-hidden weights (per gate unit, axis 1).
     i2h_bias_constraint, h2h_bias_constraint : Constraint, str, dict, list or None
@@ -35,7 +37,8 @@ _ARGUMENTS_DOC = """i2h_weight_constraint, h2h_weight_constraint : Constraint, s
 
 def _layer(name):
     groups = _CELL_GROUPS if name.endswith("Cell") else _LAYER_GROUPS
-    return constrained_layer(getattr(_gluon_rnn, name), __name__, groups, _ARGUMENTS_DOC, _SHORTHANDS)
+    return constrained_layer(getattr(_gluon_rnn, name), __name__, groups, _ARGUMENTS_DOC, _SHORTHANDS,
+                             keras_names=_KERAS_NAMES)
 
 
 globals().update({name: _layer(name) for name in _WRAPPED})
