@@ -43,6 +43,8 @@ _LAZY = {
     "export": "gluon.saving",
     "imports": "gluon.saving",
     "load_parameters": "gluon.saving",
+    "from_keras": "gluon.keras",
+    "from_keras_layer": "gluon.keras",
     "nn": None,
     "rnn": None,
 }
@@ -78,6 +80,8 @@ __all__ = [
     "export",
     "imports",
     "load_parameters",
+    "from_keras",
+    "from_keras_layer",
     "nn",
     "rnn",
 ] + _ERRORS

@@ -446,3 +446,13 @@ def test_constraint_handler_keeps_constraints_in_estimator_fit():
     norms = np.sqrt((net[0].weight.data().asnumpy().astype(np.float64) ** 2).sum(axis=1))
     assert norms.max() >= BOUND * (1 - 1e-5), "the bound must have been reached"
     trainer.verify_constraints()
+
+
+def test_a_lambda_constraint_is_refused_for_parameter_servers_before_the_kvstore_exists():
+    net = build_net([mx.cpu(0)], prefix="server_mlp_")
+    net[0].weight.constraint = gc.get(lambda w: w * 0.5)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", kvstore="dist_sync")
+    data = ref.batches(1, BATCH)
+    with pytest.raises(gc.EnforcementError, match="The constraint function <lambda> is defined in "
+                                                  ".*which the parameter servers cannot import"):
+        train_steps(net, trainer, [mx.cpu(0)], data)
