@@ -21,9 +21,9 @@ use.
 import importlib
 
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
-from .catalogue import (Compose, Constraint, Function, MaxNorm, MinMaxNorm, NonNeg, Reduction,
-                        UnitNorm, deserialize, get, max_norm, min_max_norm, non_neg,
-                        register_constraint, serialize, unit_norm)
+from .catalogue import (Compose, Constraint, Function, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint,
+                        Reduction, UnitNorm, deserialize, get, max_norm, min_max_norm, non_neg,
+                        radial_constraint, register_constraint, serialize, unit_norm)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
@@ -57,10 +57,12 @@ __all__ = [
     "NonNeg",
     "Compose",
     "Function",
+    "RadialConstraint",
     "max_norm",
     "min_max_norm",
     "unit_norm",
     "non_neg",
+    "radial_constraint",
     "Reduction",
     "get",
     "serialize",

@@ -27,10 +27,14 @@ class Reduction(NamedTuple):
         Non-negative axes of the (viewed) weight that each norm reduces over.
     view_shape : tuple of int or None, default None
         Shape to view the weight with before reducing; None means the weight's own shape.
+    kernel_axes : tuple of int or None, default None
+        A convolution weight's spatial (kernel) axes, in the weight's own layout; None where the
+        layer has none. Constraints on kernel slices (``RadialConstraint``) read them.
     """
 
     axes: Tuple[int, ...]
     view_shape: Optional[Tuple[int, ...]] = None
+    kernel_axes: Optional[Tuple[int, ...]] = None
 
 
 def canonical_axis(axis: object, owner: str) -> Axis:

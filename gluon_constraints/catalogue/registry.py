@@ -15,6 +15,7 @@ from .compose import Compose
 from .elementwise import NonNeg
 from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
+from .radial import RadialConstraint
 from ..errors import UnknownConstraintError
 
 __all__ = ["get", "serialize", "deserialize", "register_constraint"]
@@ -165,4 +166,5 @@ register_constraint(MaxNorm)
 register_constraint(MinMaxNorm)
 register_constraint(UnitNorm)
 register_constraint(NonNeg)
+register_constraint(RadialConstraint)
 register_constraint(Compose)

@@ -31,7 +31,7 @@ from mxnet.gluon import nn, rnn
 from mxnet.gluon.block import Block
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Constraint, MaxNorm, MinMaxNorm, NonNeg, UnitNorm
+from ..catalogue import Constraint, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint, UnitNorm
 from ..errors import UnknownConstraintError
 from .attachment import attach
 from .layouts import fan_in
@@ -44,6 +44,8 @@ _KERAS_CLASSES: Dict[str, Tuple[type, Optional[int]]] = {
     "MinMaxNorm": (MinMaxNorm, 0), "min_max_norm": (MinMaxNorm, 0),
     "UnitNorm": (UnitNorm, 0), "unit_norm": (UnitNorm, 0), "unitnorm": (UnitNorm, 0),
     "NonNeg": (NonNeg, None), "non_neg": (NonNeg, None), "nonneg": (NonNeg, None),
+    # Keras's kernel is (kh, kw, in, out); the layer gives the Gluon kernel axes.
+    "RadialConstraint": (RadialConstraint, None), "radial_constraint": (RadialConstraint, None),
 }
 # Keras layer-config keys to the Keras weight they constrain.
 _KERAS_KEYS = {"kernel_constraint": "kernel", "recurrent_constraint": "recurrent_kernel",

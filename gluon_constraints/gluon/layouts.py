@@ -107,19 +107,20 @@ def _convolution_weight(block: Block, shape: Tuple[int, ...]) -> Reduction:
     """Convolution weights: every axis but the output-channel one, per group for transposed."""
     ndim = len(shape)
     transposed, groups, layout = compat.convolution_settings(block)
+    channels_last = layout.endswith("C")
+    kernel = tuple(range(1, ndim - 1)) if channels_last else tuple(range(2, ndim))
     if not transposed:
         # (channels, in/groups, *kernel) or channels-last (channels, *kernel, in/groups).
-        return Reduction(tuple(range(1, ndim)))
-    channels_last = layout.endswith("C")
+        return Reduction(tuple(range(1, ndim)), kernel_axes=kernel)
     out_axis = ndim - 1 if channels_last else 1
     if groups == 1:
-        return Reduction(tuple(a for a in range(ndim) if a != out_axis))
+        return Reduction(tuple(a for a in range(ndim) if a != out_axis), kernel_axes=kernel)
     # (in, out/g, *kernel): input channels come in g blocks, and output channel j of group k
     # reads only block k. View as (g, in/g, out/g, *kernel) (or (g, in/g, *kernel, out/g)) and
     # reduce everything but the group and output-channel axes.
     view = (groups, shape[0] // groups) + shape[1:]
     keep = (0, out_axis + 1)
-    return Reduction(tuple(a for a in range(len(view)) if a not in keep), view)
+    return Reduction(tuple(a for a in range(len(view)) if a not in keep), view, kernel)
 
 
 register_layout(nn.Dense, {"weight": (1,)})
