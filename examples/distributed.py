@@ -73,8 +73,8 @@ def main():
     trainer.verify_constraints()
     norms = [float(np.sqrt((p.data().asnumpy() ** 2).sum(axis=1)).max())
              for p in net.collect_params(".*weight").values()]
-    print(f"worker {rank}/{workers}: largest unit norm per layer {np.round(norms, 4).tolist()}, "
-          f"update on {'servers' if trainer._update_on_kvstore else 'workers'}", flush=True)
+    print(f"worker {rank}/{workers}: largest unit norm per layer {np.round(norms, 4).tolist()}",
+          flush=True)
 
 
 if __name__ == "__main__":

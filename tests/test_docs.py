@@ -1,0 +1,126 @@
+"""Every code block of the README and docs/ runs, and quoted outputs and errors are what runs.
+
+``python`` blocks run page by page in one namespace per page, in an empty working directory:
+blocks with ``>>>`` prompts through doctest (so quoted outputs and error messages are compared
+with what actually happens), the others as scripts. docs/distributed.md's blocks run on real
+clusters: the parameter-server block on every worker of a local ps-lite job, the Horovod block
+on two Horovod workers. ``sh`` blocks are commands: the launcher's is run; the Horovod install
+command must be the one ``make test`` runs. ``text`` blocks are output or layout samples.
+"""
+
+import doctest
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+CLUSTER_PAGE = ROOT / "docs" / "distributed.md"
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+KNOWN = {"python", "sh", "text"}
+
+
+def blocks(page):
+    """``(language, code, line)`` of each fenced block of ``page``."""
+    text = page.read_text()
+    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
+
+
+def test_every_block_says_what_it_is():
+    for page in PAGES:
+        for language, _, line in blocks(page):
+            assert language in KNOWN, f"{page.name}:{line}: a block marked {language!r}; use python, sh or text"
+        assert page.read_text().count("```") % 2 == 0, f"{page.name}: unbalanced fences"
+
+
+def run_python(page, code, line, namespace):
+    name = f"{page.relative_to(ROOT)}:{line}"
+    if ">>> " not in code:
+        exec(compile(code, name, "exec"), namespace)
+        return
+    test = doctest.DocTestParser().get_doctest(code, namespace, name, str(page), line)
+    report = []
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test, out=report.append, clear_globs=False)
+    namespace.update(test.globs)  # doctest ran on a copy; later blocks see what this one defined
+    assert runner.failures == 0, "".join(report)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != CLUSTER_PAGE], ids=lambda p: p.name)
+def test_python_blocks_run_and_show_what_runs(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__docs__"}
+    try:
+        for language, code, line in blocks(page):
+            if language == "python":
+                run_python(page, code, line, namespace)
+    finally:
+        # A class the page registered (register_layout) keeps these globals alive through its
+        # functions; clearing them frees the page's networks, as ending a program would.
+        namespace.clear()
+
+
+def cluster_blocks():
+    return [(code, line) for language, code, line in blocks(CLUSTER_PAGE) if language == "python"]
+
+
+def run(command, timeout, **kwargs):
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, **kwargs)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode, output
+
+
+@pytest.mark.distributed
+def test_the_parameter_server_block_runs_on_every_worker_of_a_local_job(tmp_path):
+    (code, _), = [(c, n) for c, n in cluster_blocks() if "mx.kv.create" in c]
+    script = tmp_path / "worker.py"
+    script.write_text(code)
+    code_, output = run([sys.executable, "-m", "gluon_constraints.launch", "-n", "2", "-s", "1",
+                         "--timeout", "150", "--", sys.executable, str(script)], timeout=180,
+                        cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert code_ == 0, output
+
+
+@pytest.mark.distributed
+def test_the_horovod_block_runs_on_two_workers(tmp_path):
+    pytest.importorskip("horovod.mxnet", reason="Horovod is installed by `make test`")
+    (code, _), = [(c, n) for c, n in cluster_blocks() if "horovod" in c]
+    script = tmp_path / "worker.py"
+    script.write_text(code)
+    horovodrun = shutil.which("horovodrun", path=str(Path(sys.executable).parent))
+    code_, output = run([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, str(script)],
+                        timeout=150, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert code_ == 0, output
+
+
+@pytest.mark.distributed
+def test_the_launcher_command_runs_the_example(tmp_path):
+    (command,) = [c.strip() for language, c, _ in blocks(CLUSTER_PAGE)
+                  if language == "sh" and c.startswith("python -m gluon_constraints.launch")]
+    words = command.split()
+    words = [sys.executable if w == "python" else w for w in words]
+    words.insert(words.index("-m") + 2, "--timeout=150")
+    code_, output = run(words + ["--epochs", "1"], timeout=180, cwd=ROOT,
+                        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert code_ == 0, output
+
+
+def test_the_horovod_install_command_is_the_one_make_test_runs():
+    (command,) = [c for language, c, _ in blocks(CLUSTER_PAGE) if language == "sh" and "HOROVOD_WITH_MXNET" in c]
+    variables = set(re.findall(r"HOROVOD_\w+=1", command))
+    makefile = (ROOT / "Makefile").read_text()
+    assert variables == set(re.findall(r"HOROVOD_\w+=1", makefile))
+    assert "--no-build-isolation" in command and "--no-build-isolation" in makefile
