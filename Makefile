@@ -12,7 +12,7 @@ WITH_HOROVOD := $(VENV)/.installed-horovod
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MPI=1
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test benchmark docs clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python examples/digits_maxnorm.py
@@ -22,6 +22,10 @@ test: $(WITH_HOROVOD)
 
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.enforcement
+
+# Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
+docs: $(INSTALLED)
+	$(VENV)/bin/python docs/api_reference.py
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

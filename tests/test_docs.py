@@ -124,3 +124,24 @@ def test_the_horovod_install_command_is_the_one_make_test_runs():
     makefile = (ROOT / "Makefile").read_text()
     assert variables == set(re.findall(r"HOROVOD_\w+=1", makefile))
     assert "--no-build-isolation" in command and "--no-build-isolation" in makefile
+
+
+def load_api_reference():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("api_reference", ROOT / "docs" / "api_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_api_reference_is_current_and_lists_every_public_name():
+    import gluon_constraints as gc
+
+    reference = load_api_reference()
+    text = reference.render()
+    assert (ROOT / "docs" / "api.md").read_text() == text, "run python docs/api_reference.py"
+    listed = [name for _, _, names in reference.SECTIONS for name in names]
+    assert sorted(listed) == sorted(gc.__all__)
+    for name in gc.__all__:
+        assert f"### `gc.{name}" in text

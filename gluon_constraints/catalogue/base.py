@@ -70,6 +70,14 @@ class RowLowering(NamedTuple):
 class _Immutable(type):
     """Metaclass that freezes a constraint once its ``__init__`` has run."""
 
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """The constructor's signature (help() and IDEs would read ``__call__``'s otherwise)."""
+        if cls.__init__ is object.__init__:
+            return inspect.Signature()
+        init = inspect.signature(cls.__init__)
+        return init.replace(parameters=list(init.parameters.values())[1:])
+
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         instance = super().__call__(*args, **kwargs)
         object.__setattr__(instance, "_frozen", True)
