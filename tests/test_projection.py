@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 import gluon_constraints as gc
 import reference as ref
+from gluon_constraints import nn
 from gluon_constraints.kernels import library
 from gluon_constraints.kernels.projection import project_in_place
 
@@ -220,3 +221,28 @@ def test_fused_and_stock_agree_on_random_weights_and_constraints(data):
     # Both count a norm within 2**-18 of a bound as on it; sums of squares in double (kernel)
     # and float32 (stock) can fall on either side of that edge, hence the tolerance.
     np.testing.assert_allclose(fused_w.asnumpy(), stock_w.asnumpy(), rtol=5e-6, atol=1e-7)
+
+
+def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_projected_correctly():
+    # An inference-mode forward leaves a convolution weight in MKL-DNN's blocked layout (library
+    # operators fail on it; MXNet's own operators keep it): conv weights must take the stock path.
+    from mxnet import autograd
+
+    def trained(evaluate_first):
+        layer = nn.Conv2D(8, 3, in_channels=4, weight_constraint=gc.MaxNorm(0.5))
+        layer.initialize(mx.init.Constant(0.3))
+        x = mx.nd.ones((2, 4, 6, 6))
+        if evaluate_first:
+            layer(x).wait_to_read()  # inference mode: the weight is reordered in place
+        trainer = gc.ConstrainedTrainer(layer.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+        for _ in range(2):
+            with autograd.record():
+                loss = layer(x).sum()
+            loss.backward()
+            trainer.step(2)
+        gc.apply_constraints(layer)
+        return layer.weight.data().asnumpy()
+
+    evaluated, plain = trained(True), trained(False)
+    np.testing.assert_array_equal(evaluated, plain)
+    np.testing.assert_array_less(np.sqrt((plain.astype(np.float64) ** 2).sum(axis=(1, 2, 3))), 0.5 * (1 + 1e-5))
