@@ -112,7 +112,7 @@ def test_serialize_rejects_non_constraints():
 
 
 @gc.register_constraint
-class ClipAbs(gc.Constraint):
+class SymmetricClip(gc.Constraint):
     """Elementwise clip to [-limit, limit]: a custom constraint for the registry tests."""
 
     def __init__(self, limit=1.0):
@@ -126,9 +126,9 @@ class ClipAbs(gc.Constraint):
 
 
 def test_registered_custom_constraint_round_trips():
-    assert type(gc.get("ClipAbs")) is ClipAbs
-    assert type(gc.get("clip_abs")) is ClipAbs
-    c = ClipAbs(0.5)
+    assert type(gc.get("SymmetricClip")) is SymmetricClip
+    assert type(gc.get("symmetric_clip")) is SymmetricClip
+    c = SymmetricClip(0.5)
     assert gc.deserialize(gc.serialize(c)) == c
     composed = gc.deserialize(gc.serialize(gc.Compose([c, gc.NonNeg()])))
     out = composed(mx.nd.array([[-2.0, 0.25, 3.0]])).asnumpy()
