@@ -12,13 +12,12 @@ import doctest
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from processes import run
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
@@ -69,18 +68,6 @@ def test_python_blocks_run_and_show_what_runs(page, tmp_path, monkeypatch):
 
 def cluster_blocks():
     return [(code, line) for language, code, line in blocks(CLUSTER_PAGE) if language == "python"]
-
-
-def run(command, timeout, **kwargs):
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, **kwargs)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode, output
 
 
 @pytest.mark.distributed

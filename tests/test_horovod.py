@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 import training_reference as ref
+from processes import run
 
 pytestmark = pytest.mark.distributed
 pytest.importorskip("horovod.mxnet", reason="Horovod is installed by `make test`")
@@ -24,16 +23,8 @@ def test_horovod_workers_keep_constraints_and_match_single_process(tmp_path):
     horovodrun = shutil.which("horovodrun", path=str(Path(sys.executable).parent))
     command = [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo",
                sys.executable, str(HERE / "horovod_worker.py"), "--out", str(tmp_path)]
-    process = subprocess.Popen(command, cwd=HERE, start_new_session=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 0, output
+    code, output = run(command, timeout=120, cwd=HERE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert code == 0, output
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for report in reports:
         assert report["optimizer"] == "ConstrainedOptimizer(SGD)"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gluon_constraints.launch import free_port
+from processes import finish
 
 pytestmark = pytest.mark.distributed
 
@@ -37,22 +38,12 @@ def assert_all_gone(tmp_path):
         assert state == "Z", f"{name} (pid {pid}) is still running"
 
 
-def finish(process, timeout=60):
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return output
-
-
 def test_successful_job_exits_zero_and_sets_the_cluster_variables(tmp_path):
     process = launch(tmp_path, (
         "import os, mxnet as mx\n"
         "kv = mx.kv.create('dist_sync')\n"
         "print('rank', kv.rank, 'of', kv.num_workers, os.environ['DMLC_PS_ROOT_URI'], flush=True)\n"))
-    finish(process)
+    finish(process, timeout=60)
     assert process.returncode == 0
     logs = "".join((tmp_path / "logs" / f"worker{i}.log").read_text() for i in range(2))
     assert sorted(line for line in logs.splitlines() if line.startswith("rank")) == [
@@ -66,7 +57,7 @@ def test_first_failure_stops_the_job_and_gives_its_exit_code(tmp_path):
         "kv = mx.kv.create('dist_sync')\n"
         "os._exit(3) if kv.rank == 1 else kv._barrier()\n"))
     start = time.monotonic()
-    output = finish(process)
+    output = finish(process, timeout=60)
     assert process.returncode == 3
     assert "exited with 3; stopping the job." in output
     assert time.monotonic() - start < 30, "the surviving worker must not be waited for"
@@ -75,7 +66,7 @@ def test_first_failure_stops_the_job_and_gives_its_exit_code(tmp_path):
 
 def test_timeout_stops_the_job_with_124(tmp_path):
     process = launch(tmp_path, "import time\ntime.sleep(120)\n", "--timeout", "4")
-    output = finish(process)
+    output = finish(process, timeout=60)
     assert process.returncode == 124
     assert "timeout after 4.0 s" in output
     assert_all_gone(tmp_path)

@@ -133,7 +133,7 @@ def from_keras_layer(keras_layer_config: Any, layer: Block) -> Dict[str, Constra
     Returns
     -------
     dict
-        ``{parameter name: constraint attached}``.
+        The translated constraint attached to each Gluon parameter, by parameter name.
 
     Raises
     ------

@@ -91,7 +91,7 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
     Returns
     -------
     dict
-        ``{parameter name: constraint attached}``.
+        The constraint attached to each matched parameter, by the parameter's name in ``net``.
 
     Raises
     ------
