@@ -130,13 +130,19 @@ def test_gan_trainers_with_their_own_optimizers_enforce_their_own_constraints():
     np.testing.assert_allclose(row_norms(discriminator[0].weight.data().asnumpy()), 1.0, rtol=1e-5)
 
 
-def test_an_optimizer_taken_by_a_later_plain_trainer_stops_the_first_before_any_update():
+@pytest.mark.parametrize("stepped,message", [
+    (False, "instance is shared: it already belongs to another trainer"),  # checked at the first step
+    (True, "was given to another trainer after this one"),                 # checked at every update
+], ids=["before-the-first-step", "after-a-step"])
+def test_an_optimizer_taken_by_a_later_plain_trainer_stops_the_first_before_any_update(stepped, message):
     first, second = dense_net(0.5), dense_net()
     sgd = mx.optimizer.SGD(learning_rate=0.1)
     trainer = gc.ConstrainedTrainer(first.collect_params(), sgd)
+    if stepped:
+        step(first, trainer)
     gluon.Trainer(second.collect_params(), sgd)
     before = weights(first)
-    with pytest.raises(gc.EnforcementError, match="was given to another trainer after this one"):
+    with pytest.raises(gc.EnforcementError, match=message):
         step(first, trainer)
     assert_unchanged(first, before)
 
@@ -487,3 +493,14 @@ def test_a_constraint_set_by_hand_on_a_transposed_convolution_warns_at_the_train
     layer.weight.constraint = gc.MaxNorm(1.0)
     with pytest.warns(gc.AmbiguousLayoutWarning, match="'conv\\S*weight' of shape \\(2, 4, 3, 3\\)"):
         gc.ConstrainedTrainer(layer.collect_params(), "sgd")
+
+
+def test_a_new_trainer_for_the_same_parameters_may_reuse_the_optimizer():
+    # A notebook rebuilds the trainer; the old one is still referenced by the parameters.
+    net = dense_net(0.5)
+    adam = mx.optimizer.Adam(learning_rate=0.1)
+    first = gc.ConstrainedTrainer(net.collect_params(), adam)
+    step(net, first, scale=3.0)
+    second = gc.ConstrainedTrainer(net.collect_params(), adam)
+    step(net, second, scale=3.0)
+    assert row_norms(net[0].weight.data().asnumpy()).max() <= 0.5 * (1 + 1e-5)

@@ -226,9 +226,10 @@ def check_parameters(params: Iterable[Parameter], optimizer: Any,
     owner : Trainer or None, default None
         The trainer the optimizer already belongs to, if it exists.
     """
+    params = list(params)
     inner = getattr(optimizer, "inner", optimizer)
     if isinstance(inner, Optimizer):
-        _refuse_shared(inner, owner)
+        _refuse_shared(inner, owner, params)
         optimizer_class, multi_precision = type(inner), inner.multi_precision
     else:
         optimizer_class = Optimizer.opt_registry.get(str(optimizer).lower())
@@ -266,14 +267,19 @@ def _enforced_class(cls: type) -> type:
     return _ENFORCED_CLASSES[cls]
 
 
-def _refuse_shared(optimizer: Optimizer, owner: Optional[Trainer]) -> None:
-    """Refuse an optimizer instance that another live trainer uses."""
+def _refuse_shared(optimizer: Optimizer, owner: Optional[Trainer], params: List[Parameter]) -> None:
+    """Refuse an optimizer instance that another live trainer uses for other parameters.
+
+    A trainer whose parameters are all among ``params`` is being replaced (a notebook rebuilding
+    its trainer), not shared with.
+    """
+    ours = {id(p) for p in params}
     user = _OPTIMIZER_USERS.get(optimizer)
-    other = user() if user is not None else None
-    if other is None:
-        other = next((compat.trainer_of(p) for p in optimizer.param_dict.values()
-                      if compat.trainer_of(p) not in (None, owner)), None)
-    if other is not None and other is not owner:
+    candidates = [user() if user is not None else None]
+    candidates += [compat.trainer_of(p) for p in optimizer.param_dict.values()]
+    other = next((t for t in candidates if t is not None and t is not owner
+                  and not {id(p) for p in compat.trainer_parameters(t)} <= ours), None)
+    if other is not None:
         raise EnforcementError(
             f"The optimizer {type(optimizer).__name__} instance is shared: it already belongs "
             f"to another trainer. MXNet optimizers keep per-parameter tables and update counts "
