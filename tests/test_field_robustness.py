@@ -135,7 +135,8 @@ def test_gan_trainers_with_their_own_optimizers_enforce_their_own_constraints():
     (True, "was given to another trainer after this one"),                 # checked at every update
 ], ids=["before-the-first-step", "after-a-step"])
 def test_an_optimizer_taken_by_a_later_plain_trainer_stops_the_first_before_any_update(stepped, message):
-    first, second = dense_net(0.5), dense_net()
+    first, second = dense_net(0.5), gluon_nn.Dense(4, in_units=3)
+    second.initialize()
     sgd = mx.optimizer.SGD(learning_rate=0.1)
     trainer = gc.ConstrainedTrainer(first.collect_params(), sgd)
     if stepped:
