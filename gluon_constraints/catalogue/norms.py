@@ -4,14 +4,15 @@ Each bounds the L2 norm ``n_j = ||w_j||`` of every slice ``w_j`` (the weights fe
 unit ``j``) and rescales only the slices outside the allowed set, so feasible slices come back
 bit-for-bit. Norms are computed with MXNet's scaled L2 reduction (``nd.norm``), which neither
 overflows for entries around 1e19 nor underflows for entries around 1e-23 in float32, as the
-fused kernel's float64 accumulation does not; rescaling divides by the norm first
-(``w_j / n_j``, whose entries lie in [-1, 1]) so it cannot overflow either.
+fused kernel's float64 accumulation does not; the rescale is one multiplication of each slice by
+a scale computed from its norm.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
@@ -19,7 +20,7 @@ from ..errors import ConstraintArgumentError
 from .base import PER_UNIT, Constraint, RowLowering, axis_config, bound_argument, real_argument
 from .reduction import Axis, canonical_axis
 
-__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm"]
+__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm", "as_rows", "slice_norms", "rescaled"]
 
 
 class MaxNorm(Constraint):
@@ -55,9 +56,10 @@ class MaxNorm(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * max_value / max(n, max_value)`` per slice, as a new array."""
-        norms = slice_norms(w, axes)
+        rows, axes = as_rows(w, axes)
+        norms = slice_norms(rows, axes)
         outside = norms > self.max_value * (1.0 + boundary_rtol)
-        return rescaled(w, norms, outside, self.max_value)
+        return rescaled(rows, norms, outside, self.max_value).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[0, max_value]``."""
@@ -109,12 +111,13 @@ class MinMaxNorm(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n`` per slice."""
-        norms = slice_norms(w, axes)
+        rows, axes = as_rows(w, axes)
+        norms = slice_norms(rows, axes)
         above = norms > self.max_value * (1.0 + boundary_rtol)
         below = (norms < self.min_value * (1.0 - boundary_rtol)) * (norms > 0)
         target = nd.where(above, nd.full(norms.shape, self.max_value, norms.context, norms.dtype),
                           nd.full(norms.shape, self.min_value, norms.context, norms.dtype))
-        return rescaled(w, norms, above + below, target, self.rate)
+        return rescaled(rows, norms, above + below, target, self.rate).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[min_value, max_value]`` and ``rate``."""
@@ -148,9 +151,10 @@ class UnitNorm(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w / n`` per slice (zero slices stay zero)."""
-        norms = slice_norms(w, axes)
+        rows, axes = as_rows(w, axes)
+        norms = slice_norms(rows, axes)
         off_sphere = (nd.abs(norms - 1.0) > boundary_rtol) * (norms > 0)
-        return rescaled(w, norms, off_sphere, 1.0)
+        return rescaled(rows, norms, off_sphere, 1.0).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[1, 1]``."""
@@ -159,6 +163,18 @@ class UnitNorm(Constraint):
     def get_config(self) -> Dict[str, Any]:
         """``{"axis": ...}``."""
         return {"axis": axis_config(self.axis)}
+
+
+def as_rows(w: NDArray, axes: Tuple[int, ...]) -> Tuple[NDArray, Tuple[int, ...]]:
+    """``w`` viewed as 2-D rows, one per slice, when the reduced axes are the trailing ones.
+
+    A reshape is free, and MXNet reduces one axis much faster than several (a convolution
+    filter's three). Other reductions are returned as they are.
+    """
+    first = w.ndim - len(axes)
+    if len(axes) < 2 or first < 1 or tuple(axes) != tuple(range(first, w.ndim)):
+        return w, axes
+    return w.reshape((-1, int(np.prod(w.shape[first:])))), (1,)
 
 
 def slice_norms(w: NDArray, axes: Tuple[int, ...]) -> NDArray:
@@ -175,12 +191,17 @@ def slice_norms(w: NDArray, axes: Tuple[int, ...]) -> NDArray:
 def rescaled(w: NDArray, norms: NDArray, active: NDArray, target: Any, rate: float = 1.0) -> NDArray:
     """``w`` with each active slice moved to norm ``target`` (``rate`` of the way); others as is.
 
-    Computes ``rate * (w / n) * target + (1 - rate) * w`` on active slices: ``w / n`` lies in
-    [-1, 1], so no intermediate overflows, and inactive slices are returned bit-for-bit.
+    One pass over ``w``: each slice is multiplied by ``rate * target / n + (1 - rate)``, computed
+    on the small array of norms, and inactive slices by exactly 1.0, so they come back
+    bit-for-bit. A norm below float32's smallest normal number (1.2e-38) is taken as that
+    number, so the scale stays finite.
     """
-    safe = nd.where(active, norms, nd.ones_like(norms))
-    moved = nd.broadcast_mul(nd.broadcast_div(w, safe), target if isinstance(target, NDArray)
-                             else nd.full(norms.shape, target, norms.context, norms.dtype))
-    if rate != 1.0:
-        moved = rate * moved + (1.0 - rate) * w
-    return nd.where(nd.broadcast_to(active, w.shape), moved, w)
+    ones = nd.ones_like(norms)
+    safe = nd.where(active, nd.maximum(norms, _TINY[np.dtype(norms.dtype)]), ones)
+    scale = nd.where(active, rate * nd.broadcast_div(target if isinstance(target, NDArray) else
+                                                     target * ones, safe) + (1.0 - rate), ones)
+    return nd.broadcast_mul(w, scale)
+
+
+_TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny),
+         np.dtype(np.float64): float(np.finfo(np.float64).tiny)}

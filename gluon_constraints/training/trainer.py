@@ -51,7 +51,7 @@ class EnforcedTraining(compat.TrainerHooks):
     during the update is raised as :class:`~gluon_constraints.EnforcementError`.
     """
 
-    _gc_checked: Dict[int, Tuple[int, int]]
+    _gc_checked: Dict[int, Tuple[Any, Any]]
 
     def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
         """As ``gluon.Trainer.step``; every constrained parameter is projected after its update.
@@ -98,11 +98,11 @@ class EnforcedTraining(compat.TrainerHooks):
         """Check constraints attached or replaced since the last step (cheap when none changed)."""
         for index, param in enumerate(compat.trainer_parameters(self)):
             constraint, owner = getattr(param, "constraint", None), owner_of(param)
-            key = (id(constraint), id(owner))
-            if constraint is None or self._gc_checked.get(index) == key:
+            checked = self._gc_checked.get(index)
+            if constraint is None or (checked and checked[0] is constraint and checked[1] is owner):
                 continue
             check_parameter(param, constraint_of(param), compat.data_shape(param), owner)
-            self._gc_checked[index] = key
+            self._gc_checked[index] = (constraint, owner)  # the objects: an id could be reused
 
     def _surfacing_failures(self, run: Any, *arguments: Any) -> None:
         optimizer = self.optimizer
