@@ -22,6 +22,8 @@ test: $(WITH_HOROVOD)
 
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.enforcement
+	$(VENV)/bin/python -m benchmarks.enforcement --optimizers --models paper-mlp resnet18 dense50 \
+		--plot docs/benchmark-ratios.png
 
 # Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
 docs: $(INSTALLED)

@@ -14,6 +14,14 @@ for gluon-constraints (``ConstrainedTrainer``), the naive recipe (``nd.norm``, `
 different thing), on the Dropout paper's MNIST MLP, a small CNN and a net of 50 small Dense
 layers, on 1 and 2 contexts. For the 50-layer net it also compares the update alone
 (``trainer.update``) with and without enforcement.
+
+A second table (``--optimizers``) compares constrained with plain training for every model,
+the model zoo's ResNet-18 included, and the optimizers SGD with momentum, Adam, NAG and RMSProp:
+the median ratio of interleaved blocks of steps with the spread (lowest and highest ratio of a
+repetition), and the projection alone (``gc.apply_constraints``) against two floors: one read
+pass over the constrained weights (``multi_sum_sq``, what a projection that finds every row
+feasible must at least do) and one read-and-write pass (``w *= 1.0``). ``--plot FILE`` draws the
+ratios (matplotlib).
 """
 
 from __future__ import annotations
@@ -70,17 +78,31 @@ def dense50(constrained: bool) -> gluon.Block:
     return net
 
 
+def resnet18(constrained: bool) -> gluon.Block:
+    """The model zoo's ResNet-18 (thumbnail, for 32x32 inputs), MaxNorm(3) on Dense and Conv2D."""
+    net = gluon.model_zoo.vision.resnet18_v1(thumbnail=True)
+    if constrained:
+        gc.constrain(net, {r"weight$": gc.MaxNorm(MAX_NORM)}, layers=(gluon.nn.Dense, gluon.nn.Conv2D))
+    return net
+
+
 MODELS = {
     "paper-mlp": (paper_mlp, (128, 784)),
     "small-cnn": (small_cnn, (64, 1, 28, 28)),
     "dense50": (dense50, (128, 64)),
+    "resnet18": (resnet18, (8, 3, 32, 32)),
 }
+OPTIMIZERS = {"sgd-momentum": ("sgd", {"learning_rate": 0.01, "momentum": 0.9}),
+              "adam": ("adam", {"learning_rate": 0.001}),
+              "nag": ("nag", {"learning_rate": 0.01, "momentum": 0.9}),
+              "rmsprop": ("rmsprop", {"learning_rate": 0.001})}
 
 
 class Setup:
     """One network and trainer, with a fixed batch split over the contexts."""
 
-    def __init__(self, model: str, ctx: List[mx.Context], method: str, seed: int = 0) -> None:
+    def __init__(self, model: str, ctx: List[mx.Context], method: str, seed: int = 0,
+                 optimizer: str = "sgd-momentum") -> None:
         build, input_shape = MODELS[model]
         self.ctx, self.method = ctx, method
         self.net = build(constrained=method != "plain")
@@ -88,7 +110,8 @@ class Setup:
         self.net.initialize(mx.init.Xavier(magnitude=3.0), ctx=ctx)
         self.net.hybridize()
         trainer_cls = gc.ConstrainedTrainer if method == "gluon-constraints" else gluon.Trainer
-        self.trainer = trainer_cls(self.net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+        name, settings = OPTIMIZERS[optimizer]
+        self.trainer = trainer_cls(self.net.collect_params(), name, dict(settings))
         rng = np.random.default_rng(seed)
         x = mx.nd.array(rng.normal(size=input_shape))
         y = mx.nd.array(rng.integers(0, 10, input_shape[0]))
@@ -129,6 +152,11 @@ class Setup:
         for p in self.constrained:
             for w in p.list_data():
                 w *= 1.0
+
+    def read_floor(self) -> None:
+        """One read pass over every copy of the constrained weights (a fused sum of squares)."""
+        arrays = [w for p in self.constrained for w in p.list_data()]
+        mx.nd.multi_sum_sq(*arrays, num_arrays=len(arrays))
 
 
 def naive_max_norm(params) -> None:
@@ -228,12 +256,60 @@ def measure_update(ctx: List[mx.Context], repeats: int) -> Dict[str, float]:
     return results
 
 
+def measure_optimizer(model: str, ctx: List[mx.Context], optimizer: str, repeats: int) -> Dict[str, float]:
+    """Constrained / plain training time and the projection against both floors."""
+    setups = {m: Setup(model, ctx, m, optimizer=optimizer) for m in ("plain", "gluon-constraints")}
+    for s in setups.values():
+        for _ in range(3):
+            s.step()
+    ratios, project, read, write = [], [], [], []
+    ours = setups["gluon-constraints"]
+    for _ in range(repeats):  # interleaved blocks of steps
+        plain = timed(run_steps(setups["plain"], wait_each=False))
+        ratios.append(timed(run_steps(ours, wait_each=False)) / plain)
+        project.append(timed(ours.project))
+        read.append(timed(ours.read_floor))
+        write.append(timed(ours.floor))
+    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios),
+            "project_read": statistics.median(project) / statistics.median(read),
+            "project_write": statistics.median(project) / statistics.median(write)}
+
+
+def plot(results: Dict[tuple, Dict[str, float]], path: str) -> None:
+    """Bar chart of the constrained / plain ratios with their spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{m}\n{o}, {n} ctx" for m, o, n in results]
+    values = [r["ratio"] for r in results.values()]
+    errors = [[r["ratio"] - r["low"] for r in results.values()], [r["high"] - r["ratio"] for r in results.values()]]
+    figure, axes = plt.subplots(figsize=(max(8, 0.55 * len(labels)), 4.5))
+    axes.bar(range(len(values)), values, yerr=errors, capsize=3, color="#4c72b0")
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.axhline(1.03, color="#c44e52", linestyle="--", linewidth=0.8, label="target 1.03")
+    axes.set_xticks(range(len(values)))
+    axes.set_xticklabels(labels, rotation=90, fontsize=7)
+    axes.set_ylabel("constrained / plain training time")
+    axes.set_title("Cost of MaxNorm(3) enforcement (median, bars: lowest to highest repetition)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Cost of constraint enforcement (medians of interleaved runs).")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--contexts", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--optimizers", nargs="*", default=None, choices=list(OPTIMIZERS),
+                        help="print the optimizer table instead (no names: all of them)")
+    parser.add_argument("--plot", default=None, help="with --optimizers: write a PNG of the ratios here")
     args = parser.parse_args()
+    if args.optimizers is not None:
+        optimizer_table(args)
+        return
 
     print(f"gluon-constraints enforcement benchmark: mxnet {mx.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, fused kernel {'loaded' if library.kernel() else 'NOT available (stock operators)'}")
@@ -262,6 +338,30 @@ def main() -> None:
     print("\nfloor ratio: apply_constraints time / one in-place pass (w *= 1.0) over every copy of the "
           "constrained weights.\nthroughput: training time with enforcement / plain gluon.Trainer, "
           "same architecture and batch.")
+
+
+def optimizer_table(args: argparse.Namespace) -> None:
+    optimizers = args.optimizers or list(OPTIMIZERS)
+    print(f"gluon-constraints optimizer benchmark: mxnet {mx.__version__}, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, fused kernel "
+          f"{'loaded' if library.kernel() else 'NOT available (stock operators)'}")
+    print(f"medians of {args.repeats} interleaved blocks of {STEPS} steps; spread: lowest and highest block\n")
+    header = (f"{'model':<10} {'optimizer':<13} {'ctx':>3} {'constrained/plain':>17} {'spread':>13} "
+              f"{'proj/read pass':>14} {'proj/r+w pass':>13}")
+    print(header)
+    print("-" * len(header))
+    results = {}
+    for model in args.models:
+        for optimizer in optimizers:
+            for n in args.contexts:
+                r = measure_optimizer(model, [mx.cpu(i) for i in range(n)], optimizer, args.repeats)
+                results[(model, optimizer, n)] = r
+                print(f"{model:<10} {optimizer:<13} {n:>3} {r['ratio']:17.3f} "
+                      f"{r['low']:6.3f}-{r['high']:<6.3f} {r['project_read']:14.2f} "
+                      f"{r['project_write']:13.2f}", flush=True)
+    if args.plot:
+        plot(results, args.plot)
+        print(f"\nplot written to {args.plot}")
 
 
 if __name__ == "__main__":
