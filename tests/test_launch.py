@@ -1,6 +1,5 @@
 """The local cluster launcher (docs/distributed.md): exit codes, teardown, timeouts, signals."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -28,7 +28,6 @@ from numbers import Real
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError
