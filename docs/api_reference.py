@@ -22,7 +22,8 @@ SECTIONS = [
     ("Names and configs", "Looking constraints up, serializing them, registering new ones; "
                           "`max_norm`, `min_max_norm`, `unit_norm`, `non_neg` and "
                           "`radial_constraint` are aliases of the classes, as in Keras.",
-     ["get", "serialize", "deserialize", "register_constraint", "max_norm", "min_max_norm",
+     ["get", "serialize", "deserialize", "register_constraint", "registered_constraints",
+      "max_norm", "min_max_norm",
       "unit_norm", "non_neg", "radial_constraint"]),
     ("Attaching to networks", "([layers.md](layers.md))",
      ["attach", "constrain", "register_layout", "apply_constraints", "nn", "rnn"]),

@@ -23,7 +23,8 @@ import importlib
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
 from .catalogue import (Compose, Constraint, Function, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint,
                         Reduction, UnitNorm, deserialize, get, max_norm, min_max_norm, non_neg,
-                        radial_constraint, register_constraint, serialize, unit_norm)
+                        radial_constraint, register_constraint, registered_constraints, serialize,
+                        unit_norm)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
@@ -68,6 +69,7 @@ __all__ = [
     "serialize",
     "deserialize",
     "register_constraint",
+    "registered_constraints",
     "attach",
     "constrain",
     "register_layout",

@@ -14,13 +14,13 @@ from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
 from .radial import RadialConstraint
 from .reduction import Reduction
-from .registry import deserialize, get, register_constraint, serialize
+from .registry import deserialize, get, register_constraint, registered_constraints, serialize
 
 # Keras's module-level snake_case aliases of the classes (keras.constraints.max_norm, ...).
 max_norm, min_max_norm, unit_norm, non_neg = MaxNorm, MinMaxNorm, UnitNorm, NonNeg
 radial_constraint = RadialConstraint
 
 __all__ = ["Constraint", "RowLowering", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Compose",
-           "Function", "RadialConstraint", "Reduction", "get", "serialize", "deserialize", "register_constraint",
+           "Function", "RadialConstraint", "Reduction", "get", "serialize", "deserialize", "register_constraint", "registered_constraints",
            "max_norm", "min_max_norm", "unit_norm", "non_neg", "radial_constraint", "BOUNDARY_RTOL", "ELEMENTWISE",
            "PER_UNIT", "WHOLE"]

@@ -18,7 +18,7 @@ from .norms import MaxNorm, MinMaxNorm, UnitNorm
 from .radial import RadialConstraint
 from ..errors import UnknownConstraintError
 
-__all__ = ["get", "serialize", "deserialize", "register_constraint"]
+__all__ = ["get", "serialize", "deserialize", "register_constraint", "registered_constraints"]
 
 C = TypeVar("C", bound=Type[Constraint])
 
@@ -62,6 +62,18 @@ def register_constraint(cls: C) -> C:
     for name in names:
         _BY_NAME[name] = cls
     return cls
+
+
+def registered_constraints() -> Dict[str, Type[Constraint]]:
+    """Every registered constraint class by its class name (aliases left out).
+
+    Returns
+    -------
+    dict
+        ``{"MaxNorm": MaxNorm, ...}``: the built-in families and those registered with
+        :func:`register_constraint`.
+    """
+    return {name: cls for name, cls in sorted(_BY_NAME.items()) if name == cls.__name__}
 
 
 def serialize(constraint: Constraint) -> Dict[str, Any]:

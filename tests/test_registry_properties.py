@@ -1,0 +1,92 @@
+"""Properties every registered constraint family has, generated from the registry
+(docs/architecture.md, "Where new things go"; docs/constraints.md).
+
+Each family registered with ``gc.register_constraint`` in the package needs an entry in
+FAMILIES (its instances and the weights it applies to), or
+``test_every_registered_family_is_covered`` fails: a new family gets these checks by adding one
+line here.
+"""
+
+import json
+
+import mxnet as mx
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import gluon_constraints as gc
+
+DTYPES = [np.float16, np.float32, np.float64]
+bounds = st.floats(0.05, 50.0, allow_nan=False, allow_infinity=False)
+
+
+def entries(shape):
+    """Arrays of ``shape`` whose entries are 0 or at least 0.01 in magnitude (exact in float64).
+
+    Every entry is drawn (no fill value): mostly constant arrays would hide projections that
+    move values between entries.
+    """
+    return hnp.arrays(np.int32, shape, elements=st.integers(-4000, 4000),
+                      fill=st.nothing()).map(lambda a: a / 100.0)
+
+
+def weights():
+    return hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6).flatmap(entries)
+
+
+def kernels():
+    """2-D convolution weights with square kernels (what RadialConstraint applies to)."""
+    return st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 5)).flatmap(
+        lambda s: entries((s[0], s[1], s[2], s[2])))
+
+
+FAMILIES = {
+    "Constraint": (st.just(gc.Constraint()), weights()),
+    "MaxNorm": (bounds.map(gc.MaxNorm), weights()),
+    # rate=1: a projection (a smaller rate moves part of the way, by design not idempotent)
+    "MinMaxNorm": (st.tuples(bounds, bounds).map(lambda b: gc.MinMaxNorm(min(b), max(b))), weights()),
+    "UnitNorm": (st.just(gc.UnitNorm()), weights()),
+    "NonNeg": (st.just(gc.NonNeg()), weights()),
+    "RadialConstraint": (st.just(gc.RadialConstraint()), kernels()),
+    "Compose": (bounds.map(lambda b: gc.Compose([gc.NonNeg(), gc.MaxNorm(b)])), weights()),
+}
+
+
+def test_every_registered_family_is_covered():
+    ours = {name for name, cls in gc.registered_constraints().items()
+            if cls.__module__.startswith("gluon_constraints.")}  # tests register classes of their own
+    assert ours == set(FAMILIES)
+
+
+@st.composite
+def cases(draw):
+    name = draw(st.sampled_from(sorted(FAMILIES)))
+    instances, arrays = FAMILIES[name]
+    return draw(instances), draw(arrays), draw(st.sampled_from(DTYPES))
+
+
+@given(cases())
+def test_projection_keeps_kind_and_is_idempotent(case):
+    constraint, values, dtype = case
+    w = mx.nd.array(values, dtype=dtype)
+    once = constraint(w)
+    assert once.shape == w.shape and once.dtype == w.dtype and once.context == w.context
+    np.testing.assert_array_equal(w.asnumpy(), values.astype(dtype))  # input untouched
+    np.testing.assert_array_equal(constraint(once).asnumpy(), once.asnumpy())  # feasible: unchanged
+
+
+@given(cases())
+def test_config_round_trips_through_json(case):
+    constraint, _, _ = case
+    assert gc.deserialize(json.loads(json.dumps(gc.serialize(constraint)))) == constraint
+
+
+@given(cases())
+def test_float16_float32_and_float64_agree(case):
+    constraint, values, _ = case
+    exact = constraint(mx.nd.array(values, dtype=np.float64)).asnumpy()
+    scale = max(1.0, float(np.abs(exact).max(initial=0.0)))
+    for dtype, rtol in ((np.float32, 1e-5), (np.float16, 2e-3)):
+        got = constraint(mx.nd.array(values, dtype=dtype)).asnumpy().astype(np.float64)
+        np.testing.assert_allclose(got, exact, rtol=rtol, atol=rtol * scale, err_msg=repr(constraint))
