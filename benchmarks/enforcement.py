@@ -311,13 +311,10 @@ def main() -> None:
         optimizer_table(args)
         return
 
-    print(f"gluon-constraints enforcement benchmark: mxnet {mx.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, fused kernel {'loaded' if library.kernel() else 'NOT available (stock operators)'}")
-    print(f"medians of {args.repeats} interleaved repetitions; throughput = {STEPS} steps with / without enforcement\n")
-    header = (f"{'model':<10} {'ctx':>3} {'method':<18} {'floor ratio':>11} {'pass ms':>8} {'proj ms':>8} "
-              f"{'thru (1 wait)':>13} {'thru (wait/step)':>16} {'step ms':>8}")
-    print(header)
-    print("-" * len(header))
+    print_heading("enforcement", f"medians of {args.repeats} interleaved repetitions; throughput = {STEPS} "
+                  f"steps with / without enforcement",
+                  f"{'model':<10} {'ctx':>3} {'method':<18} {'floor ratio':>11} {'pass ms':>8} {'proj ms':>8} "
+                  f"{'thru (1 wait)':>13} {'thru (wait/step)':>16} {'step ms':>8}")
     for model in args.models:
         for n in args.contexts:
             ctx = [mx.cpu(i) for i in range(n)]
@@ -340,16 +337,22 @@ def main() -> None:
           "same architecture and batch.")
 
 
-def optimizer_table(args: argparse.Namespace) -> None:
-    optimizers = args.optimizers or list(OPTIMIZERS)
-    print(f"gluon-constraints optimizer benchmark: mxnet {mx.__version__}, "
+def print_heading(kind: str, method: str, header: str) -> None:
+    """The machine, how the numbers were taken, and a table header."""
+    print(f"gluon-constraints {kind} benchmark: mxnet {mx.__version__}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, fused kernel "
           f"{'loaded' if library.kernel() else 'NOT available (stock operators)'}")
-    print(f"medians of {args.repeats} interleaved blocks of {STEPS} steps; spread: lowest and highest block\n")
-    header = (f"{'model':<10} {'optimizer':<13} {'ctx':>3} {'constrained/plain':>17} {'spread':>13} "
-              f"{'proj/read pass':>14} {'proj/r+w pass':>13}")
+    print(f"{method}\n")
     print(header)
     print("-" * len(header))
+
+
+def optimizer_table(args: argparse.Namespace) -> None:
+    optimizers = args.optimizers or list(OPTIMIZERS)
+    print_heading("optimizer", f"medians of {args.repeats} interleaved blocks of {STEPS} steps; spread: "
+                  f"lowest and highest block",
+                  f"{'model':<10} {'optimizer':<13} {'ctx':>3} {'constrained/plain':>17} {'spread':>13} "
+                  f"{'proj/read pass':>14} {'proj/r+w pass':>13}")
     results = {}
     for model in args.models:
         for optimizer in optimizers:
