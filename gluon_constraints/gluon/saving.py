@@ -24,7 +24,7 @@ from mxnet.gluon.block import Block
 from .. import _mxnet_compat as compat
 from ..catalogue import Compose, Constraint, deserialize, serialize
 from ..catalogue.feasibility import violation
-from ..errors import AmbiguousLayoutWarning, InfeasibleWeightsWarning
+from ..errors import InfeasibleWeightsWarning
 from .attachment import attach, check_parameter, constraint_of, owned_parameters, owner_of, reduction_of
 
 __all__ = ["constraints_config", "constrain_from_config", "export", "imports", "load_parameters",
@@ -245,9 +245,7 @@ def _warn_infeasible(params: Sequence[Any]) -> None:
         constraint = constraint_of(param)
         if constraint is None or not compat.is_allocated(param):
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AmbiguousLayoutWarning)
-            problem = violation(constraint, param.list_data()[0].as_nd_ndarray(), reduction_of(param))
+        problem = violation(constraint, param.list_data()[0].as_nd_ndarray(), reduction_of(param))
         if problem is not None:
             found.append(f"{param.name} ({problem})")
     if found:

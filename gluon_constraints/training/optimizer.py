@@ -20,6 +20,7 @@ import numpy as np
 from mxnet import ndarray
 from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
 
+from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction
 from ..errors import EnforcementError, UnsupportedOptimizerError
 from ..kernels.library import kernel as fused_kernel
@@ -212,7 +213,7 @@ class ConstrainedOptimizer(Optimizer):
                 f"this one: both now share its parameter table and update counts, so neither "
                 f"trainer's learning rates nor constraints are right. Give each trainer its own "
                 f"optimizer (by name, or a separate instance).")
-        projections = [self.projection_for(i, w) for i, w in zip(indices, weights)]
+        projections = [self.projection_for(i) for i in indices]
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
         if not any(projections):
             inner_update(index, weight, grad, state)
@@ -243,7 +244,9 @@ class ConstrainedOptimizer(Optimizer):
         signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context)
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
-            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections))
+            # The projections are kept with the entry: while it exists their ids cannot be reused.
+            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections),
+                      tuple(projections))
             self._fused_calls[key] = cached
         return cached[1]
 
@@ -265,7 +268,7 @@ class ConstrainedOptimizer(Optimizer):
         for master, w in casts:
             ndarray.cast(master, dtype=w.dtype, out=w)
 
-    def projection_for(self, index: Any, weight: Optional[Any] = None) -> Optional[Projection]:
+    def projection_for(self, index: Any) -> Optional[Projection]:
         """The projection of parameter ``index``: live from ``param_dict``, else the snapshot.
 
         The cached projection is reused while the parameter keeps the same constraint object,
@@ -276,8 +279,6 @@ class ConstrainedOptimizer(Optimizer):
         ----------
         index : int
             The Trainer's index of the parameter (its kvstore key).
-        weight : NDArray or None, default None
-            The array being updated; its shape stands in for an unknown declared shape.
         """
         param = self.param_dict.get(index)
         if param is None:
@@ -288,7 +289,7 @@ class ConstrainedOptimizer(Optimizer):
         if constraint is None:
             return None
         owner = owner_of(param)
-        shape = tuple(param.shape) if _known(param.shape) or weight is None else tuple(weight.shape)
+        shape = compat.data_shape(param)
         cached = self._cache.get(index)
         if cached is not None and cached[0] is constraint and cached[1] is owner \
                 and cached[2].shape == shape:
@@ -320,10 +321,6 @@ class ConstrainedOptimizer(Optimizer):
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"
-
-
-def _known(shape: Optional[Sequence[int]]) -> bool:
-    return shape is not None and len(shape) > 0 and all(d > 0 for d in shape)
 
 
 def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[Any], ...]:
