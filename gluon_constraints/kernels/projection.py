@@ -49,8 +49,15 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
         Classic NDArrays in the parameter's full shape, each with its constraint and the
         per-output-unit reduction resolved for the parameter.
     use_fused : bool, default True
-        Use the fused kernel where it applies (float32, CPU, at most 2-D, built-in constraints,
-        rows that are contiguous). Items it does not cover use stock operators.
+        Use the fused kernel where it applies (float32, CPU, built-in constraints, rows that are
+        contiguous). Items it does not cover use stock operators.
+
+    Notes
+    -----
+    A weight of more than two dimensions (a convolution filter bank) reaches the kernel as a 2-D
+    (units, fan-in) view after one multiplication by 1 on that view (:func:`_plain_rows`): after
+    an inference-mode forward MKL-DNN may hold the weight in its blocked layout, which library
+    operators cannot read, and that stock operator leaves it in the plain layout when it runs.
     """
     project = kernel() if use_fused else None
     rounds: List[List[Tuple[Any, int, RowLowering]]] = []
@@ -60,6 +67,8 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
             constraint(array, reduction).copyto(array)
             continue
         units, steps = plan
+        if array.ndim > 2:
+            array = _plain_rows(array, units)
         for depth, step in enumerate(steps):  # Compose members run in order, one call each
             if len(rounds) <= depth:
                 rounds.append([])
@@ -97,7 +106,8 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
         return None  # nothing to project: MXNet's own update is the cheaper call
     calls = []
     for weight, grad, state, projection in zip(weights, grads, states, projections):
-        if grad.stype != "default" or not hasattr(state, "stype") or not _fusable(weight):
+        if grad.stype != "default" or not hasattr(state, "stype") or not _fusable(weight) \
+                or weight.ndim > 2:  # filter banks: MKL-DNN may hold them blocked (see below)
             return None
         if projection is None:
             calls.append((1, RowLowering("none")))
@@ -164,9 +174,20 @@ def _leading_rows(reduction: Reduction, shape: Tuple[int, ...]) -> Optional[int]
     return int(np.prod(shape[:first], dtype=np.int64))
 
 
+def _plain_rows(array: Any, units: int) -> Any:
+    """``array`` as a (units, fan-in) view whose memory is in the plain row-major layout.
+
+    An inference-mode forward may leave a convolution weight in MKL-DNN's blocked layout, and
+    whether it did is only known when queued operators run. A stock operator run on the 2-D
+    view reads the blocked data through MXNet's conversion and writes the plain layout back, so
+    the kernel queued after it always reads plain rows. The multiplication by 1 is exact.
+    """
+    rows = array.reshape((units, -1))
+    rows *= 1.0
+    return rows
+
+
 def _fusable(array: Any) -> bool:
-    """Whether the kernels can read and write ``array`` directly."""
-    # At most 2-D: MKL-DNN keeps convolution weights in its own blocked layout, which operators
-    # loaded from a library cannot read (stock operators convert it).
-    return (array.dtype == np.float32 and array.ndim <= 2 and array.stype == "default"
+    """Whether the kernels can compute on ``array`` (through :func:`_plain_rows` if above 2-D)."""
+    return (array.dtype == np.float32 and array.stype == "default"
             and array.context.device_type in ("cpu", "cpu_pinned"))
