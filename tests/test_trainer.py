@@ -170,6 +170,29 @@ def test_aggregated_updates_project_every_parameter(aggregation, monkeypatch, re
     assert_matches_reference(net, expected)
 
 
+@pytest.mark.parametrize("optimizer,params", [("adam", {"learning_rate": 0.1}), ("sgd", {"learning_rate": 0.2}),
+                                             ("rmsprop", {"learning_rate": 0.05})], ids=["adam", "sgd", "rmsprop"])
+def test_one_step_projects_every_weight_in_one_kernel_call(optimizer, params, monkeypatch, reference_run):
+    # Adam and RMSProp update one parameter per call and SGD without momentum four: the wrapper
+    # takes the whole step in one call and projects all of its weights with one kernel call.
+    from gluon_constraints.kernels import projection
+
+    data, _ = reference_run
+    kernel = projection.kernel()
+    calls = []
+
+    def counted(*arrays, **attributes):
+        calls.append(len(arrays))
+        return kernel(*arrays, **attributes)
+
+    monkeypatch.setattr(projection, "kernel", lambda: counted)
+    net = build_net([mx.cpu(0)])
+    trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(params))
+    train_steps(net, trainer, [mx.cpu(0)], data[:3])
+    assert calls == [2] * 3  # the two constrained weights of each step, in one call
+    assert_feasible_and_identical(net)
+
+
 def make_fp16_weight(ctx, shape, prefix):
     """A float16 parameter (CPU has no float16 FullyConnected: gradients are written directly)."""
     params = gluon.ParameterDict(prefix)

@@ -37,7 +37,7 @@ class Projection(NamedTuple):
     shape: Tuple[int, ...]
 
 
-# Parameters per update call when the fused SGD kernel runs (MXNet's own SGD takes 4).
+# Parameters per update call while the kernel is loaded (MXNet's own SGD takes 4).
 _FUSED_AGGREGATION = 256
 # Where Optimizer.create_state_multi_precision puts the float32 master copy, by the class that
 # defines it: the base class returns (master, state); SGD, NAG and LARS return (state, master).
@@ -137,12 +137,16 @@ class ConstrainedOptimizer(Optimizer):
     def aggregate_num(self) -> int:
         """How many parameters an ``Updater`` passes per update call.
 
-        With the fused SGD kernel one call can take every parameter of a step (fewer, larger
-        calls: MXNet's per-call dispatch dominates for many small layers); otherwise the wrapped
-        optimizer's own number.
+        With the kernel loaded, one call takes every parameter of a step (up to 256): the
+        wrapper updates them in the wrapped optimizer's own call sizes (one by one for Adam,
+        NAG, RMSProp and the other optimizers without multi-tensor updates), then projects all
+        of them in one kernel call, or updates and projects them in one fused call for SGD with
+        momentum. MXNet's per-call dispatch dominates for many small layers. Without the kernel,
+        the wrapped optimizer's own number.
         """
-        inner = self.inner.aggregate_num
-        return max(inner, _FUSED_AGGREGATION) if inner > 0 and self._fused_sgd_possible() else inner
+        if fused_kernel() is None:
+            return self.inner.aggregate_num
+        return max(self.inner.aggregate_num, _FUSED_AGGREGATION)
 
     def _fused_sgd_possible(self) -> bool:
         """Whether the fused SGD kernel can serve this optimizer (decided once: read per call)."""
@@ -215,10 +219,7 @@ class ConstrainedOptimizer(Optimizer):
                 f"optimizer (by name, or a separate instance).")
         projections = [self.projection_for(i) for i in indices]
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
-        if not any(projections):
-            inner_update(index, weight, grad, state)
-            return
-        if multi_precision:
+        if multi_precision and any(projections):
             attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
             if attributes is not None:
                 fused_sgd_update(self.inner, indices, weights, grads, states, attributes)
@@ -227,12 +228,17 @@ class ConstrainedOptimizer(Optimizer):
             inner_update(index, weight, grad, state)
             self._project_updated(projections, weights, states, multi_precision)
             return
-        step = max(self.inner.aggregate_num, 1)  # the wrapped optimizer's own call size
-        for at in range(0, len(indices), step):
-            part = slice(at, at + step)
-            inner_update(list(indices[part]), list(weights[part]), list(grads[part]),
-                         list(states[part]))
-            self._project_updated(projections[part], weights[part], states[part], multi_precision)
+        # In the wrapped optimizer's own call sizes, then every projection of the call at once.
+        step = self.inner.aggregate_num
+        if step > 0:
+            for at in range(0, len(indices), step):
+                part = slice(at, at + step)
+                inner_update(list(indices[part]), list(weights[part]), list(grads[part]),
+                             list(states[part]))
+        else:
+            for arguments in zip(indices, weights, grads, states):
+                inner_update(*arguments)
+        self._project_updated(projections, weights, states, multi_precision)
 
     def _fused_sgd_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
                               grads: Sequence[Any], states: Sequence[Any],
