@@ -21,10 +21,10 @@ use.
 import importlib
 
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
-from .catalogue import (Compose, Constraint, Function, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint,
-                        Reduction, UnitNorm, deserialize, get, max_norm, min_max_norm, non_neg,
-                        radial_constraint, register_constraint, registered_constraints, serialize,
-                        unit_norm)
+from .catalogue import (Clip, Compose, Constraint, Function, L1Ball, MaxNorm, MinMaxNorm, NonNeg,
+                        RadialConstraint, Reduction, Simplex, UnitNorm, deserialize, get, max_norm,
+                        min_max_norm, non_neg, radial_constraint, register_constraint,
+                        registered_constraints, serialize, unit_norm)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
@@ -59,6 +59,9 @@ __all__ = [
     "Compose",
     "Function",
     "RadialConstraint",
+    "Clip",
+    "Simplex",
+    "L1Ball",
     "max_norm",
     "min_max_norm",
     "unit_norm",

@@ -247,7 +247,7 @@ def test_constraints_cannot_be_mutated():
             setattr(c, name, value)
     with pytest.raises(AttributeError, match="immutable"):
         del c.max_value
-    assert c.get_config() == {"min_value": 0.5, "max_value": 2.0, "rate": 1.0, "axis": None}
+    assert c.get_config() == {"min_value": 0.5, "max_value": 2.0, "rate": 1.0, "axis": None, "ord": 2}
     assert copy.deepcopy(c) == c
     with pytest.raises(AttributeError, match="immutable"):
         copy.deepcopy(c).max_value = 1.0
@@ -409,7 +409,7 @@ def test_configurations_whose_copies_diverge_are_announced(optimizer, kwargs, di
     (lambda: gc.deserialize({"class_name": "Compose", "config": {}}),
      "Compose config must be {'constraints': [serialized member, ...]}: got {}."),
     (lambda: gc.deserialize({"class_name": "MaxNorm", "config": {"max_valu": 3}}),
-     "MaxNorm config has unknown keys ['max_valu']: got {'max_valu': 3}. Expected keys: max_value, axis."),
+     "MaxNorm config has unknown keys ['max_valu']: got {'max_valu': 3}. Expected keys: max_value, axis, ord."),
 ], ids=["tiny-bound", "huge-int", "bound-above-float32", "compose-without-members", "misspelt-key"])
 def test_bad_configs_are_refused_with_a_clear_message(build, message):
     with pytest.raises(gc.ConstraintArgumentError) as info:

@@ -116,7 +116,7 @@ def test_constraints_survive_collect_params_hybridize_cast_and_load(tmp_path):
 def test_repr_keeps_gluon_style_and_appends_constraints():
     assert repr(nn.Dense(3, in_units=2)) == repr(gluon_nn.Dense(3, in_units=2))
     assert repr(nn.Dense(3, in_units=2, weight_constraint=gc.MaxNorm(3))) == (
-        "Dense(2 -> 3, linear, weight_constraint=MaxNorm(max_value=3.0, axis=None))")
+        "Dense(2 -> 3, linear, weight_constraint=MaxNorm(max_value=3.0, axis=None, ord=2))")
 
 
 def test_bias_constraint_without_bias_is_an_error():

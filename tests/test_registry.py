@@ -44,15 +44,19 @@ def test_rebuilt_constraint_computes_the_same(constraint):
 
 
 def test_get_config_mirrors_init_arguments():
-    assert gc.MaxNorm(3, axis=(1, 2)).get_config() == {"max_value": 3.0, "axis": [1, 2]}
-    assert gc.MinMaxNorm(0.5, 2, 0.25, axis=1).get_config() == {
-        "min_value": 0.5, "max_value": 2.0, "rate": 0.25, "axis": 1}
-    assert gc.UnitNorm().get_config() == {"axis": None}
+    assert gc.MaxNorm(3, axis=(1, 2)).get_config() == {"max_value": 3.0, "axis": [1, 2], "ord": 2}
+    assert gc.MaxNorm(3, ord=float("inf")).get_config() == {"max_value": 3.0, "axis": None, "ord": "inf"}
+    assert gc.MinMaxNorm(0.5, 2, 0.25, axis=1, ord=1).get_config() == {
+        "min_value": 0.5, "max_value": 2.0, "rate": 0.25, "axis": 1, "ord": 1}
+    assert gc.UnitNorm().get_config() == {"axis": None, "ord": 2}
+    assert gc.Clip(-1, None).get_config() == {"min_value": -1.0, "max_value": None}
+    assert gc.Simplex(2).get_config() == {"radius": 2.0}
+    assert gc.L1Ball().get_config() == {"radius": 1.0}
     assert gc.NonNeg().get_config() == {}
     assert gc.serialize(gc.Compose(["non_neg", gc.MaxNorm(1)])) == {
         "class_name": "Compose",
         "config": {"constraints": [{"class_name": "NonNeg", "config": {}},
-                                   {"class_name": "MaxNorm", "config": {"max_value": 1.0, "axis": None}}]}}
+                                   {"class_name": "MaxNorm", "config": {"max_value": 1.0, "axis": None, "ord": 2}}]}}
 
 
 @pytest.mark.parametrize("name,cls", [

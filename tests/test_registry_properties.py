@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gluon_constraints as gc
+from gluon_constraints.catalogue.feasibility import violation
 
 DTYPES = [np.float16, np.float32, np.float64]
 bounds = st.floats(0.05, 50.0, allow_nan=False, allow_infinity=False)
@@ -41,12 +42,19 @@ def kernels():
         lambda s: entries((s[0], s[1], s[2], s[2])))
 
 
+orders = st.sampled_from([1, 2, "inf"])
+
 FAMILIES = {
     "Constraint": (st.just(gc.Constraint()), weights()),
-    "MaxNorm": (bounds.map(gc.MaxNorm), weights()),
+    "MaxNorm": (st.builds(gc.MaxNorm, bounds, ord=orders), weights()),
     # rate=1: a projection (a smaller rate moves part of the way, by design not idempotent)
-    "MinMaxNorm": (st.tuples(bounds, bounds).map(lambda b: gc.MinMaxNorm(min(b), max(b))), weights()),
-    "UnitNorm": (st.just(gc.UnitNorm()), weights()),
+    "MinMaxNorm": (st.tuples(bounds, bounds, orders).map(
+        lambda b: gc.MinMaxNorm(min(b[:2]), max(b[:2]), ord=b[2])), weights()),
+    "UnitNorm": (st.builds(gc.UnitNorm, ord=orders), weights()),
+    "Clip": (st.tuples(st.integers(-500, 500).map(lambda i: i / 100), st.integers(0, 500).map(lambda i: i / 100), st.sampled_from(["both", "low", "high"])).map(
+        lambda b: gc.Clip(None if b[2] == "high" else b[0], None if b[2] == "low" else b[0] + b[1])), weights()),
+    "Simplex": (st.builds(gc.Simplex, bounds), weights()),
+    "L1Ball": (st.builds(gc.L1Ball, bounds), weights()),
     "NonNeg": (st.just(gc.NonNeg()), weights()),
     "RadialConstraint": (st.just(gc.RadialConstraint()), kernels()),
     "Compose": (bounds.map(lambda b: gc.Compose([gc.NonNeg(), gc.MaxNorm(b)])), weights()),
@@ -77,6 +85,42 @@ def test_projection_keeps_kind_and_is_idempotent(case):
 
 
 @given(cases())
+def test_output_is_feasible(case):
+    constraint, values, dtype = case
+    w = mx.nd.array(values, dtype=dtype)
+    assert violation(constraint, constraint(w)) is None
+
+
+@st.composite
+def pairs(draw):
+    """Two float64 arrays of one shape for a family whose projection is declared convex."""
+    name = draw(st.sampled_from(sorted(n for n, (instances, _) in FAMILIES.items()
+                                       if draw(instances).convex)))
+    instances, arrays = FAMILIES[name]
+    constraint = draw(instances.filter(lambda c: c.convex))
+    a = draw(arrays)
+    return constraint, a, draw(entries(a.shape))
+
+
+@given(pairs())
+def test_convex_projections_are_non_expansive(case):
+    # ||P(a) - P(b)|| <= ||a - b|| (Euclidean projections onto closed convex sets)
+    constraint, a, b = case
+    pa = constraint(mx.nd.array(a, dtype=np.float64)).asnumpy()
+    pb = constraint(mx.nd.array(b, dtype=np.float64)).asnumpy()
+    assert np.linalg.norm(pa - pb) <= np.linalg.norm(a - b) * (1 + 1e-9) + 1e-12, repr(constraint)
+
+
+def test_declared_convex_families():
+    convex = {name for name, cls in gc.registered_constraints().items()
+              if cls.__module__.startswith("gluon_constraints.") and cls.__name__ == name
+              and getattr(cls, "convex", False) is True}
+    assert convex == {"NonNeg", "Clip", "Simplex", "L1Ball"}
+    assert gc.MaxNorm(1.0).convex and not gc.MaxNorm(1.0, ord=1).convex
+    assert gc.MinMaxNorm(0.0, 1.0).convex and not gc.MinMaxNorm(0.5, 1.0).convex
+
+
+@given(cases())
 def test_config_round_trips_through_json(case):
     constraint, _, _ = case
     assert gc.deserialize(json.loads(json.dumps(gc.serialize(constraint)))) == constraint
@@ -84,9 +128,13 @@ def test_config_round_trips_through_json(case):
 
 @given(cases())
 def test_float16_float32_and_float64_agree(case):
+    # Each dtype's result against float64 arithmetic on the same (dtype-rounded) input: soft
+    # thresholding (L1Ball, Simplex) amplifies the input's own rounding, which is not the
+    # projection's error.
     constraint, values, _ = case
-    exact = constraint(mx.nd.array(values, dtype=np.float64)).asnumpy()
-    scale = max(1.0, float(np.abs(exact).max(initial=0.0)))
     for dtype, rtol in ((np.float32, 1e-5), (np.float16, 2e-3)):
-        got = constraint(mx.nd.array(values, dtype=dtype)).asnumpy().astype(np.float64)
+        rounded = values.astype(dtype)
+        exact = constraint(mx.nd.array(rounded, dtype=np.float64)).asnumpy()
+        scale = max(1.0, float(np.abs(exact).max(initial=0.0)))
+        got = constraint(mx.nd.array(rounded, dtype=dtype)).asnumpy().astype(np.float64)
         np.testing.assert_allclose(got, exact, rtol=rtol, atol=rtol * scale, err_msg=repr(constraint))

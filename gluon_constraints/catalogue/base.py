@@ -11,7 +11,10 @@ A constraint family is a :class:`Constraint` subclass that provides
   slice, the default) or :data:`WHOLE` (the whole weight). It decides where a constraint can
   run: a parameter server that holds a piece of a weight can run elementwise constraints only;
 - optionally :meth:`Constraint.row_lowering`: the parameters of the fused row kernel that
-  computes the same projection, or None (the default: stock operators only).
+  computes the same projection, or None (the default: stock operators only);
+- ``convex``: True where the projection is the nearest point (Euclidean projection) of a closed
+  convex set, so that ``||P(a) - P(b)|| <= ||a - b||`` (the property tests check it); False
+  (the default) otherwise.
 
 A family lives in its own module of this package and is registered with one line in
 ``registry.py``. Only ``mxnet.ndarray`` is imported: parameter servers import the catalogue
@@ -55,15 +58,16 @@ _BOUND_RANGE = (float(_FLOAT32.tiny), float(_FLOAT32.max))
 class RowLowering(NamedTuple):
     """What the fused row kernel computes for one constraint on each row (output unit).
 
-    ``mode`` is ``"norm"`` (rescale a row whose L2 norm ``n`` lies outside
-    ``[lo, hi]`` by ``rate * t / n + (1 - rate)``, ``t`` the violated bound) or ``"nonneg"``
-    (``w * (w >= 0)`` elementwise).
+    ``mode`` is ``"norm"`` (rescale a row whose ``ord``-norm ``n`` lies outside ``[lo, hi]`` by
+    ``rate * t / n + (1 - rate)``, ``t`` the violated bound), ``"nonneg"`` (``w * (w >= 0)``
+    elementwise) or ``"clip"`` (``min(max(w, lo), hi)`` elementwise).
     """
 
     mode: str
     lo: float = 0.0
     hi: float = 0.0
     rate: float = 1.0
+    ord: float = 2.0
 
 
 class _Immutable(type):
@@ -100,6 +104,9 @@ class Constraint(metaclass=_Immutable):
     #: What one entry's result depends on: ELEMENTWISE, PER_UNIT or WHOLE. PER_UNIT is the safe
     #: default: parameter servers holding a piece of a weight refuse it instead of running it.
     locality: str = PER_UNIT
+    #: Whether the projection is the nearest point of a closed convex set (hence non-expansive).
+    #: False unless a family declares it.
+    convex: bool = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_frozen"):

@@ -20,6 +20,7 @@ class NonNeg(Constraint):
     """
 
     locality = ELEMENTWISE
+    convex = True
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * (w >= 0)`` elementwise."""

@@ -1,15 +1,18 @@
 """Norm constraints per output unit: ``MaxNorm``, ``MinMaxNorm``, ``UnitNorm``.
 
-Each bounds the L2 norm ``n_j = ||w_j||`` of every slice ``w_j`` (the weights feeding output
-unit ``j``) and rescales only the slices outside the allowed set, so feasible slices come back
-bit-for-bit. Norms are computed with MXNet's scaled L2 reduction (``nd.norm``), which neither
-overflows for entries around 1e19 nor underflows for entries around 1e-23 in float32, as the
-fused kernel's float64 accumulation does not; the rescale is one multiplication of each slice by
-a scale computed from its norm.
+Each bounds the p-norm ``n_j = ||w_j||_p`` (p = ``ord``: 1, 2 or inf) of every slice ``w_j``
+(the weights feeding output unit ``j``) and rescales only the slices outside the allowed set, so
+feasible slices come back bit-for-bit. L2 norms are computed with MXNet's scaled L2 reduction
+(``nd.norm``), which neither overflows for entries around 1e19 nor underflows for entries around
+1e-23 in float32, as the fused kernel's float64 accumulation does not; the rescale is one
+multiplication of each slice by a scale computed from its norm. For p = 2 the rescale is the
+Euclidean projection onto the ball; for p = 1 and inf it is PyTorch's ``renorm`` (the nearest
+point of the L1 ball is :class:`~gluon_constraints.L1Ball`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -20,18 +23,22 @@ from ..errors import ConstraintArgumentError
 from .base import PER_UNIT, Constraint, RowLowering, axis_config, bound_argument, real_argument
 from .reduction import Axis, canonical_axis
 
-__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm", "as_rows", "slice_norms", "rescaled"]
+__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm", "as_rows", "slice_norms", "rescaled", "norm_order",
+           "order_config"]
 
 
 class MaxNorm(Constraint):
-    """Bound the L2 norm of each output unit's incoming weights.
+    """Bound the norm of each output unit's incoming weights.
 
-    The set is ``{w : ||w_j|| <= max_value for every unit j}``; each slice ``w_j`` becomes::
+    The set is ``{w : ||w_j||_p <= max_value for every unit j}`` (p = ``ord``); each slice
+    ``w_j`` becomes::
 
-        w_j * max_value / max(||w_j||, max_value)
+        w_j * max_value / max(||w_j||_p, max_value)
 
-    so slices already inside the ball are returned unchanged. This is the max-norm
-    regularization of Srivastava et al. (2014).
+    so slices already inside the ball are returned unchanged. With p = 2 (the default) this is
+    the max-norm regularization of Srivastava et al. (2014) and the Euclidean projection onto
+    the ball; with p = 1 or inf it is PyTorch's ``renorm(p, 0, max_value)`` (a rescaling, not
+    the nearest point: that is :class:`L1Ball` for p = 1).
 
     Parameters
     ----------
@@ -40,6 +47,9 @@ class MaxNorm(Constraint):
     axis : int, tuple of int or None, default None
         Reduction axes in the Gluon weight layout; None means per output unit (every axis but 0
         of a bare array, the layer's fan-in axes when attached to a layer).
+    ord : {1, 2, inf}, default 2
+        Which norm: the sum of absolute values, the Euclidean norm, or the largest absolute
+        value (``math.inf``, ``float("inf")`` or ``"inf"``).
 
     Examples
     --------
@@ -50,31 +60,38 @@ class MaxNorm(Constraint):
 
     locality = PER_UNIT
 
-    def __init__(self, max_value: float = 2.0, axis: Axis = None) -> None:
+    def __init__(self, max_value: float = 2.0, axis: Axis = None, ord: Any = 2) -> None:
         self.max_value = bound_argument("MaxNorm", "max_value", max_value)
         self.axis = canonical_axis(axis, "MaxNorm")
+        self.ord = norm_order("MaxNorm", ord)
+
+    @property
+    def convex(self) -> bool:
+        """True for ``ord=2``: the Euclidean projection onto a ball (non-expansive)."""
+        return self.ord == 2
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * max_value / max(n, max_value)`` per slice, as a new array."""
         rows, axes = as_rows(w, axes)
-        norms = slice_norms(rows, axes)
+        norms = slice_norms(rows, axes, self.ord)
         outside = norms > self.max_value * (1.0 + boundary_rtol)
         return rescaled(rows, norms, outside, self.max_value).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[0, max_value]``."""
-        return RowLowering("norm", 0.0, self.max_value, 1.0)
+        return RowLowering("norm", 0.0, self.max_value, 1.0, self.ord)
 
     def get_config(self) -> Dict[str, Any]:
-        """``{"max_value": ..., "axis": ...}``."""
-        return {"max_value": self.max_value, "axis": axis_config(self.axis)}
+        """``{"max_value": ..., "axis": ..., "ord": ...}`` (ord 1, 2 or ``"inf"``)."""
+        return {"max_value": self.max_value, "axis": axis_config(self.axis),
+                "ord": order_config(self.ord)}
 
 
 class MinMaxNorm(Constraint):
-    """Keep the L2 norm of each output unit's incoming weights between two bounds.
+    """Keep the norm of each output unit's incoming weights between two bounds.
 
-    The set is ``{w : min_value <= ||w_j|| <= max_value}`` (all-zero slices stay zero). With
-    ``n = ||w_j||`` the norm of slice ``w_j``, the slice becomes::
+    The set is ``{w : min_value <= ||w_j||_p <= max_value}`` (p = ``ord``; all-zero slices stay
+    zero). With ``n = ||w_j||_p`` the norm of slice ``w_j``, the slice becomes::
 
         w_j * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n
 
@@ -91,12 +108,14 @@ class MinMaxNorm(Constraint):
         Fraction of the way to the band moved per application. Must lie in [0, 1].
     axis : int, tuple of int or None, default None
         Reduction axes in the Gluon weight layout; None means per output unit.
+    ord : {1, 2, inf}, default 2
+        Which norm, as in :class:`MaxNorm`.
     """
 
     locality = PER_UNIT
 
     def __init__(self, min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0,
-                 axis: Axis = None) -> None:
+                 axis: Axis = None, ord: Any = 2) -> None:
         self.min_value = bound_argument("MinMaxNorm", "min_value", min_value, allow_zero=True)
         self.max_value = bound_argument("MinMaxNorm", "max_value", max_value)
         self.rate = real_argument("MinMaxNorm", "rate", rate)
@@ -108,11 +127,17 @@ class MinMaxNorm(Constraint):
             raise ConstraintArgumentError(
                 f"MinMaxNorm rate must lie in [0, 1]: got {rate!r}.")
         self.axis = canonical_axis(axis, "MinMaxNorm")
+        self.ord = norm_order("MinMaxNorm", ord)
+
+    @property
+    def convex(self) -> bool:
+        """True for ``min_value=0``, ``rate=1``, ``ord=2``: then it is MaxNorm's projection."""
+        return self.min_value == 0.0 and self.rate == 1.0 and self.ord == 2
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n`` per slice."""
         rows, axes = as_rows(w, axes)
-        norms = slice_norms(rows, axes)
+        norms = slice_norms(rows, axes, self.ord)
         above = norms > self.max_value * (1.0 + boundary_rtol)
         below = (norms < self.min_value * (1.0 - boundary_rtol)) * (norms > 0)
         target = nd.where(above, nd.full(norms.shape, self.max_value, norms.context, norms.dtype),
@@ -121,20 +146,20 @@ class MinMaxNorm(Constraint):
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[min_value, max_value]`` and ``rate``."""
-        return RowLowering("norm", self.min_value, self.max_value, self.rate)
+        return RowLowering("norm", self.min_value, self.max_value, self.rate, self.ord)
 
     def get_config(self) -> Dict[str, Any]:
-        """``{"min_value": ..., "max_value": ..., "rate": ..., "axis": ...}``."""
+        """``{"min_value": ..., "max_value": ..., "rate": ..., "axis": ..., "ord": ...}``."""
         return {"min_value": self.min_value, "max_value": self.max_value, "rate": self.rate,
-                "axis": axis_config(self.axis)}
+                "axis": axis_config(self.axis), "ord": order_config(self.ord)}
 
 
 class UnitNorm(Constraint):
-    """Rescale each output unit's incoming weights to unit L2 norm.
+    """Rescale each output unit's incoming weights to unit norm.
 
-    The set is ``{w : ||w_j|| = 1}``; each slice ``w_j`` becomes::
+    The set is ``{w : ||w_j||_p = 1}`` (p = ``ord``); each slice ``w_j`` becomes::
 
-        w_j / ||w_j||
+        w_j / ||w_j||_p
 
     An all-zero slice has no direction and stays zero.
 
@@ -142,27 +167,30 @@ class UnitNorm(Constraint):
     ----------
     axis : int, tuple of int or None, default None
         Reduction axes in the Gluon weight layout; None means per output unit.
+    ord : {1, 2, inf}, default 2
+        Which norm, as in :class:`MaxNorm`.
     """
 
     locality = PER_UNIT
 
-    def __init__(self, axis: Axis = None) -> None:
+    def __init__(self, axis: Axis = None, ord: Any = 2) -> None:
         self.axis = canonical_axis(axis, "UnitNorm")
+        self.ord = norm_order("UnitNorm", ord)
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w / n`` per slice (zero slices stay zero)."""
         rows, axes = as_rows(w, axes)
-        norms = slice_norms(rows, axes)
+        norms = slice_norms(rows, axes, self.ord)
         off_sphere = (nd.abs(norms - 1.0) > boundary_rtol) * (norms > 0)
         return rescaled(rows, norms, off_sphere, 1.0).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[1, 1]``."""
-        return RowLowering("norm", 1.0, 1.0, 1.0)
+        return RowLowering("norm", 1.0, 1.0, 1.0, self.ord)
 
     def get_config(self) -> Dict[str, Any]:
-        """``{"axis": ...}``."""
-        return {"axis": axis_config(self.axis)}
+        """``{"axis": ..., "ord": ...}``."""
+        return {"axis": axis_config(self.axis), "ord": order_config(self.ord)}
 
 
 def as_rows(w: NDArray, axes: Tuple[int, ...]) -> Tuple[NDArray, Tuple[int, ...]]:
@@ -177,15 +205,43 @@ def as_rows(w: NDArray, axes: Tuple[int, ...]) -> Tuple[NDArray, Tuple[int, ...]
     return w.reshape((-1, int(np.prod(w.shape[first:])))), (1,)
 
 
-def slice_norms(w: NDArray, axes: Tuple[int, ...]) -> NDArray:
-    """L2 norm of every slice over ``axes``, kept as broadcastable size-1 dimensions.
+def slice_norms(w: NDArray, axes: Tuple[int, ...], order: float = 2) -> NDArray:
+    """``order``-norm (1, 2 or inf) of every slice over ``axes``, kept as size-1 dimensions.
 
-    MXNet's ``norm`` reduces with a scaled sum of squares, so it is exact where squaring would
-    overflow or underflow the weight's dtype.
+    MXNet's L2 ``norm`` reduces with a scaled sum of squares, so it is exact where squaring
+    would overflow or underflow the weight's dtype.
     """
     if not axes:
         return nd.abs(w)
-    return nd.norm(w, ord=2, axis=axes, keepdims=True)
+    if order == math.inf:
+        return nd.max(nd.abs(w), axis=axes, keepdims=True)
+    return nd.norm(w, ord=int(order), axis=axes, keepdims=True)
+
+
+_ORDERS = {1: 1, 2: 2, math.inf: math.inf, "inf": math.inf}
+
+
+def norm_order(owner: str, value: Any) -> float:
+    """Validate a norm order: 1, 2 or infinity (``math.inf`` or ``"inf"``).
+
+    Raises
+    ------
+    ConstraintArgumentError
+        Naming ``owner``, the value and the orders accepted.
+    """
+    try:
+        order = _ORDERS[value] if not isinstance(value, bool) else None
+    except (KeyError, TypeError):
+        order = None
+    if order is None:
+        raise ConstraintArgumentError(
+            f"{owner} ord must be 1, 2 or inf (math.inf or 'inf'): got {value!r}.")
+    return order
+
+
+def order_config(order: float) -> Any:
+    """The JSON form of a norm order: 1, 2 or ``"inf"``."""
+    return "inf" if order == math.inf else int(order)
 
 
 def rescaled(w: NDArray, norms: NDArray, active: NDArray, target: Any, rate: float = 1.0) -> NDArray:

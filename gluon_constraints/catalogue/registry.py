@@ -11,11 +11,13 @@ import re
 from typing import Any, Dict, Optional, Type, TypeVar
 
 from .base import Constraint
+from .box import Clip
 from .compose import Compose
 from .elementwise import NonNeg
 from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
 from .radial import RadialConstraint
+from .simplex import L1Ball, Simplex
 from ..errors import UnknownConstraintError
 
 __all__ = ["get", "serialize", "deserialize", "register_constraint", "registered_constraints"]
@@ -180,3 +182,6 @@ register_constraint(UnitNorm)
 register_constraint(NonNeg)
 register_constraint(RadialConstraint)
 register_constraint(Compose)
+register_constraint(Clip)
+register_constraint(Simplex)
+register_constraint(L1Ball)

@@ -88,7 +88,7 @@ def from_keras(keras_constraint: Any, layer: Block, weight: Optional[str] = None
     --------
     >>> gc.from_keras({"class_name": "MaxNorm", "config": {"max_value": 3, "axis": 0}},
     ...               nn.Dense(10, in_units=5))  # doctest: +SKIP
-    MaxNorm(max_value=3.0, axis=None)
+    MaxNorm(max_value=3.0, axis=None, ord=2)
     """
     name, config = _keras_form(keras_constraint)
     if name not in _KERAS_CLASSES:

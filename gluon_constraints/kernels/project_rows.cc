@@ -1,11 +1,12 @@
 // Fused, in-place projections of row slices for gluon-constraints.
 //
 // Each weight is viewed as (units, size / units) row-major: every row is one output unit's
-// slice. A row is rescaled only if its L2 norm n lies outside the band
+// slice. A row is rescaled only if its norm n (L1, L2 or max, by "ord") lies outside the band
 //   [lo * (1 - rtol), hi * (1 + rtol)]      (n = 0 is never rescaled)
 // by  scale = rate * t / n + (1 - rate),  t = hi above the band, lo below it.
 // MaxNorm(c) is lo=0, hi=c, rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. Mode "nonneg"
-// maps w to w * (w >= 0) elementwise; mode "none" leaves the weight alone.
+// maps w to w * (w >= 0) elementwise, mode "clip" to min(max(w, lo), hi); mode "none" leaves
+// the weight alone.
 //
 // gc_project_rows: inputs w_1..w_k, outputs o_1..o_k of the same shapes. Per row, one pass
 //   while the row is in cache: the sum of squares (in double), then the rescale. Called in place
@@ -17,7 +18,7 @@
 //   accumulating the new row's sum of squares, then the projection while the row is in cache.
 //
 // Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
-// "units,mode,lo,hi,rate,rtol" entry per weight, separated by ";". The SGD operator adds
+// "units,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm), separated by ";". The SGD operator adds
 // "update" = "momentum,rescale_grad,clip_gradient,lr_1,wd_1,lr_2,wd_2,...".
 // Build (gluon_constraints/fused.py does it): g++ -shared -fPIC -std=c++17 -O3 -fopenmp
 //   -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
@@ -51,11 +52,32 @@ int weight_count(const Attributes& attrs) {
   return static_cast<int>(split(attrs.at("rows"), ';').size());
 }
 
+double sum_of_squares(const float* row, int64_t length) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < length; ++j) sum += static_cast<double>(row[j]) * row[j];
+  return sum;
+}
+
 // What to do with the rows of one weight.
 struct RowProjection {
   int64_t units;
   std::string mode;
   double lo, hi, rate, rtol;
+  int ord;  // 1, 2, or 0 for the max norm
+
+  // The row's norm; for ord 2, from its sum of squares when the caller has it.
+  double norm(const float* row, int64_t length) const {
+    if (ord == 2) return std::sqrt(sum_of_squares(row, length));
+    double n = 0.0;
+    if (ord == 1) {
+#pragma omp simd reduction(+ : n)
+      for (int64_t j = 0; j < length; ++j) n += std::fabs(static_cast<double>(row[j]));
+    } else {
+      for (int64_t j = 0; j < length; ++j) n = std::fmax(n, std::fabs(static_cast<double>(row[j])));
+    }
+    return n;
+  }
 
   double scale(double n) const {
     if (n > hi * (1.0 + rtol)) return rate * (hi / n) + (1.0 - rate);
@@ -63,16 +85,19 @@ struct RowProjection {
     return 1.0;
   }
 
-  // Project one row in place, given the row's sum of squares.
-  void finish_row(float* row, int64_t length, double sum) const {
+  // Project one row in place, given the row's norm (unused by the elementwise modes).
+  void finish_row(float* row, int64_t length, double n) const {
     if (mode == "norm") {
-      const double s = scale(std::sqrt(sum));
+      const double s = scale(n);
       if (s != 1.0) {
         const float f = static_cast<float>(s);
         for (int64_t j = 0; j < length; ++j) row[j] *= f;
       }
     } else if (mode == "nonneg") {
       for (int64_t j = 0; j < length; ++j) row[j] *= static_cast<float>(row[j] >= 0.0f);
+    } else if (mode == "clip") {
+      const float a = static_cast<float>(lo), b = static_cast<float>(hi);
+      for (int64_t j = 0; j < length; ++j) row[j] = row[j] < a ? a : (row[j] > b ? b : row[j]);
     }
   }
 };
@@ -82,7 +107,7 @@ std::vector<RowProjection> parse_projections(const Attributes& attrs) {
   for (const auto& entry : split(attrs.at("rows"), ';')) {
     const auto f = split(entry, ',');
     projections.push_back({static_cast<int64_t>(number(f[0])), f[1], number(f[2]), number(f[3]),
-                           number(f[4]), number(f[5])});
+                           number(f[4]), number(f[5]), static_cast<int>(number(f[6]))});
   }
   return projections;
 }
@@ -96,12 +121,6 @@ int64_t row_length(const char* op, int64_t size, int64_t units) {
   return size / units;
 }
 
-double sum_of_squares(const float* row, int64_t length) {
-  double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < length; ++j) sum += static_cast<double>(row[j]) * row[j];
-  return sum;
-}
 
 struct SGDUpdate {
   float lr, wd, momentum, rescale, clip;
@@ -170,7 +189,7 @@ MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* in
 #pragma omp parallel for schedule(static) if (size >= 65536)
     for (int64_t u = 0; u < units; ++u) {
       float* row = out + u * length;
-      p.finish_row(row, length, p.mode == "norm" ? sum_of_squares(row, length) : 0.0);
+      p.finish_row(row, length, p.mode == "norm" ? p.norm(row, length) : 0.0);
     }
   }
   return MX_SUCCESS;
@@ -226,7 +245,7 @@ MXReturnValue sgd_forward(const Attributes& attrs, std::vector<MXTensor>* inputs
     for (int64_t u = 0; u < units; ++u) {
       const int64_t at = u * length;
       const double sum = step.row(w + at, grad + at, mom + at, length);
-      p.finish_row(w + at, length, sum);
+      p.finish_row(w + at, length, p.ord == 2 ? std::sqrt(sum) : p.norm(w + at, length));
     }
   }
   return MX_SUCCESS;

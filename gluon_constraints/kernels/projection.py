@@ -135,9 +135,10 @@ def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[A
 
 
 def _joined(calls: Sequence[Tuple[int, RowLowering]]) -> Dict[str, str]:
-    """The kernel's "rows" attribute for per-weight (rows, (mode, lo, hi, rate)) entries."""
-    return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{_KERNEL_RTOL!r}"
-                             for units, (mode, lo, hi, rate) in calls)}
+    """The kernel's "rows" attribute for per-weight (rows, (mode, lo, hi, rate)) entries (``ord`` as 1, 2 or 0 for the max norm)."""
+    return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{_KERNEL_RTOL!r},"
+                             f"{0 if order == np.inf else int(order)}"
+                             for units, (mode, lo, hi, rate, order) in calls)}
 
 
 def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
