@@ -18,7 +18,7 @@ SECTIONS = [
     ("Constraints", "The catalogue: each object projects a weight onto a set "
                     "([constraints.md](constraints.md)).",
      ["Constraint", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Clip", "Simplex", "L1Ball",
-      "RadialConstraint", "Compose", "Function", "Reduction"]),
+      "SpectralNorm", "Orthogonal", "RadialConstraint", "Compose", "Function", "Reduction"]),
     ("Names and configs", "Looking constraints up, serializing them, registering new ones; "
                           "`max_norm`, `min_max_norm`, `unit_norm`, `non_neg` and "
                           "`radial_constraint` are aliases of the classes, as in Keras.",

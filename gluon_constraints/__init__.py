@@ -22,9 +22,9 @@ import importlib
 
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
 from .catalogue import (Clip, Compose, Constraint, Function, L1Ball, MaxNorm, MinMaxNorm, NonNeg,
-                        RadialConstraint, Reduction, Simplex, UnitNorm, deserialize, get, max_norm,
-                        min_max_norm, non_neg, radial_constraint, register_constraint,
-                        registered_constraints, serialize, unit_norm)
+                        Orthogonal, RadialConstraint, Reduction, Simplex, SpectralNorm, UnitNorm,
+                        deserialize, get, max_norm, min_max_norm, non_neg, radial_constraint,
+                        register_constraint, registered_constraints, serialize, unit_norm)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
@@ -62,6 +62,8 @@ __all__ = [
     "Clip",
     "Simplex",
     "L1Ball",
+    "SpectralNorm",
+    "Orthogonal",
     "max_norm",
     "min_max_norm",
     "unit_norm",

@@ -55,6 +55,9 @@ FAMILIES = {
         lambda b: gc.Clip(None if b[2] == "high" else b[0], None if b[2] == "low" else b[0] + b[1])), weights()),
     "Simplex": (st.builds(gc.Simplex, bounds), weights()),
     "L1Ball": (st.builds(gc.L1Ball, bounds), weights()),
+    "SpectralNorm": (st.builds(gc.SpectralNorm, bounds), weights()),
+    # beta=None: the retraction (a Parseval step only moves toward the set, by design)
+    "Orthogonal": (st.just(gc.Orthogonal()), weights()),
     "NonNeg": (st.just(gc.NonNeg()), weights()),
     "RadialConstraint": (st.just(gc.RadialConstraint()), kernels()),
     "Compose": (bounds.map(lambda b: gc.Compose([gc.NonNeg(), gc.MaxNorm(b)])), weights()),

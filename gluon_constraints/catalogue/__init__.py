@@ -13,9 +13,11 @@ from .compose import Compose
 from .elementwise import NonNeg
 from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
+from .orthogonal import Orthogonal
 from .radial import RadialConstraint
 from .reduction import Reduction
 from .simplex import L1Ball, Simplex
+from .spectral import SpectralNorm
 from .registry import deserialize, get, register_constraint, registered_constraints, serialize
 
 # Keras's module-level snake_case aliases of the classes (keras.constraints.max_norm, ...).
@@ -23,6 +25,6 @@ max_norm, min_max_norm, unit_norm, non_neg = MaxNorm, MinMaxNorm, UnitNorm, NonN
 radial_constraint = RadialConstraint
 
 __all__ = ["Constraint", "RowLowering", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Compose",
-           "Function", "RadialConstraint", "Clip", "Simplex", "L1Ball", "Reduction", "get", "serialize", "deserialize", "register_constraint", "registered_constraints",
+           "Function", "RadialConstraint", "Clip", "Simplex", "L1Ball", "SpectralNorm", "Orthogonal", "Reduction", "get", "serialize", "deserialize", "register_constraint", "registered_constraints",
            "max_norm", "min_max_norm", "unit_norm", "non_neg", "radial_constraint", "BOUNDARY_RTOL", "ELEMENTWISE",
            "PER_UNIT", "WHOLE"]

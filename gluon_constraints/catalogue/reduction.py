@@ -9,11 +9,13 @@ axis of the weight (grouped transposed convolutions) use a reshaped view.
 from __future__ import annotations
 
 import operator
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ..errors import ConstraintShapeError
 
-__all__ = ["Axis", "Reduction", "canonical_axis", "normalize_axes", "per_output_unit"]
+__all__ = ["Axis", "Reduction", "canonical_axis", "normalize_axes", "per_output_unit", "unit_rows"]
 
 Axis = Union[None, int, Tuple[int, ...]]
 
@@ -115,3 +117,25 @@ def per_output_unit(shape: Sequence[int]) -> Reduction:
     if ndim <= 1:
         return Reduction(tuple(range(ndim)))
     return Reduction(tuple(range(1, ndim)))
+
+
+def unit_rows(w: Any, axes: Tuple[int, ...]) -> Tuple[Any, Callable[[Any], Any]]:
+    """``w`` as a 2-D (units, fan-in) matrix, one row per slice over ``axes``, and the map back.
+
+    The kept axes come first and the reduced ones last (a transpose only where they are not
+    already in that order), so a convolution filter bank (out, in, kh, kw) over (1, 2, 3) is
+    the free reshape (out, in * kh * kw), and the returned function maps an array of the
+    matrix's shape back to ``w``'s layout.
+    """
+    kept = [a for a in range(w.ndim) if a not in axes]
+    order = kept + list(axes)
+    moved = w.transpose(order) if order != list(range(w.ndim)) else w
+    moved_shape = moved.shape
+    rows = moved.reshape((int(np.prod([w.shape[a] for a in kept], dtype=np.int64)), -1))
+    inverse = [int(a) for a in np.argsort(order)]
+
+    def restore(out: Any) -> Any:
+        back = out.reshape(moved_shape)
+        return back.transpose(inverse) if inverse != list(range(w.ndim)) else back
+
+    return rows, restore

@@ -16,8 +16,10 @@ from .compose import Compose
 from .elementwise import NonNeg
 from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
+from .orthogonal import Orthogonal
 from .radial import RadialConstraint
 from .simplex import L1Ball, Simplex
+from .spectral import SpectralNorm
 from ..errors import UnknownConstraintError
 
 __all__ = ["get", "serialize", "deserialize", "register_constraint", "registered_constraints"]
@@ -185,3 +187,5 @@ register_constraint(Compose)
 register_constraint(Clip)
 register_constraint(Simplex)
 register_constraint(L1Ball)
+register_constraint(SpectralNorm)
+register_constraint(Orthogonal)

@@ -11,13 +11,14 @@ feasible and leaves it unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
 from .base import PER_UNIT, Constraint, bound_argument
+from .reduction import unit_rows
 
 __all__ = ["Simplex", "L1Ball"]
 
@@ -52,7 +53,7 @@ class Simplex(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``max(w_j - theta_j, 0)`` per slice, as a new array."""
-        rows, restore = _as_rows(w, axes)
+        rows, restore = unit_rows(w, axes)
         exact = rows.astype(np.float64)
         tolerance = _tolerance(boundary_rtol, rows.shape[1]) * self.radius
         inside = (nd.min(exact, axis=1, keepdims=True) >= 0) \
@@ -96,7 +97,7 @@ class L1Ball(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``sign(w_j) * max(|w_j| - theta_j, 0)`` for the slices outside the ball."""
-        rows, restore = _as_rows(w, axes)
+        rows, restore = unit_rows(w, axes)
         exact = rows.astype(np.float64)
         magnitudes = nd.abs(exact)
         tolerance = _tolerance(boundary_rtol, rows.shape[1])
@@ -124,19 +125,3 @@ def _onto_simplex(v: NDArray, radius: float) -> NDArray:
 def _tolerance(boundary_rtol: float, length: int) -> float:
     """Relative band for a slice's sum: the dtype's band, at least float64 summation error."""
     return max(boundary_rtol, 4.0 * length * float(np.finfo(np.float64).eps))
-
-
-def _as_rows(w: NDArray, axes: Tuple[int, ...]) -> Tuple[NDArray, Callable[[NDArray], NDArray]]:
-    """``w`` as 2-D rows (one per slice over ``axes``) and the map back to ``w``'s layout."""
-    kept = [a for a in range(w.ndim) if a not in axes]
-    order = kept + list(axes)
-    moved = w.transpose(order) if order != list(range(w.ndim)) else w
-    moved_shape = moved.shape
-    rows = moved.reshape((int(np.prod([w.shape[a] for a in kept], dtype=np.int64)), -1))
-    inverse = list(np.argsort(order))
-
-    def restore(out: NDArray) -> NDArray:
-        back = out.reshape(moved_shape)
-        return back.transpose(inverse) if inverse != list(range(w.ndim)) else back
-
-    return rows, restore

@@ -89,6 +89,9 @@ class ConstrainedOptimizer(Optimizer):
     copy (what distributed kvstores send to their servers) carries a snapshot of the
     projections, because ``param_dict`` is not pickled.
 
+    Stateful constraints (``SpectralNorm``) keep a vector per parameter and device copy in
+    :attr:`iterates`; it is pickled with the wrapper, so ``save_states``/``load_states`` carry it.
+
     An exception during an update is raised as an
     :class:`~gluon_constraints.EnforcementError` naming the parameters and also kept in
     :attr:`failure`: MXNet's kvstore calls the update from C++ and discards exceptions, so the
@@ -102,7 +105,7 @@ class ConstrainedOptimizer(Optimizer):
         ``{index: Projection}`` to use where ``param_dict`` is empty (on servers).
     """
 
-    _OWN = ("inner", "projections", "param_dict", "failure", "_cache", "_fused_calls",
+    _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "_cache", "_fused_calls",
             "_fuses_sgd")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None) -> None:
@@ -110,12 +113,14 @@ class ConstrainedOptimizer(Optimizer):
             raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
         if isinstance(inner, ConstrainedOptimizer):
             raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
-        self._own(inner, projections or {})
+        self._own(inner, projections or {}, {})
 
-    def _own(self, inner: Optimizer, projections: Dict[int, Projection]) -> None:
+    def _own(self, inner: Optimizer, projections: Dict[int, Projection],
+             iterates: Dict[Tuple[Any, str], Any]) -> None:
         """Set the wrapper's own attributes (everything else lives on ``inner``)."""
         for name, value in (("inner", inner), ("projections", dict(projections)),
                             ("param_dict", inner.param_dict), ("failure", None),
+                            ("iterates", dict(iterates)),
                             ("_cache", {}), ("_fused_calls", {}), ("_fuses_sgd", None)):
             object.__setattr__(self, name, value)
 
@@ -226,7 +231,7 @@ class ConstrainedOptimizer(Optimizer):
                 return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weight, grad, state)
-            self._project_updated(projections, weights, states, multi_precision)
+            self._project_updated(indices, projections, weights, states, multi_precision)
             return
         # In the wrapped optimizer's own call sizes, then every projection of the call at once.
         step = self.inner.aggregate_num
@@ -238,7 +243,7 @@ class ConstrainedOptimizer(Optimizer):
         else:
             for arguments in zip(indices, weights, grads, states):
                 inner_update(*arguments)
-        self._project_updated(projections, weights, states, multi_precision)
+        self._project_updated(indices, projections, weights, states, multi_precision)
 
     def _fused_sgd_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
                               grads: Sequence[Any], states: Sequence[Any],
@@ -256,20 +261,31 @@ class ConstrainedOptimizer(Optimizer):
             self._fused_calls[key] = cached
         return cached[1]
 
-    def _project_updated(self, projections: Sequence[Optional[Projection]], weights: Sequence[Any],
-                         states: Sequence[Any], multi_precision: bool) -> None:
-        """Project every weight this update call wrote, in one batch where possible."""
+    def _project_updated(self, indices: Sequence[Any], projections: Sequence[Optional[Projection]],
+                         weights: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
+        """Project every weight this update call wrote, in one batch where possible.
+
+        A stateful constraint (``SpectralNorm``) continues from the vector it left in
+        :attr:`iterates` for this parameter and device copy, and leaves the new one there.
+        """
         items, casts = [], []
-        for projection, w, s in zip(projections, weights, states):
+        for index, projection, w, s in zip(indices, projections, weights, states):
             if projection is None:
                 continue
             constraint, reduction, shape = projection
+            target = w
             if multi_precision and self.inner.multi_precision and w.dtype == np.float16:
-                master = s[master_copy_slot(type(self.inner))]
-                items.append((_full_shape(master, shape), constraint, reduction))
-                casts.append((master, w))
+                target = s[master_copy_slot(type(self.inner))]
+                casts.append((target, w))
+            full = _full_shape(target, shape)
+            if getattr(constraint, "stateful", False):
+                key = (index, str(full.context))
+                last = self.iterates.get(key)
+                out, self.iterates[key] = constraint.project_with_state(
+                    full, reduction, None if last is None else last.as_in_context(full.context))
+                out.copyto(full)
             else:
-                items.append((_full_shape(w, shape), constraint, reduction))
+                items.append((full, constraint, reduction))
         project_in_place(items)
         for master, w in casts:
             ndarray.cast(master, dtype=w.dtype, out=w)
@@ -320,10 +336,11 @@ class ConstrainedOptimizer(Optimizer):
 
     # -- pickling (kvstore servers, save_states) ----------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
-        return {"inner": self.inner, "projections": self.snapshot()}
+        return {"inner": self.inner, "projections": self.snapshot(), "iterates": self.iterates}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self._own(state["inner"], state["projections"])
+        # Files written before stateful constraints existed have no "iterates".
+        self._own(state["inner"], state["projections"], state.get("iterates", {}))
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"
