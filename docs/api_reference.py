@@ -18,7 +18,7 @@ SECTIONS = [
     ("Constraints", "The catalogue: each object projects a weight onto a set "
                     "([constraints.md](constraints.md)).",
      ["Constraint", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Clip", "Simplex", "L1Ball",
-      "SpectralNorm", "Orthogonal", "RadialConstraint", "Compose", "Function", "Reduction"]),
+      "SpectralNorm", "Orthogonal", "RadialConstraint", "Scheduled", "Compose", "Function", "Reduction"]),
     ("Names and configs", "Looking constraints up, serializing them, registering new ones; "
                           "`max_norm`, `min_max_norm`, `unit_norm`, `non_neg` and "
                           "`radial_constraint` are aliases of the classes, as in Keras.",
@@ -33,7 +33,7 @@ SECTIONS = [
      ["from_keras", "from_keras_layer"]),
     ("Training", "([training.md](training.md), [distributed.md](distributed.md))",
      ["ConstrainedTrainer", "enforce", "verify_constraints", "ConstrainedOptimizer",
-      "ConstraintHandler"]),
+      "ConstraintHandler", "penalty"]),
     ("Errors and warnings", inspect.getdoc(errors).split("\n\n")[0], list(errors.__all__)),
 ]
 ALIASES = {"max_norm", "min_max_norm", "unit_norm", "non_neg", "radial_constraint"}

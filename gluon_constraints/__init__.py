@@ -22,7 +22,8 @@ import importlib
 
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
 from .catalogue import (Clip, Compose, Constraint, Function, L1Ball, MaxNorm, MinMaxNorm, NonNeg,
-                        Orthogonal, RadialConstraint, Reduction, Simplex, SpectralNorm, UnitNorm,
+                        Orthogonal, RadialConstraint, Reduction, Scheduled, Simplex, SpectralNorm,
+                        UnitNorm,
                         deserialize, get, max_norm, min_max_norm, non_neg, radial_constraint,
                         register_constraint, registered_constraints, serialize, unit_norm)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
@@ -37,6 +38,7 @@ _LAZY = {
     "ConstrainedTrainer": "training.trainer",
     "enforce": "training.trainer",
     "verify_constraints": "training.verify",
+    "penalty": "training.penalty",
     "ConstrainedOptimizer": "training.optimizer",
     "ConstraintHandler": "training.estimator",
     "constraints_config": "gluon.saving",
@@ -64,6 +66,7 @@ __all__ = [
     "L1Ball",
     "SpectralNorm",
     "Orthogonal",
+    "Scheduled",
     "max_norm",
     "min_max_norm",
     "unit_norm",
@@ -82,6 +85,7 @@ __all__ = [
     "ConstrainedTrainer",
     "enforce",
     "verify_constraints",
+    "penalty",
     "ConstrainedOptimizer",
     "ConstraintHandler",
     "constraints_config",

@@ -234,3 +234,8 @@ def optimizer_rates(optimizer: Any, indices: List[Any]) -> Iterator[Tuple[float,
 def count_update(optimizer: Any, indices: List[Any]) -> None:
     """Advance the optimizer's update counts for ``indices``, as its own update would."""
     optimizer._update_count(indices)
+
+
+def update_count(optimizer: Any, index: Any) -> int:
+    """How many updates ``index`` has had on the optimizer's current context (its ``num_update``)."""
+    return optimizer._index_update_count.get(index, optimizer.begin_num_update)

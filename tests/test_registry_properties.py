@@ -59,6 +59,8 @@ FAMILIES = {
     # beta=None: the retraction (a Parseval step only moves toward the set, by design)
     "Orthogonal": (st.just(gc.Orthogonal()), weights()),
     "NonNeg": (st.just(gc.NonNeg()), weights()),
+    "Scheduled": (st.builds(lambda b, steps: gc.Scheduled(gc.MaxNorm(b), start=2 * b, steps=steps),
+                            bounds, st.integers(1, 10)), weights()),
     "RadialConstraint": (st.just(gc.RadialConstraint()), kernels()),
     "Compose": (bounds.map(lambda b: gc.Compose([gc.NonNeg(), gc.MaxNorm(b)])), weights()),
 }

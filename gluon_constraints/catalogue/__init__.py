@@ -16,6 +16,7 @@ from .norms import MaxNorm, MinMaxNorm, UnitNorm
 from .orthogonal import Orthogonal
 from .radial import RadialConstraint
 from .reduction import Reduction
+from .schedule import Scheduled
 from .simplex import L1Ball, Simplex
 from .spectral import SpectralNorm
 from .registry import deserialize, get, register_constraint, registered_constraints, serialize
@@ -25,6 +26,6 @@ max_norm, min_max_norm, unit_norm, non_neg = MaxNorm, MinMaxNorm, UnitNorm, NonN
 radial_constraint = RadialConstraint
 
 __all__ = ["Constraint", "RowLowering", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Compose",
-           "Function", "RadialConstraint", "Clip", "Simplex", "L1Ball", "SpectralNorm", "Orthogonal", "Reduction", "get", "serialize", "deserialize", "register_constraint", "registered_constraints",
+           "Function", "RadialConstraint", "Clip", "Simplex", "L1Ball", "SpectralNorm", "Orthogonal", "Scheduled", "Reduction", "get", "serialize", "deserialize", "register_constraint", "registered_constraints",
            "max_norm", "min_max_norm", "unit_norm", "non_neg", "radial_constraint", "BOUNDARY_RTOL", "ELEMENTWISE",
            "PER_UNIT", "WHOLE"]

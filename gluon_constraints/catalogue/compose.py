@@ -40,12 +40,12 @@ class Compose(Constraint):
         if any(m is None for m in members):
             raise TypeError(f"Compose members cannot be None: got {list(members)!r}.")
         self.constraints = tuple(_resolve(m) for m in members)
-        stateful = [m for m in self.constraints if getattr(m, "stateful", False)]
+        stateful = [m for m in self.constraints if getattr(m, "stateful", False) or hasattr(m, "at")]
         if stateful:
             raise ConstraintArgumentError(
-                f"Compose cannot hold {stateful[0]!r}: it keeps state between training steps "
-                f"(a power-iteration vector), which a composition would not carry. Attach it "
-                f"alone, or put the other constraints on another parameter.")
+                f"Compose cannot hold {stateful[0]!r}: it changes between training steps (a "
+                f"power-iteration vector or a schedule), which a composition would not carry. "
+                f"Attach it alone, or put the other constraints on another parameter.")
         self.locality = max((m.locality for m in self.constraints), key=_WIDTH.__getitem__)
 
     def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,

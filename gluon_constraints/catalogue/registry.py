@@ -18,6 +18,7 @@ from .function import Function
 from .norms import MaxNorm, MinMaxNorm, UnitNorm
 from .orthogonal import Orthogonal
 from .radial import RadialConstraint
+from .schedule import Scheduled
 from .simplex import L1Ball, Simplex
 from .spectral import SpectralNorm
 from ..errors import UnknownConstraintError
@@ -189,3 +190,4 @@ register_constraint(Simplex)
 register_constraint(L1Ball)
 register_constraint(SpectralNorm)
 register_constraint(Orthogonal)
+register_constraint(Scheduled)

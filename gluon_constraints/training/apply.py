@@ -12,7 +12,7 @@ from ..catalogue import Constraint, Reduction
 from ..gluon.attachment import check_parameter, constraint_of, owner_of, reduction_of
 from ..kernels.projection import project_in_place
 
-__all__ = ["apply_constraints"]
+__all__ = ["apply_constraints", "parameters_of"]
 
 Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
 
@@ -46,7 +46,7 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
         If a constrained parameter's dtype is not floating point.
     """
     plan: List[Tuple[Parameter, Constraint, Reduction]] = []
-    for param in _parameters(target):
+    for param in parameters_of(target):
         constraint = constraint_of(param)
         if constraint is None or (param.grad_req == "null" and not include_frozen):
             continue
@@ -67,7 +67,8 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     return [param.name for param, _, _ in plan]
 
 
-def _parameters(target: Target) -> List[Parameter]:
+def parameters_of(target: Target) -> List[Parameter]:
+    """The parameters ``target`` names (a Block: all of ``collect_params()``)."""
     if isinstance(target, Block):
         return list(target.collect_params().values())
     if isinstance(target, ParameterDict):

@@ -21,12 +21,12 @@ from mxnet import ndarray
 from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Constraint, Reduction
-from ..errors import EnforcementError, UnsupportedOptimizerError
+from ..catalogue import Constraint, Reduction, Scheduled
+from ..errors import ConstraintArgumentError, EnforcementError, UnsupportedOptimizerError
 from ..kernels.library import kernel as fused_kernel
 from ..kernels.projection import fused_sgd_attributes, fused_sgd_update, project_in_place
 
-__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot"]
+__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence"]
 
 
 class Projection(NamedTuple):
@@ -103,25 +103,29 @@ class ConstrainedOptimizer(Optimizer):
         The optimizer that performs the update.
     projections : dict or None, default None
         ``{index: Projection}`` to use where ``param_dict`` is empty (on servers).
+    every : int, default 1
+        Project after updates ``every``, ``2 * every``, ... of each parameter (by the
+        optimizer's own update count, which ``save_states`` keeps), not after the others.
     """
 
-    _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "_cache", "_fused_calls",
-            "_fuses_sgd")
+    _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "_cache",
+            "_resolved", "_fused_calls", "_fuses_sgd")
 
-    def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None) -> None:
+    def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
+                 every: int = 1) -> None:
         if not isinstance(inner, Optimizer):
             raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
         if isinstance(inner, ConstrainedOptimizer):
             raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
-        self._own(inner, projections or {}, {})
+        self._own(inner, projections or {}, {}, cadence(every))
 
     def _own(self, inner: Optimizer, projections: Dict[int, Projection],
-             iterates: Dict[Tuple[Any, str], Any]) -> None:
+             iterates: Dict[Tuple[Any, str], Any], every: int) -> None:
         """Set the wrapper's own attributes (everything else lives on ``inner``)."""
         for name, value in (("inner", inner), ("projections", dict(projections)),
                             ("param_dict", inner.param_dict), ("failure", None),
-                            ("iterates", dict(iterates)),
-                            ("_cache", {}), ("_fused_calls", {}), ("_fuses_sgd", None)):
+                            ("iterates", dict(iterates)), ("every", every), ("_cache", {}),
+                            ("_resolved", {}), ("_fused_calls", {}), ("_fuses_sgd", None)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -222,7 +226,7 @@ class ConstrainedOptimizer(Optimizer):
                 f"this one: both now share its parameter table and update counts, so neither "
                 f"trainer's learning rates nor constraints are right. Give each trainer its own "
                 f"optimizer (by name, or a separate instance).")
-        projections = [self.projection_for(i) for i in indices]
+        projections = [self._due(i, self.projection_for(i)) for i in indices]
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
         if multi_precision and any(projections):
             attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
@@ -290,6 +294,24 @@ class ConstrainedOptimizer(Optimizer):
         for master, w in casts:
             ndarray.cast(master, dtype=w.dtype, out=w)
 
+    def _due(self, index: Any, projection: Optional[Projection]) -> Optional[Projection]:
+        """What the coming update of ``index`` projects: None between every-th updates, a
+        ``Scheduled`` constraint resolved at the update's count (the same objects while the
+        resolved constraint does not change)."""
+        if projection is None:
+            return None
+        update = compat.update_count(self.inner, index) + 1
+        if update % self.every:
+            return None
+        if not isinstance(projection.constraint, Scheduled):
+            return projection
+        resolved = projection.constraint.at(update)
+        cached = self._resolved.get(index)
+        if cached is None or cached[0] is not resolved or cached[1] is not projection:
+            cached = (resolved, projection, projection._replace(constraint=resolved))
+            self._resolved[index] = cached
+        return cached[2]
+
     def projection_for(self, index: Any) -> Optional[Projection]:
         """The projection of parameter ``index``: live from ``param_dict``, else the snapshot.
 
@@ -336,14 +358,30 @@ class ConstrainedOptimizer(Optimizer):
 
     # -- pickling (kvstore servers, save_states) ----------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
-        return {"inner": self.inner, "projections": self.snapshot(), "iterates": self.iterates}
+        return {"inner": self.inner, "projections": self.snapshot(), "iterates": self.iterates,
+                "every": self.every}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        # Files written before stateful constraints existed have no "iterates".
-        self._own(state["inner"], state["projections"], state.get("iterates", {}))
+        # Files written by 0.1.0 have neither "iterates" nor "every".
+        self._own(state["inner"], state["projections"], state.get("iterates", {}),
+                  state.get("every", 1))
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"
+
+
+def cadence(every: Any) -> int:
+    """Validate a projection cadence: an int >= 1.
+
+    Raises
+    ------
+    ConstraintArgumentError
+        Naming ``every``, the value and what is expected.
+    """
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise ConstraintArgumentError(
+            f"every must be an int >= 1 (project after every every-th update): got {every!r}.")
+    return int(every)
 
 
 def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[Any], ...]:

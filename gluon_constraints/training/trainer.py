@@ -29,7 +29,7 @@ from .. import _mxnet_compat as compat
 from ..distributed.parameter_server import prepare_distributed, settle_initial_weights
 from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
 from ..gluon.attachment import attached_parameters, check_parameter, constraint_of, owner_of
-from .optimizer import ConstrainedOptimizer, master_copy_slot
+from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot
 from .verify import verify_constraints
 
 __all__ = ["ConstrainedTrainer", "EnforcedTraining", "enforce"]
@@ -91,6 +91,7 @@ class EnforcedTraining(compat.TrainerHooks):
         """After ``load_states`` from a plain trainer's file, wrap the loaded optimizer again."""
         if not isinstance(self.optimizer, ConstrainedOptimizer):
             compat.replace_loaded_optimizer(self, ConstrainedOptimizer(self.optimizer))
+        self.optimizer.every = self._gc_every  # this trainer's cadence, not the file's
         _OPTIMIZER_USERS[self.optimizer.inner] = weakref.ref(self)
 
     # -- internals ------------------------------------------------------------------------------
@@ -146,9 +147,15 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
         As for ``gluon.Trainer``.
     update_on_kvstore : bool or None, default None
         As for ``gluon.Trainer``.
+    every : int, default 1
+        Project after updates ``every``, ``2 * every``, ``3 * every``, ... of each parameter
+        only (the optimizer's update count, which ``save_states`` keeps, so a resumed run keeps
+        the cadence). Between those steps the weights may leave their sets.
 
     Raises
     ------
+    ConstraintArgumentError
+        If ``every`` is not an int >= 1.
     TypeError, ConstraintShapeError, ConstraintTypeError
         If a constraint is not a Constraint, does not fit its parameter's shape or its dtype
         (naming the parameter).
@@ -162,14 +169,15 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
 
     def __init__(self, params: Any, optimizer: Any, optimizer_params: Optional[dict] = None,
                  kvstore: Any = "device", compression_params: Optional[dict] = None,
-                 update_on_kvstore: Optional[bool] = None) -> None:
+                 update_on_kvstore: Optional[bool] = None, every: int = 1) -> None:
+        every = cadence(every)
         check_parameters(_listed_parameters(params), optimizer, optimizer_params)
         super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
                          compression_params=compression_params, update_on_kvstore=update_on_kvstore)
-        _install(self)
+        _install(self, every)
 
 
-def enforce(trainer: Trainer) -> Trainer:
+def enforce(trainer: Trainer, every: int = 1) -> Trainer:
     """Install constraint enforcement into an existing ``gluon.Trainer`` before its first step.
 
     Works on any ``gluon.Trainer`` instance, subclasses such as
@@ -183,6 +191,8 @@ def enforce(trainer: Trainer) -> Trainer:
     trainer : mxnet.gluon.Trainer
         A trainer whose kvstore is not created yet (no ``step``, ``update``,
         ``allreduce_grads`` or ``load_states`` so far).
+    every : int, default 1
+        As for :class:`ConstrainedTrainer`.
 
     Returns
     -------
@@ -197,6 +207,7 @@ def enforce(trainer: Trainer) -> Trainer:
     """
     if not isinstance(trainer, Trainer):
         raise TypeError(f"enforce expects an mxnet.gluon.Trainer: got {trainer!r}.")
+    every = cadence(every)
     if isinstance(trainer, EnforcedTraining):
         return trainer
     if compat.kvstore_initialized(trainer):
@@ -207,7 +218,7 @@ def enforce(trainer: Trainer) -> Trainer:
             "trainer, before load_states and the first step, or build a gc.ConstrainedTrainer.")
     check_parameters(compat.trainer_parameters(trainer), trainer.optimizer, owner=trainer)
     trainer.__class__ = _enforced_class(type(trainer))
-    _install(trainer)
+    _install(trainer, every)
     return trainer
 
 
@@ -247,12 +258,13 @@ def check_parameters(params: Iterable[Parameter], optimizer: Any,
             master_copy_slot(optimizer_class)
 
 
-def _install(trainer: Trainer) -> None:
+def _install(trainer: Trainer, every: int) -> None:
     """Wrap the optimizer, record its owner, and warn where device copies will diverge."""
-    wrapper = ConstrainedOptimizer(trainer.optimizer)
+    wrapper = ConstrainedOptimizer(trainer.optimizer, every=every)
     compat.install_optimizer(trainer, wrapper)
     _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
     trainer._gc_checked = {}
+    trainer._gc_every = every
     _warn_diverging(trainer, type(wrapper.inner))
 
 

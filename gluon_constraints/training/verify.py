@@ -7,6 +7,7 @@ from typing import Any, List
 from mxnet import ndarray
 
 from .. import _mxnet_compat as compat
+from ..catalogue import Scheduled
 from ..catalogue.feasibility import violation
 from ..errors import ConstraintViolationError
 from ..gluon.attachment import constraint_of, reduction_of
@@ -21,8 +22,10 @@ def verify_constraints(trainer: Any) -> None:
     violated if it holds a NaN or an infinity, or if projecting it would change it by more than
     float rounding. All copies must also be bitwise identical, except a ``dist_async`` server
     copy, which moves on with other workers' pushes. A constraint that moves a slice only part
-    of the way (``MinMaxNorm`` with ``rate < 1``) reports slices it has not reached yet. A
-    debugging aid: it synchronises with the host.
+    of the way (``MinMaxNorm`` with ``rate < 1``) reports slices it has not reached yet, and
+    so does a trainer with ``every > 1`` between its projecting steps; a ``Scheduled``
+    constraint is checked with the bound of the parameter's last update. A debugging aid: it
+    synchronises with the host.
 
     Parameters
     ----------
@@ -43,6 +46,9 @@ def verify_constraints(trainer: Any) -> None:
         constraint = constraint_of(param)
         if constraint is None or param.grad_req == "null":
             continue
+        if isinstance(constraint, Scheduled):  # the bound of the last update
+            inner = getattr(trainer.optimizer, "inner", trainer.optimizer)
+            constraint = constraint.at(compat.update_count(inner, index))
         reduction = reduction_of(param)
         copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
         if on_kvstore:

@@ -1,0 +1,119 @@
+"""``Scheduled``: a constraint whose bound follows the update count (a warm-up ramp)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from numbers import Real
+from typing import Any, Dict, Optional, Tuple
+
+from mxnet.ndarray import NDArray
+
+from ..errors import ConstraintArgumentError
+from .base import Constraint
+from .reduction import Reduction
+
+__all__ = ["Scheduled"]
+
+
+class Scheduled(Constraint):
+    """A constraint whose numeric argument moves linearly from ``start`` to its own value.
+
+    At update ``t`` (1 for the first step of each parameter) the trainer projects with
+    ``constraint`` rebuilt with::
+
+        argument = start + (value - start) * min(t, steps) / steps
+
+    where ``value`` is ``constraint``'s own value of ``argument``: after ``steps`` updates it is
+    ``constraint`` itself. ``Scheduled(gc.MaxNorm(3.0), start=10.0, steps=1000)`` is a warm-up
+    that tightens the bound from 10 to 3 over the first 1000 updates. The update count is the
+    optimizer's own, which ``save_states`` writes and ``load_states`` restores, so a resumed run
+    projects with the bound an uninterrupted one would. Called outside a trainer (``c(w)``,
+    ``apply_constraints``, ``verify_constraints`` without a count) it is ``constraint``.
+
+    Parameters
+    ----------
+    constraint : Constraint
+        The constraint at the end of the ramp (any registered, serializable one but a
+        ``Compose`` or another ``Scheduled``).
+    start : float
+        The argument's value at update 0; ``constraint`` rebuilt with it must be valid.
+    steps : int
+        Length of the ramp in updates, >= 1.
+    argument : str, default "max_value"
+        Which constructor argument the schedule moves (``"radius"`` for ``Simplex`` and
+        ``L1Ball``, ``"min_value"`` or ``"max_value"`` for ``MinMaxNorm`` and ``Clip``).
+    """
+
+    def __init__(self, constraint: Constraint, start: float, steps: int,
+                 argument: str = "max_value") -> None:
+        from .compose import Compose
+
+        if not isinstance(constraint, Constraint) or isinstance(constraint, (Compose, Scheduled)):
+            raise ConstraintArgumentError(
+                f"Scheduled wraps one constraint (not a Compose or a Scheduled): got {constraint!r}.")
+        config = constraint.get_config()
+        value = config.get(argument)
+        if isinstance(value, bool) or not isinstance(value, Real):
+            numeric = sorted(k for k, v in config.items() if isinstance(v, Real) and not isinstance(v, bool))
+            raise ConstraintArgumentError(
+                f"Scheduled argument must be a numeric argument of {type(constraint).__name__}: "
+                f"got {argument!r}; expected one of {numeric}.")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConstraintArgumentError(f"Scheduled steps must be an int >= 1: got {steps!r}.")
+        _rebuilt(type(constraint), json.dumps({**config, argument: start}, sort_keys=True))  # validates start
+        self.constraint, self.start, self.steps, self.argument = constraint, float(start), steps, argument
+        self.locality = constraint.locality
+        self.convex = constraint.convex  # outside a trainer it is the constraint itself
+        self.axis = getattr(constraint, "axis", None)
+        self.stateful = getattr(constraint, "stateful", False)
+
+    def at(self, update: int) -> Constraint:
+        """The constraint to project with after update number ``update`` (1, 2, ...)."""
+        if update >= self.steps:
+            return self.constraint
+        config = self.constraint.get_config()
+        end = config[self.argument]
+        value = self.start + (end - self.start) * max(update, 0) / self.steps
+        return _rebuilt(type(self.constraint), json.dumps({**config, self.argument: value}, sort_keys=True))
+
+    def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
+                 boundary_rtol: float = 0.0) -> NDArray:
+        """``constraint``'s projection (the end of the ramp)."""
+        return self.constraint.apply_to(w, reduction, boundary_rtol)
+
+    def reduction_for(self, shape: Any, default: Optional[Reduction] = None,
+                      name: Optional[str] = None) -> Reduction:
+        """``constraint``'s reduction."""
+        return self.constraint.reduction_for(shape, default, name)
+
+    def uses_layer_layout(self) -> bool:
+        """Whether ``constraint`` uses the owning layer's fan-in axes."""
+        return self.constraint.uses_layer_layout()
+
+    def project_with_state(self, w: NDArray, reduction: Optional[Reduction],
+                           state: Optional[NDArray]) -> Tuple[NDArray, NDArray]:
+        """``constraint``'s stateful projection (for a scheduled ``SpectralNorm``)."""
+        return self.constraint.project_with_state(w, reduction, state)
+
+    def get_config(self) -> Dict[str, Any]:
+        """``{"constraint": serialized, "start": ..., "steps": ..., "argument": ...}``."""
+        from .registry import serialize
+
+        return {"constraint": serialize(self.constraint), "start": self.start, "steps": self.steps,
+                "argument": self.argument}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Scheduled":
+        """Build from :meth:`get_config`'s output (the wrapped constraint deserialized)."""
+        from .registry import deserialize
+
+        if isinstance(config, dict) and isinstance(config.get("constraint"), dict):
+            config = {**config, "constraint": deserialize(config["constraint"])}
+        return super().from_config(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _rebuilt(cls: type, config: str) -> Constraint:
+    """``cls`` built from a JSON config (cached: a constant bound gives the same object)."""
+    return cls.from_config(json.loads(config))
