@@ -42,17 +42,22 @@ def main():
     parser.add_argument("--uokv", choices=["none", "true", "false"], default="none")
     parser.add_argument("--contexts", type=int, default=1)
     parser.add_argument("--main-constraint", action="store_true")
+    parser.add_argument("--constraint", help="a gc.serialize()d constraint as JSON (default MaxNorm)")
+    parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     kv = mx.kv.create(args.kvstore)
     rank = kv.rank
     ctx = [mx.cpu(i) for i in range(args.contexts)]
-    constraint = MainModuleMaxNorm(BOUND) if args.main_constraint else gc.MaxNorm(BOUND)
+    if args.constraint:
+        constraint = gc.deserialize(json.loads(args.constraint))
+    else:
+        constraint = MainModuleMaxNorm(BOUND) if args.main_constraint else gc.MaxNorm(BOUND)
     net = build_net(ctx, constraint)
     uokv = {"none": None, "true": True, "false": False}[args.uokv]
     trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": LR, "momentum": MOMENTUM},
-                                    kvstore=kv, update_on_kvstore=uokv)
+                                    kvstore=kv, update_on_kvstore=uokv, every=args.every)
     report = {"rank": rank, "error": None}
     try:
         for x, y in ref.batches(STEPS, BATCH * kv.num_workers):

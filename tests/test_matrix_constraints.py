@@ -138,3 +138,30 @@ def test_power_iteration_vectors_resume_bitwise_from_save_states(ctx, uokv, tmp_
     train(resumed, trainer, ctx, 3, seed=2)
     for a, b in zip(straight.collect_params().values(), resumed.collect_params().values()):
         assert a.data().asnumpy().tobytes() == b.data().asnumpy().tobytes(), a.name
+
+
+@pytest.mark.parametrize("constraint,check", [
+    (gc.Clip(-0.1, 0.1), lambda m: np.abs(m).max() <= np.float32(0.1)),
+    (gc.Simplex(1.0), lambda m: m.min() >= 0 and np.allclose(m.sum(axis=1), 1.0, rtol=1e-5)),
+    (gc.SpectralNorm(0.5, power_iterations=3), lambda m: top_singular_value(m) <= 0.5 * 1.01),
+    (gc.Orthogonal(), lambda m: np.allclose(m.astype(np.float64) @ m.T, np.eye(4), atol=1e-5)),
+], ids=["clip", "simplex", "spectral-norm", "orthogonal"])
+@pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), (TWO, True), (TWO, False)],
+                         ids=["1ctx", "2ctx-uokv", "2ctx-no-uokv"])
+def test_float16_weights_project_their_float32_master_copy(constraint, check, ctx, uokv):
+    from test_trainer import make_fp16_weight, master_copies, write_grad
+
+    rng = np.random.default_rng(6)
+    params, weight = make_fp16_weight(ctx, (4, 6), f"mp_{type(constraint).__name__.lower()}_")
+    weight.set_data(mx.nd.array(rng.normal(0, 0.3, (4, 6)), dtype="float16"))
+    gc.attach(weight, constraint)
+    trainer = gc.ConstrainedTrainer(params, "adam", {"learning_rate": 0.1, "multi_precision": True},
+                                    update_on_kvstore=uokv)
+    for _ in range(4):
+        write_grad(weight, rng.normal(0, 1, (4, 6)).astype(np.float16))
+        trainer.step(1)
+    for master in master_copies(trainer, 0):
+        assert master.dtype == np.float32 and check(master)
+    copies = [a.asnumpy() for a in weight.list_data()]
+    assert all(c.tobytes() == copies[0].tobytes() for c in copies)
+    np.testing.assert_array_equal(copies[0], master_copies(trainer, 0)[0].astype(np.float16))

@@ -115,6 +115,7 @@ class EnforcedTraining(compat.TrainerHooks):
         failure = optimizer.take_failure()
         if failure is not None:  # raised inside MXNet's kvstore update, which discards it
             raise failure
+        self._gc_updates += 1
 
 
 class ConstrainedTrainer(EnforcedTraining, Trainer):
@@ -265,6 +266,7 @@ def _install(trainer: Trainer, every: int) -> None:
     _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
     trainer._gc_checked = {}
     trainer._gc_every = every
+    trainer._gc_updates = 0  # updates this trainer made (the servers count theirs)
     _warn_diverging(trainer, type(wrapper.inner))
 
 

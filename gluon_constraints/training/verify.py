@@ -47,8 +47,7 @@ def verify_constraints(trainer: Any) -> None:
         if constraint is None or param.grad_req == "null":
             continue
         if isinstance(constraint, Scheduled):  # the bound of the last update
-            inner = getattr(trainer.optimizer, "inner", trainer.optimizer)
-            constraint = constraint.at(compat.update_count(inner, index))
+            constraint = constraint.at(_last_update(trainer, index, on_kvstore and "dist" in kvstore.type))
         reduction = reduction_of(param)
         copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
         if on_kvstore:
@@ -68,3 +67,11 @@ def verify_constraints(trainer: Any) -> None:
         raise ConstraintViolationError(
             "Constraints are violated:\n" + "\n".join(f"  {p}" for p in problems))
 
+
+
+def _last_update(trainer: Any, index: int, on_servers: bool) -> int:
+    """The update count of parameter ``index``: the optimizer's, or where parameter servers
+    update (and count), the number of updates this trainer made."""
+    if on_servers:
+        return trainer._gc_updates
+    return compat.update_count(getattr(trainer.optimizer, "inner", trainer.optimizer), index)
