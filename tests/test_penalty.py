@@ -3,7 +3,6 @@ gradients against numpy formulas."""
 
 import mxnet as mx
 import numpy as np
-import pytest
 from mxnet import autograd
 
 import gluon_constraints as gc
