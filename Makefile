@@ -32,11 +32,11 @@ docs: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip 'setuptools>=77' wheel
-	$(PIP) install --quiet -e '.[cpu,test,demo]'
+	$(PIP) install --quiet -e '.[cpu,test,demo,tensorboard]'
 	touch $(INSTALLED)
 
 $(WITH_HOROVOD): $(INSTALLED)
-	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[cpu,test,demo,horovod]'
+	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[cpu,test,demo,tensorboard,horovod]'
 	touch $(WITH_HOROVOD)
 
 clean:

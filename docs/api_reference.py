@@ -34,6 +34,8 @@ SECTIONS = [
     ("Training", "([training.md](training.md), [distributed.md](distributed.md))",
      ["ConstrainedTrainer", "enforce", "verify_constraints", "ConstrainedOptimizer",
       "ConstraintHandler", "penalty"]),
+    ("Monitoring", "([training.md](training.md#monitoring))",
+     ["CSVWriter", "TensorBoardWriter"]),
     ("Errors and warnings", inspect.getdoc(errors).split("\n\n")[0], list(errors.__all__)),
 ]
 ALIASES = {"max_norm", "min_max_norm", "unit_norm", "non_neg", "radial_constraint"}

@@ -18,8 +18,12 @@
 //   accumulating the new row's sum of squares, then the projection while the row is in cache.
 //
 // Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
-// "units,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm), separated by ";". The SGD operator adds
+// "units,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm),
+// separated by ";". The SGD operator adds
 // "update" = "momentum,rescale_grad,clip_gradient,lr_1,wd_1,lr_2,wd_2,...".
+// With "stats" = "1" both operators have one more output per weight, after the others: a
+// float32 array of 3, (fraction of rows the projection changed, largest and mean row norm
+// after it). The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
 // Build (gluon_constraints/fused.py does it): g++ -shared -fPIC -std=c++17 -O3 -fopenmp
 //   -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
 //   -I <mxnet>/include -o libgc_project_rows.so
@@ -59,6 +63,12 @@ double sum_of_squares(const float* row, int64_t length) {
   return sum;
 }
 
+// What the projection did to one row.
+struct RowOutcome {
+  bool moved;
+  double norm;  // after the projection
+};
+
 // What to do with the rows of one weight.
 struct RowProjection {
   int64_t units;
@@ -85,22 +95,42 @@ struct RowProjection {
     return 1.0;
   }
 
-  // Project one row in place, given the row's norm (unused by the elementwise modes).
-  void finish_row(float* row, int64_t length, double n) const {
+  // Project one row in place, given the row's norm (unused by the elementwise modes); with
+  // `stats`, also say whether it moved and its norm after the projection.
+  RowOutcome finish_row(float* row, int64_t length, double n, bool stats) const {
     if (mode == "norm") {
       const double s = scale(n);
       if (s != 1.0) {
         const float f = static_cast<float>(s);
         for (int64_t j = 0; j < length; ++j) row[j] *= f;
       }
-    } else if (mode == "nonneg") {
+      return {s != 1.0, n * s};
+    }
+    const double before = stats ? sum_of_squares(row, length) : 0.0;
+    if (mode == "nonneg") {
       for (int64_t j = 0; j < length; ++j) row[j] *= static_cast<float>(row[j] >= 0.0f);
     } else if (mode == "clip") {
       const float a = static_cast<float>(lo), b = static_cast<float>(hi);
       for (int64_t j = 0; j < length; ++j) row[j] = row[j] < a ? a : (row[j] > b ? b : row[j]);
     }
+    if (!stats) return {false, 0.0};
+    const double after = sum_of_squares(row, length);
+    return {after != before, std::sqrt(after)};
   }
 };
+
+bool with_stats(const Attributes& attrs) {
+  const auto found = attrs.find("stats");
+  return found != attrs.end() && found->second == "1";
+}
+
+// One weight's stats output: (moved rows / units, largest norm, total norm / units).
+void write_stats(MXTensor* out, double moved, double total, double largest, int64_t units) {
+  float* o = out->data<float>();
+  o[0] = static_cast<float>(moved / units);
+  o[1] = static_cast<float>(largest);
+  o[2] = static_cast<float>(total / units);
+}
 
 std::vector<RowProjection> parse_projections(const Attributes& attrs) {
   std::vector<RowProjection> projections;
@@ -156,6 +186,7 @@ MXReturnValue all_float32(const char* op, const std::vector<int>& types) {
 
 MXReturnValue project_parse(const Attributes& attrs, int* num_in, int* num_out) {
   *num_in = *num_out = weight_count(attrs);
+  if (with_stats(attrs)) *num_out += *num_in;
   return MX_SUCCESS;
 }
 
@@ -168,13 +199,15 @@ MXReturnValue project_type(const Attributes& attrs, std::vector<int>* in_types,
 MXReturnValue project_shape(const Attributes& attrs,
                             std::vector<std::vector<unsigned int>>* in_shapes,
                             std::vector<std::vector<unsigned int>>* out_shapes) {
-  *out_shapes = *in_shapes;
+  for (size_t i = 0; i < out_shapes->size(); ++i)
+    (*out_shapes)[i] = i < in_shapes->size() ? (*in_shapes)[i] : std::vector<unsigned int>{3};
   return MX_SUCCESS;
 }
 
 MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                               std::vector<MXTensor>* outputs, const OpResource& res) {
   const auto projections = parse_projections(attrs);
+  const bool stats = with_stats(attrs);
   for (size_t i = 0; i < projections.size(); ++i) {
     const RowProjection& p = projections[i];
     const float* in = (*inputs)[i].data<float>();
@@ -183,14 +216,20 @@ MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* in
     if (in != out)
       for (int64_t j = 0; j < size; ++j) out[j] = in[j];
     if (p.mode == "none") continue;
-    const int64_t units = p.mode == "norm" ? p.units : 1;
+    const int64_t units = p.mode == "norm" || stats ? p.units : 1;
     const int64_t length = row_length("gc_project_rows", size, units);
     if (length < 0) return MX_FAIL;
-#pragma omp parallel for schedule(static) if (size >= 65536)
+    double moved = 0.0, total = 0.0, largest = 0.0;
+#pragma omp parallel for schedule(static) if (size >= 65536) \
+    reduction(+ : moved, total) reduction(max : largest)
     for (int64_t u = 0; u < units; ++u) {
       float* row = out + u * length;
-      p.finish_row(row, length, p.mode == "norm" ? p.norm(row, length) : 0.0);
+      const RowOutcome r = p.finish_row(row, length, p.mode == "norm" ? p.norm(row, length) : 0.0, stats);
+      moved += r.moved;
+      total += r.norm;
+      largest = std::fmax(largest, r.norm);
     }
+    if (stats) write_stats(&(*outputs)[projections.size() + i], moved, total, largest, units);
   }
   return MX_SUCCESS;
 }
@@ -200,7 +239,7 @@ MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* in
 MXReturnValue sgd_parse(const Attributes& attrs, int* num_in, int* num_out) {
   const auto count = weight_count(attrs);
   *num_in = 3 * count;
-  *num_out = 2 * count;
+  *num_out = (with_stats(attrs) ? 3 : 2) * count;
   return MX_SUCCESS;
 }
 
@@ -212,10 +251,12 @@ MXReturnValue sgd_type(const Attributes& attrs, std::vector<int>* in_types,
 
 MXReturnValue sgd_shape(const Attributes& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
                         std::vector<std::vector<unsigned int>>* out_shapes) {
-  for (size_t i = 0; i < out_shapes->size() / 2; ++i) {
+  const size_t count = in_shapes->size() / 3;
+  for (size_t i = 0; i < count; ++i) {
     (*out_shapes)[2 * i] = (*in_shapes)[3 * i];
     (*out_shapes)[2 * i + 1] = (*in_shapes)[3 * i + 2];
   }
+  for (size_t i = 2 * count; i < out_shapes->size(); ++i) (*out_shapes)[i] = {3};
   return MX_SUCCESS;
 }
 
@@ -226,6 +267,7 @@ MXReturnValue sgd_forward(const Attributes& attrs, std::vector<MXTensor>* inputs
   const auto momentum = static_cast<float>(number(update[0]));
   const auto rescale = static_cast<float>(number(update[1]));
   const auto clip = static_cast<float>(number(update[2]));
+  const bool stats = with_stats(attrs);
   for (size_t i = 0; i < projections.size(); ++i) {
     const RowProjection& p = projections[i];
     float* w = (*outputs)[2 * i].data<float>();
@@ -236,17 +278,24 @@ MXReturnValue sgd_forward(const Attributes& attrs, std::vector<MXTensor>* inputs
       return MX_FAIL;
     }
     const int64_t size = (*inputs)[3 * i].size();
-    const int64_t units = p.mode == "norm" ? p.units : 1;
+    const int64_t units = p.mode == "norm" || stats ? p.units : 1;
     const int64_t length = row_length("gc_sgd_mom_project_rows", size, units);
     if (length < 0) return MX_FAIL;
     const SGDUpdate step{static_cast<float>(number(update[3 + 2 * i])),
                          static_cast<float>(number(update[4 + 2 * i])), momentum, rescale, clip};
-#pragma omp parallel for schedule(static) if (size >= 65536)
+    double moved = 0.0, total = 0.0, largest = 0.0;
+#pragma omp parallel for schedule(static) if (size >= 65536) \
+    reduction(+ : moved, total) reduction(max : largest)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t at = u * length;
       const double sum = step.row(w + at, grad + at, mom + at, length);
-      p.finish_row(w + at, length, p.ord == 2 ? std::sqrt(sum) : p.norm(w + at, length));
+      const RowOutcome r = p.finish_row(w + at, length, p.ord == 2 ? std::sqrt(sum) : p.norm(w + at, length),
+                                        stats);
+      moved += r.moved;
+      total += r.norm;
+      largest = std::fmax(largest, r.norm);
     }
+    if (stats) write_stats(&(*outputs)[2 * projections.size() + i], moved, total, largest, units);
   }
   return MX_SUCCESS;
 }

@@ -12,11 +12,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mxnet import ndarray
+
 from .. import _mxnet_compat as compat
 from ..catalogue import BOUNDARY_RTOL, Compose, Constraint, Reduction, RowLowering
+from ..catalogue.norms import slice_norms
+from ..catalogue.reduction import per_output_unit, unit_rows
 from .library import kernel, sgd_kernel
 
-__all__ = ["lowering_of", "project_in_place", "fused_sgd_attributes", "fused_sgd_update"]
+__all__ = ["lowering_of", "project_in_place", "measured", "fused_sgd_attributes", "fused_sgd_update"]
 
 # A subclass that redefines one of these computes something else than its parent's lowering.
 _PROJECTING_METHODS = ("project", "apply_to", "__call__")
@@ -40,7 +44,8 @@ def lowering_of(constraint: Constraint) -> Optional[RowLowering]:
     return constraint.row_lowering()
 
 
-def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
+def project_in_place(items: Sequence[Item], use_fused: bool = True,
+                     stats: Optional[Sequence[Any]] = None) -> None:
     """Project each ``array`` onto its constraint, writing the result into ``array``.
 
     Parameters
@@ -51,6 +56,10 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
     use_fused : bool, default True
         Use the fused kernel where it applies (float32, CPU, built-in constraints, rows that are
         contiguous). Items it does not cover use stock operators.
+    stats : sequence of NDArray or None, default None
+        One float32 array of 3 per item to receive ``(moved, max_norm, mean_norm)`` of its
+        projection (:func:`measured`); the kernel computes them where it runs (then a
+        composition of several kernel steps takes the stock path).
 
     Notes
     -----
@@ -61,10 +70,17 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
     """
     project = kernel() if use_fused else None
     rounds: List[List[Tuple[Any, int, RowLowering]]] = []
-    for array, constraint, reduction in items:
-        plan = _fused_plan(array, constraint, reduction) if project is not None else None
+    outputs: List[Any] = []
+    for at, (array, constraint, reduction) in enumerate(items):
+        out = stats[at] if stats is not None else None
+        plan = _fused_plan(array, constraint, reduction, out is not None) \
+            if project is not None else None
         if plan is None:
-            constraint(array, reduction).copyto(array)
+            if out is None:
+                constraint(array, reduction).copyto(array)
+            else:
+                measured(array, reduction, getattr(constraint, "ord", 2),
+                         lambda a=array, c=constraint, r=reduction: c(a, r).copyto(a), out)
             continue
         units, steps = plan
         if array.ndim > 2:
@@ -73,15 +89,43 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True) -> None:
             if len(rounds) <= depth:
                 rounds.append([])
             rounds[depth].append((array, units, step))
+        if out is not None:
+            outputs.append(out)
     for calls in rounds:
         arrays = [a for a, _, _ in calls]
-        project(*arrays, out=arrays, **_joined([(units, step) for _, units, step in calls]))
+        attributes = _joined([(units, step) for _, units, step in calls])
+        if outputs:  # monitored plans have one step: one round
+            attributes["stats"] = "1"
+        project(*arrays, out=arrays + outputs, **attributes)
+
+
+def measured(array: Any, reduction: Optional[Reduction], order: float, project: Any,
+             out: Any) -> None:
+    """Run ``project()``, which rewrites ``array`` in place, and write its statistics to ``out``.
+
+    ``out`` (float32, 3 entries) receives the fraction of output units whose norm the
+    projection changed, and the largest and mean unit norm after it: the ``order``-norm over
+    ``reduction``'s axes (the layer's per-unit slices). Queued operators only, no host sync.
+    """
+    resolved = reduction if reduction is not None else per_output_unit(array.shape)
+    view = array.reshape(resolved.view_shape) if resolved.view_shape is not None else array
+
+    def norms() -> Any:
+        rows = unit_rows(view, resolved.axes)[0]
+        rows = rows.astype(np.float32) if rows.dtype == np.float16 else rows
+        return slice_norms(rows, (1,), order).reshape((-1,))
+
+    before = norms()
+    project()
+    after = norms()
+    ndarray.concat(ndarray.mean(before != after), ndarray.max(after), ndarray.mean(after),
+                   dim=0).astype(np.float32).copyto(out)
 
 
 def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence[Any],
                          states: Sequence[Any],
-                         projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]]
-                         ) -> Optional[Dict[str, str]]:
+                         projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]],
+                         monitored: bool = False) -> Optional[Dict[str, str]]:
     """The fixed attributes of one fused SGD-momentum call, or None if the kernel cannot do it.
 
     The kernel does exactly what ``optimizer.update_multi_precision`` (MXNet's ``SGD`` with
@@ -97,6 +141,8 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
         One update call's arrays.
     projections : sequence of (constraint, reduction, shape) or None
         Each weight's projection, None for unconstrained weights.
+    monitored : bool, default False
+        Whether the call also writes each weight's statistics (as :func:`measured`).
     """
     from mxnet.optimizer import SGD
 
@@ -112,17 +158,19 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
         if projection is None:
             calls.append((1, RowLowering("none")))
             continue
-        plan = _fused_plan(weight, projection[0], projection[1])
+        plan = _fused_plan(weight, projection[0], projection[1], monitored)
         if plan is None or len(plan[1]) != 1:
             return None
         calls.append((plan[0], plan[1][0]))
-    return _joined(calls)
+    return dict(_joined(calls), **({"stats": "1"} if monitored else {}))
 
 
 def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[Any],
-                     grads: Sequence[Any], states: Sequence[Any], attributes: Dict[str, str]) -> None:
+                     grads: Sequence[Any], states: Sequence[Any], attributes: Dict[str, str],
+                     stats: Sequence[Any] = ()) -> None:
     """Run the fused SGD-momentum update and projection with attributes from
-    :func:`fused_sgd_attributes`, bookkeeping (update counts, learning rates) as SGD does it."""
+    :func:`fused_sgd_attributes`, bookkeeping (update counts, learning rates) as SGD does it;
+    ``stats`` (one float32 array of 3 per weight) when the attributes ask for statistics."""
     compat.count_update(optimizer, list(indices))
     clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
     numbers = [float(optimizer.momentum), float(optimizer.rescale_grad), clip]
@@ -130,7 +178,7 @@ def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[A
         numbers += [float(lr), float(wd)]
     sgd_kernel()(
         *[a for triple in zip(weights, grads, states) for a in triple],
-        out=[a for pair in zip(weights, states) for a in pair],
+        out=[a for pair in zip(weights, states) for a in pair] + list(stats),
         update=",".join(map(repr, numbers)), **attributes)
 
 
@@ -141,9 +189,13 @@ def _joined(calls: Sequence[Tuple[int, RowLowering]]) -> Dict[str, str]:
                              for units, (mode, lo, hi, rate, order) in calls)}
 
 
-def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
+def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction, monitored: bool = False
                 ) -> Optional[Tuple[int, List[RowLowering]]]:
-    """(rows, kernel steps) when the fused kernel computes exactly this projection, else None."""
+    """(rows, kernel steps) when the fused kernel computes exactly this projection, else None.
+
+    ``monitored``: the kernel also computes per-unit statistics, so the rows must be the
+    layer's output units (elementwise steps included) and there must be one step.
+    """
     if not _fusable(array):
         return None
     members = constraint.constraints if isinstance(constraint, Compose) else (constraint,)
@@ -161,6 +213,11 @@ def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction
                 return None
             units = rows
         steps.append(parameters)
+    if monitored:
+        rows = _leading_rows(reduction if reduction is not None else per_output_unit(shape), shape)
+        if len(steps) != 1 or rows is None or (units is not None and units != rows):
+            return None
+        units = rows
     return (units if units is not None else 1), steps
 
 

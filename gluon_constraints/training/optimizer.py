@@ -14,6 +14,7 @@ Servers unpickle this class while ``import mxnet`` is still running: the module 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,7 +25,7 @@ from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction, Scheduled
 from ..errors import ConstraintArgumentError, EnforcementError, UnsupportedOptimizerError
 from ..kernels.library import kernel as fused_kernel
-from ..kernels.projection import fused_sgd_attributes, fused_sgd_update, project_in_place
+from ..kernels.projection import fused_sgd_attributes, fused_sgd_update, measured, project_in_place
 
 __all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence"]
 
@@ -106,26 +107,30 @@ class ConstrainedOptimizer(Optimizer):
     every : int, default 1
         Project after updates ``every``, ``2 * every``, ... of each parameter (by the
         optimizer's own update count, which ``save_states`` keeps), not after the others.
+    monitor : bool, default False
+        Also record, at each projection, the fraction of output units it changed and the
+        largest and mean unit norm after it, in :attr:`stats` (device arrays, no host sync).
     """
 
-    _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "_cache",
-            "_resolved", "_fused_calls", "_fuses_sgd")
+    _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "monitor",
+            "stats", "_cache", "_resolved", "_fused_calls", "_fuses_sgd")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
-                 every: int = 1) -> None:
+                 every: int = 1, monitor: bool = False) -> None:
         if not isinstance(inner, Optimizer):
             raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
         if isinstance(inner, ConstrainedOptimizer):
             raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
-        self._own(inner, projections or {}, {}, cadence(every))
+        self._own(inner, projections or {}, {}, cadence(every), bool(monitor))
 
     def _own(self, inner: Optimizer, projections: Dict[int, Projection],
-             iterates: Dict[Tuple[Any, str], Any], every: int) -> None:
+             iterates: Dict[Tuple[Any, str], Any], every: int, monitor: bool) -> None:
         """Set the wrapper's own attributes (everything else lives on ``inner``)."""
         for name, value in (("inner", inner), ("projections", dict(projections)),
                             ("param_dict", inner.param_dict), ("failure", None),
-                            ("iterates", dict(iterates)), ("every", every), ("_cache", {}),
-                            ("_resolved", {}), ("_fused_calls", {}), ("_fuses_sgd", None)):
+                            ("iterates", dict(iterates)), ("every", every), ("monitor", monitor),
+                            ("stats", {}), ("_cache", {}), ("_resolved", {}),
+                            ("_fused_calls", {}), ("_fuses_sgd", None)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -231,7 +236,9 @@ class ConstrainedOptimizer(Optimizer):
         if multi_precision and any(projections):
             attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
             if attributes is not None:
-                fused_sgd_update(self.inner, indices, weights, grads, states, attributes)
+                stats = [self._stats_for(i if p is not None else None, w)
+                         for i, p, w in zip(indices, projections, weights)] if self.monitor else []
+                fused_sgd_update(self.inner, indices, weights, grads, states, attributes, stats)
                 return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weight, grad, state)
@@ -256,11 +263,12 @@ class ConstrainedOptimizer(Optimizer):
         if not self._fused_sgd_possible():
             return None
         key = tuple(indices)
-        signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context)
+        signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context, self.monitor)
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
             # The projections are kept with the entry: while it exists their ids cannot be reused.
-            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections),
+            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections,
+                                                      self.monitor),
                       tuple(projections))
             self._fused_calls[key] = cached
         return cached[1]
@@ -272,7 +280,7 @@ class ConstrainedOptimizer(Optimizer):
         A stateful constraint (``SpectralNorm``) continues from the vector it left in
         :attr:`iterates` for this parameter and device copy, and leaves the new one there.
         """
-        items, casts = [], []
+        items, stats, casts = [], [], []
         for index, projection, w, s in zip(indices, projections, weights, states):
             if projection is None:
                 continue
@@ -283,16 +291,34 @@ class ConstrainedOptimizer(Optimizer):
                 casts.append((target, w))
             full = _full_shape(target, shape)
             if getattr(constraint, "stateful", False):
-                key = (index, str(full.context))
-                last = self.iterates.get(key)
-                out, self.iterates[key] = constraint.project_with_state(
-                    full, reduction, None if last is None else last.as_in_context(full.context))
-                out.copyto(full)
+                project = functools.partial(self._project_with_state, index, constraint, reduction, full)
+                if self.monitor:
+                    measured(full, reduction, 2, project, self._stats_for(index, full))
+                else:
+                    project()
             else:
                 items.append((full, constraint, reduction))
-        project_in_place(items)
+                stats.append(self._stats_for(index, full))
+        project_in_place(items, stats=stats if self.monitor else None)
         for master, w in casts:
             ndarray.cast(master, dtype=w.dtype, out=w)
+
+    def _project_with_state(self, index: Any, constraint: Constraint, reduction: Reduction,
+                            full: Any) -> None:
+        """Project ``full`` in place, continuing from the state kept for this copy."""
+        key = (index, str(full.context))
+        last = self.iterates.get(key)
+        out, self.iterates[key] = constraint.project_with_state(
+            full, reduction, None if last is None else last.as_in_context(full.context))
+        out.copyto(full)
+
+    def _stats_for(self, index: Optional[Any], array: Any) -> Any:
+        """The statistics buffer of parameter ``index`` on ``array``'s context (a scratch one
+        shared by unconstrained weights for ``index=None``)."""
+        key = (index, str(array.context))
+        if key not in self.stats:
+            self.stats[key] = ndarray.zeros((3,), ctx=array.context, dtype=np.float32)
+        return self.stats[key]
 
     def _due(self, index: Any, projection: Optional[Projection]) -> Optional[Projection]:
         """What the coming update of ``index`` projects: None between every-th updates, a
@@ -362,9 +388,10 @@ class ConstrainedOptimizer(Optimizer):
                 "every": self.every}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        # Files written by 0.1.0 have neither "iterates" nor "every".
+        # Files written by 0.1.0 have neither "iterates" nor "every". Monitoring is off in a copy
+        # (on servers nobody reads it); a trainer that loads states sets its own.
         self._own(state["inner"], state["projections"], state.get("iterates", {}),
-                  state.get("every", 1))
+                  state.get("every", 1), False)
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"

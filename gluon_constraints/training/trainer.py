@@ -30,6 +30,7 @@ from ..distributed.parameter_server import prepare_distributed, settle_initial_w
 from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
 from ..gluon.attachment import attached_parameters, check_parameter, constraint_of, owner_of
 from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot
+from .monitoring import collect_stats
 from .verify import verify_constraints
 
 __all__ = ["ConstrainedTrainer", "EnforcedTraining", "enforce"]
@@ -76,6 +77,28 @@ class EnforcedTraining(compat.TrainerHooks):
         """Check every copy this trainer owns; see :func:`gluon_constraints.verify_constraints`."""
         verify_constraints(self)
 
+    def constraint_stats(self) -> Dict[str, Dict[str, Any]]:
+        """Statistics of the last projection of every constrained parameter (``monitor=True``).
+
+        Returns
+        -------
+        dict
+            ``{parameter name: {"moved": ..., "max_norm": ..., "mean_norm": ...}}``, each a
+            1-element float32 NDArray on the parameter's first context, copied when this is
+            called (no host synchronisation: read them with ``asscalar()`` when you want):
+            ``moved`` is the fraction of output units the last projection changed,
+            ``max_norm`` and ``mean_norm`` the largest and mean unit norm after it (the norm
+            the constraint bounds, by its ``ord``; L2 for other families). Parameters not
+            projected yet are left out.
+
+        Raises
+        ------
+        EnforcementError
+            If the trainer was built without ``monitor=True``, or parameter servers run the
+            projections (their statistics stay on the servers).
+        """
+        return collect_stats(self)
+
     # -- hooks ----------------------------------------------------------------------------------
     def before_kvstore(self) -> None:
         """Check every constrained parameter (shapes are known now) and prepare distribution."""
@@ -92,6 +115,7 @@ class EnforcedTraining(compat.TrainerHooks):
         if not isinstance(self.optimizer, ConstrainedOptimizer):
             compat.replace_loaded_optimizer(self, ConstrainedOptimizer(self.optimizer))
         self.optimizer.every = self._gc_every  # this trainer's cadence, not the file's
+        self.optimizer.monitor = self._gc_monitor
         _OPTIMIZER_USERS[self.optimizer.inner] = weakref.ref(self)
 
     # -- internals ------------------------------------------------------------------------------
@@ -152,6 +176,9 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
         Project after updates ``every``, ``2 * every``, ``3 * every``, ... of each parameter
         only (the optimizer's update count, which ``save_states`` keeps, so a resumed run keeps
         the cadence). Between those steps the weights may leave their sets.
+    monitor : bool, default False
+        Record statistics of every projection for :meth:`constraint_stats`, as device arrays
+        (no host synchronisation). Off, it costs nothing.
 
     Raises
     ------
@@ -170,22 +197,23 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
 
     def __init__(self, params: Any, optimizer: Any, optimizer_params: Optional[dict] = None,
                  kvstore: Any = "device", compression_params: Optional[dict] = None,
-                 update_on_kvstore: Optional[bool] = None, every: int = 1) -> None:
+                 update_on_kvstore: Optional[bool] = None, every: int = 1,
+                 monitor: bool = False) -> None:
         every = cadence(every)
         check_parameters(_listed_parameters(params), optimizer, optimizer_params)
         super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
                          compression_params=compression_params, update_on_kvstore=update_on_kvstore)
-        _install(self, every)
+        _install(self, every, monitor)
 
 
-def enforce(trainer: Trainer, every: int = 1) -> Trainer:
+def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
     """Install constraint enforcement into an existing ``gluon.Trainer`` before its first step.
 
     Works on any ``gluon.Trainer`` instance, subclasses such as
     ``horovod.mxnet.DistributedTrainer`` included: the instance's class becomes a subclass of its
     class with :class:`EnforcedTraining` (a plain ``gluon.Trainer`` becomes a
     :class:`ConstrainedTrainer`), so ``isinstance`` checks keep working. Installing twice is
-    harmless. A refused call changes nothing.
+    harmless (a second call only turns monitoring on if asked). A refused call changes nothing.
 
     Parameters
     ----------
@@ -193,6 +221,8 @@ def enforce(trainer: Trainer, every: int = 1) -> Trainer:
         A trainer whose kvstore is not created yet (no ``step``, ``update``,
         ``allreduce_grads`` or ``load_states`` so far).
     every : int, default 1
+        As for :class:`ConstrainedTrainer`.
+    monitor : bool, default False
         As for :class:`ConstrainedTrainer`.
 
     Returns
@@ -210,6 +240,8 @@ def enforce(trainer: Trainer, every: int = 1) -> Trainer:
         raise TypeError(f"enforce expects an mxnet.gluon.Trainer: got {trainer!r}.")
     every = cadence(every)
     if isinstance(trainer, EnforcedTraining):
+        if monitor:  # turning monitoring on is safe at any time
+            trainer._gc_monitor = trainer.optimizer.monitor = True
         return trainer
     if compat.kvstore_initialized(trainer):
         raise EnforcementError(
@@ -219,7 +251,7 @@ def enforce(trainer: Trainer, every: int = 1) -> Trainer:
             "trainer, before load_states and the first step, or build a gc.ConstrainedTrainer.")
     check_parameters(compat.trainer_parameters(trainer), trainer.optimizer, owner=trainer)
     trainer.__class__ = _enforced_class(type(trainer))
-    _install(trainer, every)
+    _install(trainer, every, monitor)
     return trainer
 
 
@@ -259,13 +291,14 @@ def check_parameters(params: Iterable[Parameter], optimizer: Any,
             master_copy_slot(optimizer_class)
 
 
-def _install(trainer: Trainer, every: int) -> None:
+def _install(trainer: Trainer, every: int, monitor: bool) -> None:
     """Wrap the optimizer, record its owner, and warn where device copies will diverge."""
-    wrapper = ConstrainedOptimizer(trainer.optimizer, every=every)
+    wrapper = ConstrainedOptimizer(trainer.optimizer, every=every, monitor=monitor)
     compat.install_optimizer(trainer, wrapper)
     _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
     trainer._gc_checked = {}
     trainer._gc_every = every
+    trainer._gc_monitor = bool(monitor)
     trainer._gc_updates = 0  # updates this trainer made (the servers count theirs)
     _warn_diverging(trainer, type(wrapper.inner))
 
