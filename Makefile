@@ -24,6 +24,7 @@ benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.enforcement
 	$(VENV)/bin/python -m benchmarks.enforcement --optimizers --models paper-mlp resnet18 dense50 \
 		--plot docs/benchmark-ratios.png
+	$(VENV)/bin/python -m benchmarks.enforcement --monitoring --models paper-mlp resnet18
 
 # Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
 docs: $(INSTALLED)

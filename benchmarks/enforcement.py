@@ -109,9 +109,12 @@ class Setup:
         mx.random.seed(seed)
         self.net.initialize(mx.init.Xavier(magnitude=3.0), ctx=ctx)
         self.net.hybridize()
-        trainer_cls = gc.ConstrainedTrainer if method == "gluon-constraints" else gluon.Trainer
         name, settings = OPTIMIZERS[optimizer]
-        self.trainer = trainer_cls(self.net.collect_params(), name, dict(settings))
+        if method in ("gluon-constraints", "monitored"):
+            self.trainer = gc.ConstrainedTrainer(self.net.collect_params(), name, dict(settings),
+                                                 monitor=method == "monitored")
+        else:
+            self.trainer = gluon.Trainer(self.net.collect_params(), name, dict(settings))
         rng = np.random.default_rng(seed)
         x = mx.nd.array(rng.normal(size=input_shape))
         y = mx.nd.array(rng.integers(0, 10, input_shape[0]))
@@ -275,6 +278,32 @@ def measure_optimizer(model: str, ctx: List[mx.Context], optimizer: str, repeats
             "project_write": statistics.median(project) / statistics.median(write)}
 
 
+def measure_monitoring(model: str, ctx: List[mx.Context], optimizer: str, repeats: int) -> Dict[str, float]:
+    """Training time with monitor=True / with monitor=False (both constrained)."""
+    setups = {m: Setup(model, ctx, m, optimizer=optimizer) for m in ("gluon-constraints", "monitored")}
+    for s in setups.values():
+        for _ in range(3):
+            s.step()
+    ratios = []
+    for _ in range(repeats):  # interleaved blocks of steps
+        off = timed(run_steps(setups["gluon-constraints"], wait_each=False))
+        ratios.append(timed(run_steps(setups["monitored"], wait_each=False)) / off)
+    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+
+
+def monitoring_table(args: argparse.Namespace) -> None:
+    optimizers = args.monitoring or ["sgd-momentum", "adam"]
+    print_heading("monitoring", f"medians of {args.repeats} interleaved blocks of {STEPS} steps; spread: "
+                  f"lowest and highest block",
+                  f"{'model':<10} {'optimizer':<13} {'ctx':>3} {'monitor on/off':>14} {'spread':>13}")
+    for model in args.models:
+        for optimizer in optimizers:
+            for n in args.contexts:
+                r = measure_monitoring(model, [mx.cpu(i) for i in range(n)], optimizer, args.repeats)
+                print(f"{model:<10} {optimizer:<13} {n:>3} {r['ratio']:14.3f} "
+                      f"{r['low']:6.3f}-{r['high']:<6.3f}", flush=True)
+
+
 def plot(results: Dict[tuple, Dict[str, float]], path: str) -> None:
     """Bar chart of the constrained / plain ratios with their spread."""
     import matplotlib
@@ -306,9 +335,14 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="*", default=None, choices=list(OPTIMIZERS),
                         help="print the optimizer table instead (no names: all of them)")
     parser.add_argument("--plot", default=None, help="with --optimizers: write a PNG of the ratios here")
+    parser.add_argument("--monitoring", nargs="*", default=None, choices=list(OPTIMIZERS),
+                        help="print the cost of monitor=True instead (no names: sgd-momentum, adam)")
     args = parser.parse_args()
     if args.optimizers is not None:
         optimizer_table(args)
+        return
+    if args.monitoring is not None:
+        monitoring_table(args)
         return
 
     print_heading("enforcement", f"medians of {args.repeats} interleaved repetitions; throughput = {STEPS} "

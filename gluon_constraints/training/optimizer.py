@@ -236,7 +236,7 @@ class ConstrainedOptimizer(Optimizer):
         if multi_precision and any(projections):
             attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
             if attributes is not None:
-                stats = [self._stats_for(i if p is not None else None, w)
+                stats = [self._stats_for(i if p is not None else ("unreported", i), w)
                          for i, p, w in zip(indices, projections, weights)] if self.monitor else []
                 fused_sgd_update(self.inner, indices, weights, grads, states, attributes, stats)
                 return
@@ -312,9 +312,9 @@ class ConstrainedOptimizer(Optimizer):
             full, reduction, None if last is None else last.as_in_context(full.context))
         out.copyto(full)
 
-    def _stats_for(self, index: Optional[Any], array: Any) -> Any:
-        """The statistics buffer of parameter ``index`` on ``array``'s context (a scratch one
-        shared by unconstrained weights for ``index=None``)."""
+    def _stats_for(self, index: Any, array: Any) -> Any:
+        """The statistics buffer of parameter ``index`` on ``array``'s context (the fused SGD
+        kernel also writes statistics of unconstrained weights, under ``("unreported", i)``)."""
         key = (index, str(array.context))
         if key not in self.stats:
             self.stats[key] = ndarray.zeros((3,), ctx=array.context, dtype=np.float32)
