@@ -12,6 +12,7 @@ from mxnet.gluon import nn as plain_nn
 import gluon_constraints as gc
 from gluon_constraints import nn
 from gluon_constraints.kernels.projection import project_in_place
+from steps import backward_squared_output, squared_output_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 CONFIGS = [([mx.cpu(0)], None), (TWO, True), (TWO, False)]
@@ -47,13 +48,7 @@ def initialized(net, ctx):
 
 
 def one_step(net, trainer, ctx):
-    x = mx.nd.array(np.random.default_rng(9).normal(0, 1, (4, 2, 6, 6)))
-    xs = gluon.utils.split_and_load(x, ctx)
-    with autograd.record():
-        losses = [(net(xb) ** 2).sum() for xb in xs]
-    for loss in losses:
-        loss.backward()
-    trainer.step(4)
+    squared_output_step(net, trainer, mx.nd.array(np.random.default_rng(9).normal(0, 1, (4, 2, 6, 6))), ctx)
 
 
 def unit_norms(w, axes):
@@ -139,12 +134,7 @@ def test_monitoring_makes_no_host_synchronisation(ctx, uokv, monkeypatch):
             raise AssertionError(f"host synchronisation ({name})")
         return record
 
-    x = mx.nd.array(np.ones((4, 2, 6, 6)))
-    xs = gluon.utils.split_and_load(x, ctx)
-    with autograd.record():
-        losses = [(net(xb) ** 2).sum() for xb in xs]
-    for loss in losses:
-        loss.backward()
+    backward_squared_output(net, mx.nd.array(np.ones((4, 2, 6, 6))), ctx)
     for name in ("asnumpy", "asscalar", "wait_to_read"):
         monkeypatch.setattr(mx.nd.NDArray, name, forbidden(name))
     monkeypatch.setattr(mx.nd, "waitall", forbidden("waitall"))

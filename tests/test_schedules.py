@@ -6,10 +6,11 @@ import json
 import mxnet as mx
 import numpy as np
 import pytest
-from mxnet import autograd, gluon
+from mxnet import gluon
 
 import gluon_constraints as gc
 from gluon_constraints import nn
+from steps import squared_output_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 STEPS = 6
@@ -28,13 +29,7 @@ def build(ctx, constraint):
 
 
 def step(net, trainer, ctx, t):
-    x = mx.nd.array(np.random.default_rng(100 + t).normal(0, 1, (4, 5)))
-    xs = gluon.utils.split_and_load(x, ctx)
-    with autograd.record():
-        losses = [(net(xb) ** 2).sum() for xb in xs]
-    for loss in losses:
-        loss.backward()
-    trainer.step(4)
+    squared_output_step(net, trainer, mx.nd.array(np.random.default_rng(100 + t).normal(0, 1, (4, 5))), ctx)
 
 
 def reference(bound_after, projected_after):

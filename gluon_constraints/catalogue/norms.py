@@ -202,7 +202,7 @@ def as_rows(w: NDArray, axes: Tuple[int, ...]) -> Tuple[NDArray, Tuple[int, ...]
     first = w.ndim - len(axes)
     if len(axes) < 2 or first < 1 or tuple(axes) != tuple(range(first, w.ndim)):
         return w, axes
-    return w.reshape((-1, int(np.prod(w.shape[first:])))), (1,)
+    return w.reshape((-1, math.prod(w.shape[first:]))), (1,)
 
 
 def slice_norms(w: NDArray, axes: Tuple[int, ...], order: float = 2) -> NDArray:

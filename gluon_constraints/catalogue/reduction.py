@@ -8,10 +8,9 @@ axis of the weight (grouped transposed convolutions) use a reshaped view.
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
-
-import numpy as np
 
 from ..errors import ConstraintShapeError
 
@@ -131,8 +130,8 @@ def unit_rows(w: Any, axes: Tuple[int, ...]) -> Tuple[Any, Callable[[Any], Any]]
     order = kept + list(axes)
     moved = w.transpose(order) if order != list(range(w.ndim)) else w
     moved_shape = moved.shape
-    rows = moved.reshape((int(np.prod([w.shape[a] for a in kept], dtype=np.int64)), -1))
-    inverse = [int(a) for a in np.argsort(order)]
+    rows = moved.reshape((math.prod(w.shape[a] for a in kept), -1))
+    inverse = sorted(range(len(order)), key=order.__getitem__)
 
     def restore(out: Any) -> Any:
         back = out.reshape(moved_shape)

@@ -8,6 +8,7 @@ projection. No host synchronisation: every path only queues operators on MXNet's
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -229,7 +230,7 @@ def _leading_rows(reduction: Reduction, shape: Tuple[int, ...]) -> Optional[int]
     first = len(shape) - len(axes)
     if tuple(axes) != tuple(range(first, len(shape))):
         return None
-    return int(np.prod(shape[:first], dtype=np.int64))
+    return math.prod(shape[:first])  # numpy's prod costs ~40 us per call here, once per update
 
 
 def _plain_rows(array: Any, units: int) -> Any:

@@ -15,6 +15,7 @@ Servers unpickle this class while ``import mxnet`` is still running: the module 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -422,7 +423,7 @@ def _full_shape(array: Any, shape: Sequence[int]) -> Any:
     """``array`` viewed with the parameter's shape (servers hold weights flattened to 1-D)."""
     if tuple(array.shape) == tuple(shape):
         return array
-    if array.size != int(np.prod(shape)):
+    if array.size != math.prod(shape):
         # A server holding a piece of a big array; the trainer refuses this before training.
         raise EnforcementError(f"gluon-constraints got a piece of {array.size} elements of a "
                                f"weight of shape {tuple(shape)}: it cannot be projected.")
