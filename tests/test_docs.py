@@ -132,3 +132,22 @@ def test_the_api_reference_is_current_and_lists_every_public_name():
     assert sorted(listed) == sorted(gc.__all__)
     for name in gc.__all__:
         assert f"### `gc.{name}" in text
+
+
+def test_docstring_examples_of_public_names_run():
+    # Examples in the docstrings (docs/api.md shows them) run as doctests; `gc` and `mx` are
+    # imported, examples that need a trained network are marked +SKIP.
+    import mxnet as mx
+
+    import gluon_constraints as gc
+
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    examples = 0
+    for name in gc.__all__:
+        obj = getattr(gc, name)
+        if isinstance(obj, type) or callable(obj):
+            for test in finder.find(obj, f"gc.{name}", globs={"gc": gc, "mx": mx}):
+                examples += len(test.examples)
+                runner.run(test)
+    assert examples > 10 and runner.failures == 0
