@@ -12,6 +12,7 @@ import gluon_constraints as gc
 import training_reference as ref
 from gluon_constraints import nn
 from gluon_constraints.training.optimizer import master_copy_slot
+from steps import forbid_host_synchronisation
 
 LR, MOMENTUM, BOUND, STEPS, BATCH = 0.2, 0.9, 0.6, 6, 8
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -364,23 +365,13 @@ def test_enforcement_makes_no_host_synchronisation(ctx, uokv, monkeypatch, refer
                                     update_on_kvstore=uokv)
     train_steps(net, trainer, ctx, data[:1])  # first step: kvstore set-up, outside the check
     mx.nd.waitall()
-    forbidden_calls = []
-
-    def forbidden(name):
-        def record(*args, **kwargs):
-            forbidden_calls.append(name)
-            raise AssertionError(f"host synchronisation ({name}) during a training step")
-        return record
-
     xs = gluon.utils.split_and_load(mx.nd.array(data[1][0]), ctx)
     ys = gluon.utils.split_and_load(mx.nd.array(data[1][1]), ctx)
     with autograd.record():
         losses = [0.5 * ((net(xb) - yb) ** 2).sum() for xb, yb in zip(xs, ys)]
     for loss in losses:
         loss.backward()
-    for name in ("asnumpy", "asscalar", "wait_to_read"):
-        monkeypatch.setattr(mx.nd.NDArray, name, forbidden(name))
-    monkeypatch.setattr(mx.nd, "waitall", forbidden("waitall"))
+    forbidden_calls = forbid_host_synchronisation(monkeypatch)
     trainer.step(BATCH)
     monkeypatch.undo()
     assert forbidden_calls == []
