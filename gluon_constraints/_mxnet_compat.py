@@ -50,13 +50,35 @@ class TrainerHooks:
 
     A subclass implements :meth:`before_kvstore` (runs just before the kvstore is created, at the
     first ``step``/``update``/``allreduce_grads``/``load_states``, when every shape is known),
-    :meth:`after_kvstore` (just after) and :meth:`after_load_states`.
+    :meth:`after_kvstore` (just after), :meth:`after_load_states`, :meth:`before_pushes` and
+    :meth:`between_pushes_and_pulls`.
     """
 
     def _init_kvstore(self) -> None:
         self.before_kvstore()
         super()._init_kvstore()  # type: ignore[misc]
         self.after_kvstore()
+
+    def _allreduce_grads(self) -> None:
+        """Gluon's, except with a local kvstore that updates (``update_on_kvstore``) and dense
+        gradients: :meth:`before_pushes` runs, every parameter is pushed (the kvstore runs the
+        optimizer in the pushing thread), :meth:`between_pushes_and_pulls` runs, then every
+        parameter is pulled.
+        Gluon pushes and pulls each parameter in turn, which gives the same weights."""
+        kvstore, params = self._kvstore, self._params  # type: ignore[attr-defined]
+        if not (kvstore and self._update_on_kvstore and kvstore.type in ("device", "local")  # type: ignore[attr-defined]
+                and all(p.list_grad()[0].stype == "default" for p in params if p.grad_req != "null")):
+            super()._allreduce_grads()  # type: ignore[misc]
+            return
+        updated = [(i, p) for i, p in enumerate(params) if p.grad_req != "null"]
+        self.before_pushes()
+        try:
+            for i, param in updated:
+                kvstore.push(i, param.list_grad(), priority=-i)
+        finally:
+            self.between_pushes_and_pulls()
+        for i, param in updated:
+            kvstore.pull(i, out=param.list_data(), priority=-i)
 
     def load_states(self, fname: str) -> None:
         """Load the trainer's states, as ``gluon.Trainer.load_states``, then :meth:`after_load_states`."""
@@ -71,6 +93,13 @@ class TrainerHooks:
 
     def after_load_states(self) -> None:
         """Called after ``load_states``."""
+
+    def before_pushes(self) -> None:
+        """Called before a local kvstore that updates receives a step's gradients."""
+
+    def between_pushes_and_pulls(self) -> None:
+        """Called after a local kvstore ran every update of a step, before any weight is pulled
+        (also when a push raised)."""
 
 
 def trainer_parameters(trainer: Any) -> List[Any]:

@@ -171,11 +171,16 @@ def test_aggregated_updates_project_every_parameter(aggregation, monkeypatch, re
     assert_matches_reference(net, expected)
 
 
+@pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), (TWO, True), (TWO, False)],
+                         ids=["1ctx", "2ctx-uokv", "2ctx-no-uokv"])
 @pytest.mark.parametrize("optimizer,params", [("adam", {"learning_rate": 0.1}), ("sgd", {"learning_rate": 0.2}),
                                              ("rmsprop", {"learning_rate": 0.05})], ids=["adam", "sgd", "rmsprop"])
-def test_one_step_projects_every_weight_in_one_kernel_call(optimizer, params, monkeypatch, reference_run):
+def test_one_step_projects_every_weight_in_one_kernel_call(optimizer, params, ctx, uokv, monkeypatch, reference_run):
     # Adam and RMSProp update one parameter per call and SGD without momentum four: the wrapper
-    # takes the whole step in one call and projects all of its weights with one kernel call.
+    # takes the whole step in one call and projects all of its weights with one kernel call. A
+    # local kvstore that updates (2 contexts, uokv) runs one update per push: the projections
+    # wait until every push is done, then run in one call. Without the kvstore update, each
+    # device's updater projects its copies in one call.
     from gluon_constraints.kernels import projection
 
     data, _ = reference_run
@@ -187,11 +192,18 @@ def test_one_step_projects_every_weight_in_one_kernel_call(optimizer, params, mo
         return kernel(*arrays, **attributes)
 
     monkeypatch.setattr(projection, "kernel", lambda: counted)
-    net = build_net([mx.cpu(0)])
-    trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(params))
-    train_steps(net, trainer, [mx.cpu(0)], data[:3])
-    assert calls == [2] * 3  # the two constrained weights of each step, in one call
+    net = build_net(ctx)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(params), update_on_kvstore=uokv)
+    train_steps(net, trainer, ctx, data[:3])
+    per_step = 1 if uokv is not False else len(ctx)  # one call per updater
+    assert calls == [2] * (3 * per_step)  # the two constrained weights, in one call
     assert_feasible_and_identical(net)
+    reference = build_net([mx.cpu(0)], prefix="reference_")
+    plain = gluon.Trainer(reference.collect_params(), optimizer, dict(params))
+    for batch in data[:3]:
+        train_steps(reference, plain, [mx.cpu(0)], [batch])
+        gc.apply_constraints(reference)
+    assert_matches_reference(net, weights_of(reference, prefix="reference_"), rtol=1e-4)
 
 
 def make_fp16_weight(ctx, shape, prefix):

@@ -114,7 +114,7 @@ class ConstrainedOptimizer(Optimizer):
     """
 
     _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "monitor",
-            "stats", "_cache", "_resolved", "_fused_calls", "_fuses_sgd")
+            "stats", "_cache", "_resolved", "_fused_calls", "_fuses_sgd", "_deferred")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
                  every: int = 1, monitor: bool = False) -> None:
@@ -131,7 +131,7 @@ class ConstrainedOptimizer(Optimizer):
                             ("param_dict", inner.param_dict), ("failure", None),
                             ("iterates", dict(iterates)), ("every", every), ("monitor", monitor),
                             ("stats", {}), ("_cache", {}), ("_resolved", {}),
-                            ("_fused_calls", {}), ("_fuses_sgd", None)):
+                            ("_fused_calls", {}), ("_fuses_sgd", None), ("_deferred", None)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -300,9 +300,39 @@ class ConstrainedOptimizer(Optimizer):
             else:
                 items.append((full, constraint, reduction))
                 stats.append(self._stats_for(index, full))
+        if self._deferred is not None:
+            self._deferred.append((items, stats, casts, indices))
+        else:
+            self._project(items, stats, casts)
+
+    def _project(self, items: Sequence[Any], stats: Sequence[Any], casts: Sequence[Any]) -> None:
+        """Project ``items`` (in one kernel call where possible), then cast master copies."""
         project_in_place(items, stats=stats if self.monitor else None)
         for master, w in casts:
             ndarray.cast(master, dtype=w.dtype, out=w)
+
+    def defer_projections(self) -> None:
+        """Queue the projections of the coming updates until :meth:`flush_projections`.
+
+        The trainer calls this before a local kvstore's pushes (each push runs one parameter's
+        update) and flushes before the weights are pulled back: one kernel call instead of one
+        per parameter. Stateful constraints are not deferred.
+        """
+        self._deferred = []
+
+    def flush_projections(self) -> None:
+        """Run the queued projections of every update since :meth:`defer_projections`."""
+        deferred, self._deferred = self._deferred, None
+        if not deferred:
+            return
+        items, stats, casts, indices = (sum((list(part[k]) for part in deferred), []) for k in range(4))
+        try:
+            self._project(items, stats, casts)
+        except Exception as error:
+            names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
+            self.failure = EnforcementError(
+                f"Updating and projecting {', '.join(names)} failed: {type(error).__name__}: {error}")
+            raise self.failure from error
 
     def _project_with_state(self, index: Any, constraint: Constraint, reduction: Reduction,
                             full: Any) -> None:

@@ -110,6 +110,15 @@ class EnforcedTraining(compat.TrainerHooks):
         """Settle the initial weights of a distributed job."""
         settle_initial_weights(self)
 
+    def before_pushes(self) -> None:
+        """Let the kvstore's updates queue their projections (a local kvstore updates one
+        parameter per call: one kernel call per parameter would cost more than the update)."""
+        self.optimizer.defer_projections()
+
+    def between_pushes_and_pulls(self) -> None:
+        """Project everything the kvstore updated, in one batch, before the weights are pulled."""
+        self.optimizer.flush_projections()
+
     def after_load_states(self) -> None:
         """After ``load_states`` from a plain trainer's file, wrap the loaded optimizer again."""
         if not isinstance(self.optimizer, ConstrainedOptimizer):
