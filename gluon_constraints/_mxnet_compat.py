@@ -67,7 +67,7 @@ class TrainerHooks:
         Gluon pushes and pulls each parameter in turn, which gives the same weights."""
         kvstore, params = self._kvstore, self._params  # type: ignore[attr-defined]
         if not (kvstore and self._update_on_kvstore and kvstore.type in ("device", "local")  # type: ignore[attr-defined]
-                and all(p.list_grad()[0].stype == "default" for p in params if p.grad_req != "null")):
+                and self._dense_gradients()):
             super()._allreduce_grads()  # type: ignore[misc]
             return
         updated = [(i, p) for i, p in enumerate(params) if p.grad_req != "null"]
@@ -84,6 +84,13 @@ class TrainerHooks:
         """Load the trainer's states, as ``gluon.Trainer.load_states``, then :meth:`after_load_states`."""
         super().load_states(fname)  # type: ignore[misc]
         self.after_load_states()
+
+    def _dense_gradients(self) -> bool:
+        """Whether every updated parameter has dense gradients (decided once: it cannot change)."""
+        if getattr(self, "_gc_dense_gradients", None) is None:
+            self._gc_dense_gradients = all(p.list_grad()[0].stype == "default"
+                                           for p in self._params if p.grad_req != "null")  # type: ignore[attr-defined]
+        return self._gc_dense_gradients
 
     def before_kvstore(self) -> None:
         """Called before the kvstore is created."""

@@ -355,8 +355,8 @@ class ConstrainedOptimizer(Optimizer):
         """What the coming update of ``index`` projects: None between every-th updates, a
         ``Scheduled`` constraint resolved at the update's count (the same objects while the
         resolved constraint does not change)."""
-        if projection is None:
-            return None
+        if projection is None or (self.every == 1 and not isinstance(projection.constraint, Scheduled)):
+            return projection
         update = compat.update_count(self.inner, index) + 1
         if update % self.every:
             return None
