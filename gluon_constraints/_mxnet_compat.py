@@ -272,6 +272,11 @@ def count_update(optimizer: Any, indices: List[Any]) -> None:
     optimizer._update_count(indices)
 
 
+def set_current_context(optimizer: Any, device_id: int) -> None:
+    """Make the optimizer count updates on device ``device_id`` (as MXNet's ``Updater`` does)."""
+    optimizer._set_current_context(device_id)
+
+
 def update_count(optimizer: Any, index: Any) -> int:
     """How many updates ``index`` has had on the optimizer's current context (its ``num_update``)."""
     return optimizer._index_update_count.get(index, optimizer.begin_num_update)

@@ -130,32 +130,48 @@ def train_mlp(trainer_factory, after_step, steps=5):
     return weights, trainer
 
 
-SGD_OPTIONS = {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-3, "clip_gradient": 2.0}
+FUSED_UPDATES = {  # optimizer: (options, MXNet's operators the fused update replaces)
+    "sgd": ({"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-3, "clip_gradient": 2.0},
+            ("sgd_mom_update", "multi_sgd_mom_update")),
+    "nag": ({"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-2, "clip_gradient": 2.0},
+            ("nag_mom_update",)),
+    "adam": ({"learning_rate": 0.05, "wd": 1e-2, "clip_gradient": 2.0, "beta1": 0.8, "beta2": 0.99},
+             ("adam_update",)),
+    "rmsprop": ({"learning_rate": 0.02, "wd": 1e-2, "clip_gradient": 2.0, "gamma1": 0.8,
+                 "clip_weights": 0.6}, ("rmsprop_update",)),
+}
+
+
+def state_arrays(state):
+    return [state] if isinstance(state, mx.nd.NDArray) else list(state)
 
 
 @requires_compiler
-def test_fused_sgd_update_matches_mxnet_sgd_followed_by_projection(monkeypatch):
+@pytest.mark.parametrize("optimizer", sorted(FUSED_UPDATES))
+def test_fused_update_matches_mxnet_update_followed_by_projection(optimizer, monkeypatch):
+    options, mxnet_operators = FUSED_UPDATES[optimizer]
+
     def stock_projection(net):
         items = [(p.data(), p.constraint, gc.gluon.attachment.reduction_of(p))
                  for p in net.collect_params().values() if getattr(p, "constraint", None) is not None]
         project_in_place(items, use_fused=False)
 
-    expected, plain = train_mlp(lambda ps: mx.gluon.Trainer(ps, "sgd", dict(SGD_OPTIONS)), stock_projection)
+    expected, plain = train_mlp(lambda ps: mx.gluon.Trainer(ps, optimizer, dict(options)), stock_projection)
 
-    # With MXNet's own SGD kernels out of reach, only the fused update can have run.
+    # With MXNet's own update operators out of reach, only the fused update can have run.
     import mxnet.optimizer.optimizer as mx_optimizer
 
     def unavailable(*args, **kwargs):
-        raise AssertionError("MXNet's SGD kernel ran instead of the fused update")
+        raise AssertionError(f"MXNet's {optimizer} update ran instead of the fused update")
 
-    for name in ("sgd_mom_update", "multi_sgd_mom_update"):
+    for name in mxnet_operators:
         monkeypatch.setattr(mx_optimizer, name, unavailable)
-    ours, trainer = train_mlp(lambda ps: gc.ConstrainedTrainer(ps, "sgd", dict(SGD_OPTIONS)), lambda net: None)
+    ours, trainer = train_mlp(lambda ps: gc.ConstrainedTrainer(ps, optimizer, dict(options)), lambda net: None)
     for name, value in expected.items():
         np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
     for index, state in plain._updaters[0].states.items():
-        np.testing.assert_allclose(trainer._updaters[0].states[index].asnumpy(), state.asnumpy(),
-                                   rtol=1e-5, atol=1e-7)
+        for got, want in zip(state_arrays(trainer._updaters[0].states[index]), state_arrays(state)):
+            np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-7)
     norms = np.sqrt((ours["fsgd_dense0_weight"].astype(np.float64) ** 2).sum(axis=1))
     assert norms.max() <= 0.7 * (1 + 1e-5)
     assert (ours["fsgd_dense1_bias"] >= 0).all()
@@ -260,26 +276,39 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel():
     np.testing.assert_allclose(weight.asnumpy(), ref.max_norm(w, 2.0, (1, 2, 3)), rtol=2e-6)
 
 
-def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_projected_correctly():
+@requires_compiler
+@pytest.mark.parametrize("optimizer", sorted(FUSED_UPDATES))
+def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_updated_correctly(optimizer):
     # An inference-mode forward leaves a convolution weight in MKL-DNN's blocked layout (library
-    # operators fail on it; MXNet's own operators keep it): conv weights must take the stock path.
+    # operators fail on it; MXNet's own operators keep it): the fused update reads it through
+    # the plain 2-D view, and gives what MXNet's update followed by the projection gives.
     from mxnet import autograd
 
-    def trained(evaluate_first):
+    options = FUSED_UPDATES[optimizer][0]
+
+    def trained(evaluate_first, constrained):
         layer = nn.Conv2D(8, 3, in_channels=4, weight_constraint=gc.MaxNorm(0.5))
-        layer.initialize(mx.init.Constant(0.3))
-        x = mx.nd.ones((2, 4, 6, 6))
-        if evaluate_first:
-            layer(x).wait_to_read()  # inference mode: the weight is reordered in place
-        trainer = gc.ConstrainedTrainer(layer.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
-        for _ in range(2):
+        layer.initialize(mx.init.Constant(mx.nd.array(
+            np.random.default_rng(3).normal(0, 0.3, (8, 4, 3, 3)))))
+        x = mx.nd.array(np.random.default_rng(4).normal(0, 1, (2, 4, 6, 6)))
+        make = gc.ConstrainedTrainer if constrained else mx.gluon.Trainer
+        trainer = make(layer.collect_params(), optimizer, dict(options))
+        for _ in range(3):
             with autograd.record():
-                loss = layer(x).sum()
+                loss = (layer(x) ** 2).sum()
             loss.backward()
+            if evaluate_first:  # an evaluation between backward and step, as a metric does
+                layer(x).wait_to_read()  # inference mode: the weight is reordered in place
             trainer.step(2)
-        gc.apply_constraints(layer)
+            if not constrained:
+                project_in_place([(layer.weight.data(), layer.weight.constraint, gc.Reduction((1, 2, 3)))],
+                                 use_fused=False)
         return layer.weight.data().asnumpy()
 
-    evaluated, plain = trained(True), trained(False)
+    evaluated, plain = trained(True, True), trained(False, True)
     np.testing.assert_array_equal(evaluated, plain)
+    # MXNet's own NAG is not the same after an evaluation: its update then reads a plain copy
+    # of the weight, so the momentum's weight-decay term sees the old weight instead of the new.
+    np.testing.assert_allclose(evaluated, trained(False, False), rtol=1e-5, atol=1e-7)
+    assert (optimizer == "nag") == (not np.allclose(trained(True, False), trained(False, False), rtol=1e-5))
     np.testing.assert_array_less(np.sqrt((plain.astype(np.float64) ** 2).sum(axis=(1, 2, 3))), 0.5 * (1 + 1e-5))

@@ -173,30 +173,40 @@ def test_aggregated_updates_project_every_parameter(aggregation, monkeypatch, re
 
 @pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), (TWO, True), (TWO, False)],
                          ids=["1ctx", "2ctx-uokv", "2ctx-no-uokv"])
-@pytest.mark.parametrize("optimizer,params", [("adam", {"learning_rate": 0.1}), ("sgd", {"learning_rate": 0.2}),
-                                             ("rmsprop", {"learning_rate": 0.05})], ids=["adam", "sgd", "rmsprop"])
-def test_one_step_projects_every_weight_in_one_kernel_call(optimizer, params, ctx, uokv, monkeypatch, reference_run):
-    # Adam and RMSProp update one parameter per call and SGD without momentum four: the wrapper
-    # takes the whole step in one call and projects all of its weights with one kernel call. A
-    # local kvstore that updates (2 contexts, uokv) runs one update per push: the projections
-    # wait until every push is done, then run in one call. Without the kvstore update, each
-    # device's updater projects its copies in one call.
+@pytest.mark.parametrize("optimizer,params,kind", [
+    ("adam", {"learning_rate": 0.1}, "update"),
+    ("rmsprop", {"learning_rate": 0.05}, "update"),
+    ("nag", {"learning_rate": 0.1, "momentum": 0.9}, "update"),
+    ("sgd", {"learning_rate": 0.2}, "project"),
+    ("adagrad", {"learning_rate": 0.2}, "project"),
+], ids=["adam", "rmsprop", "nag", "sgd", "adagrad"])
+def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeypatch, reference_run):
+    # Adam, RMSProp and NAG update one parameter per call in MXNet: the wrapper takes the whole
+    # step in one call and updates and projects every parameter in one fused kernel call. SGD
+    # without momentum and AdaGrad keep MXNet's update, then one kernel call projects the two
+    # constrained weights. A local kvstore that updates (2 contexts, uokv) runs one update per
+    # push: the fused updates (or the projections) wait until every push is done, then run in
+    # one call. Without the kvstore update, each device's updater makes one call.
     from gluon_constraints.kernels import projection
 
     data, _ = reference_run
-    kernel = projection.kernel()
+    kernels = {"project": projection.kernel(), "update": projection.update_kernel()}
     calls = []
 
-    def counted(*arrays, **attributes):
-        calls.append(len(arrays))
-        return kernel(*arrays, **attributes)
+    def counted(name):
+        def call(*arrays, **attributes):
+            calls.append((name, len(attributes["rows"].split(";"))))
+            return kernels[name](*arrays, **attributes)
+        return lambda: call
 
-    monkeypatch.setattr(projection, "kernel", lambda: counted)
+    monkeypatch.setattr(projection, "kernel", counted("project"))
+    monkeypatch.setattr(projection, "update_kernel", counted("update"))
     net = build_net(ctx)
     trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(params), update_on_kvstore=uokv)
     train_steps(net, trainer, ctx, data[:3])
     per_step = 1 if uokv is not False else len(ctx)  # one call per updater
-    assert calls == [2] * (3 * per_step)  # the two constrained weights, in one call
+    weights = 4 if kind == "update" else 2  # the fused update takes the biases too
+    assert calls == [(kind, weights)] * (3 * per_step)
     assert_feasible_and_identical(net)
     reference = build_net([mx.cpu(0)], prefix="reference_")
     plain = gluon.Trainer(reference.collect_params(), optimizer, dict(params))

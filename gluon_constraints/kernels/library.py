@@ -2,7 +2,8 @@
 
 ``project_rows.cc`` holds two custom CPU operators written against the ``lib_api.h`` the mxnet
 wheel ships: ``gc_project_rows`` (a one-pass projection of row slices) and
-``gc_sgd_mom_project_rows`` (MXNet's SGD-with-momentum update with that projection fused in).
+``gc_update_project_rows`` (MXNet's SGD-momentum, NAG-momentum, Adam or RMSProp update with that
+projection fused in).
 The library is built with the system's C++ compiler the first time it is needed (about 10
 seconds), cached under ``~/.cache/gluon_constraints`` (or ``$GLUON_CONSTRAINTS_CACHE``), and
 loaded with ``mx.library.load``.
@@ -44,16 +45,17 @@ from mxnet import ndarray
 
 from ..errors import FusedKernelWarning
 
-__all__ = ["kernel", "sgd_kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
+__all__ = ["kernel", "update_kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
 # -march=native: the library is built on, and cached for, this machine's processor (its
-# features are part of the cache key).
-_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-fopenmp", "-Wl,-Bsymbolic",
-          f"-Wl,--version-script={_EXPORTS}"]
+# features are part of the cache key). -ffp-contract=off: no fused multiply-adds, so the updates
+# round like MXNet's own kernels.
+_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fopenmp",
+          "-Wl,-Bsymbolic", f"-Wl,--version-script={_EXPORTS}"]
 _OP_NAME = "gc_project_rows"
-_SGD_OP_NAME = "gc_sgd_mom_project_rows"
+_UPDATE_OP_NAME = "gc_update_project_rows"
 _POINTER = "current"
 _log = logging.getLogger("gluon_constraints.kernels")
 _lock = threading.Lock()
@@ -139,9 +141,9 @@ def status() -> KernelStatus:
                         "python -m gluon_constraints build-kernel", cache, None, compiler)
 
 
-def sgd_kernel() -> Optional[Callable[..., Any]]:
-    """The fused SGD-momentum update and projection (``ndarray.gc_sgd_mom_project_rows``)."""
-    return getattr(ndarray, _SGD_OP_NAME) if kernel() is not None else None
+def update_kernel() -> Optional[Callable[..., Any]]:
+    """The fused update and projection (``ndarray.gc_update_project_rows``), or None."""
+    return getattr(ndarray, _UPDATE_OP_NAME) if kernel() is not None else None
 
 
 def cache_directory() -> Path:

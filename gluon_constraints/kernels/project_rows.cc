@@ -11,21 +11,33 @@
 // gc_project_rows: inputs w_1..w_k, outputs o_1..o_k of the same shapes. Per row, one pass
 //   while the row is in cache: the sum of squares (in double), then the rescale. Called in place
 //   (out= the inputs), rows already inside the band are not written at all.
-// gc_sgd_mom_project_rows: the projection fused into SGD with momentum. Inputs (w_i, grad_i,
-//   mom_i), outputs (w_i, mom_i), in place only. Per row:
-//     g = rescale_grad * grad (clipped to [-clip_gradient, clip_gradient] if clip_gradient >= 0)
-//     mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom      (MXNet's sgd_mom_update)
-//   accumulating the new row's sum of squares, then the projection while the row is in cache.
+// gc_update_project_rows: the projection fused into one of MXNet's updates ("rule"). Inputs
+//   (w_i, grad_i, state_i...), outputs (w_i, state_i...), in place only; the states are
+//   sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Per row, with
+//     g = rescale_grad * grad (+ wd * w for adam and rmsprop), clipped to +-clip_gradient if
+//         clip_gradient >= 0 (for sgd_mom and nag_mom before the wd term is added)
+//   sgd_mom (sgd_mom_update):   mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom
+//   nag_mom (nag_mom_update):   m = momentum * mom;  w' = w - m + (momentum + 1) * (m - lr * (g + wd * w));
+//                               mom = m - lr * (g + wd * w')   (MXNet's in-place order: w' is new)
+//   adam (adam_update):         mean = beta1 * mean + (1 - beta1) * g;
+//                               var = beta2 * var + (1 - beta2) * g * g;
+//                               w = w - lr * mean / (sqrt(var) + epsilon)
+//   rmsprop (rmsprop_update):   n = (1 - gamma1) * g * g + gamma1 * n;
+//                               w = w - lr * g / sqrt(n + epsilon), clipped to +-clip_weights if >= 0
+//   each in MXNet's own float32 operation order (built with -ffp-contract=off), accumulating the
+//   new row's sum of squares, then the projection while the row is in cache.
 //
 // Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
 // "units,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm),
-// separated by ";". The SGD operator adds
-// "update" = "momentum,rescale_grad,clip_gradient,lr_1,wd_1,lr_2,wd_2,...".
+// separated by ";". The update operator adds "rule" and
+// "update" = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,lr_2,wd_2,..." with the rule's
+// hyperparameters h (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon; rmsprop: gamma1,
+// epsilon, clip_weights; unused ones 0).
 // With "stats" = "1" both operators have one more output per weight, after the others: a
 // float32 array of 3, (fraction of rows the projection changed, largest and mean row norm
 // after it). The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
-// Build (gluon_constraints/fused.py does it): g++ -shared -fPIC -std=c++17 -O3 -fopenmp
-//   -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
+// Build (gluon_constraints/kernels/library.py does it): g++ -shared -fPIC -std=c++17 -O3
+//   -march=native -ffp-contract=off -fopenmp -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
 //   -I <mxnet>/include -o libgc_project_rows.so
 
 #include <cmath>
@@ -152,25 +164,88 @@ int64_t row_length(const char* op, int64_t size, int64_t units) {
 }
 
 
-struct SGDUpdate {
-  float lr, wd, momentum, rescale, clip;
+float clipped(float x, float bound) { return x > bound ? bound : (x < -bound ? -bound : x); }
 
-  // One SGD-momentum update of a row in place, returning the new row's sum of squares.
-  double row(float* w, const float* grad, float* mom, int64_t length) const {
+// One optimizer update of a row in place (MXNet's kernels, term for term), returning the new
+// row's sum of squares.
+struct Update {
+  enum Rule { kSGDMom, kNAGMom, kAdam, kRMSProp } rule;
+  float lr, wd, rescale, clip, h1, h2, h3;
+
+  static int state_count(Rule rule) { return rule == kAdam ? 2 : 1; }
+
+  double row(float* w, const float* grad, float* s1, float* s2, int64_t length) const {
     double sum = 0.0;
+    switch (rule) {
+      case kSGDMom:
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < length; ++j) {
-      float g = rescale * grad[j];
-      if (clip >= 0.0f) g = g > clip ? clip : (g < -clip ? -clip : g);
-      const float m = momentum * mom[j] - lr * wd * w[j] - lr * g;
-      mom[j] = m;
-      const float updated = w[j] + m;
-      w[j] = updated;
-      sum += static_cast<double>(updated) * updated;
+        for (int64_t j = 0; j < length; ++j) {
+          float g = rescale * grad[j];
+          if (clip >= 0.0f) g = clipped(g, clip);
+          const float m = h1 * s1[j] - lr * wd * w[j] - lr * g;
+          s1[j] = m;
+          const float updated = w[j] + m;
+          w[j] = updated;
+          sum += static_cast<double>(updated) * updated;
+        }
+        break;
+      case kNAGMom:
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < length; ++j) {
+          float g = rescale * grad[j];
+          if (clip >= 0.0f) g = clipped(g, clip);
+          const float m = h1 * s1[j];
+          const float updated = w[j] - m + (h1 + 1) * (m - lr * (g + wd * w[j]));
+          w[j] = updated;
+          s1[j] = m - lr * (g + wd * updated);
+          sum += static_cast<double>(updated) * updated;
+        }
+        break;
+      case kAdam:
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < length; ++j) {
+          float g = grad[j] * rescale + w[j] * wd;
+          if (clip >= 0.0f) g = clipped(g, clip);
+          const float mean = h1 * s1[j] + (1.0f - h1) * g;
+          const float var = h2 * s2[j] + (1.0f - h2) * g * g;
+          s1[j] = mean;
+          s2[j] = var;
+          const float updated = w[j] - lr * mean / (std::sqrt(var) + h3);
+          w[j] = updated;
+          sum += static_cast<double>(updated) * updated;
+        }
+        break;
+      case kRMSProp:
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < length; ++j) {
+          float g = rescale * grad[j] + wd * w[j];
+          if (clip >= 0.0f) g = clipped(g, clip);
+          const float n = (1.0f - h1) * (g * g) + h1 * s1[j];
+          s1[j] = n;
+          float updated = w[j] - lr * (g / std::sqrt(n + h2));
+          if (h3 >= 0.0f) updated = clipped(updated, h3);
+          w[j] = updated;
+          sum += static_cast<double>(updated) * updated;
+        }
+        break;
     }
     return sum;
   }
 };
+
+bool parse_rule(const Attributes& attrs, Update::Rule* rule) {
+  const auto found = attrs.find("rule");
+  const std::string name = found == attrs.end() ? "" : found->second;
+  if (name == "sgd_mom") *rule = Update::kSGDMom;
+  else if (name == "nag_mom") *rule = Update::kNAGMom;
+  else if (name == "adam") *rule = Update::kAdam;
+  else if (name == "rmsprop") *rule = Update::kRMSProp;
+  else {
+    MX_ERROR_MSG << "gc_update_project_rows: unknown rule '" << name << "'";
+    return false;
+  }
+  return true;
+}
 
 MXReturnValue all_float32(const char* op, const std::vector<int>& types) {
   for (size_t i = 0; i < types.size(); ++i) {
@@ -234,68 +309,84 @@ MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* in
   return MX_SUCCESS;
 }
 
-// -- gc_sgd_mom_project_rows -----------------------------------------------------------------
+// -- gc_update_project_rows ------------------------------------------------------------------
 
-MXReturnValue sgd_parse(const Attributes& attrs, int* num_in, int* num_out) {
+// Arrays per weight: inputs (w, grad, states...), outputs (w, states...).
+int inputs_per_weight(Update::Rule rule) { return 2 + Update::state_count(rule); }
+
+MXReturnValue update_parse(const Attributes& attrs, int* num_in, int* num_out) {
+  Update::Rule rule;
+  if (!parse_rule(attrs, &rule)) return MX_FAIL;
   const auto count = weight_count(attrs);
-  *num_in = 3 * count;
-  *num_out = (with_stats(attrs) ? 3 : 2) * count;
+  *num_in = inputs_per_weight(rule) * count;
+  *num_out = (inputs_per_weight(rule) - 1 + (with_stats(attrs) ? 1 : 0)) * count;
   return MX_SUCCESS;
 }
 
-MXReturnValue sgd_type(const Attributes& attrs, std::vector<int>* in_types,
-                       std::vector<int>* out_types) {
+MXReturnValue update_type(const Attributes& attrs, std::vector<int>* in_types,
+                          std::vector<int>* out_types) {
   for (auto& t : *out_types) t = kFloat32;
-  return all_float32("gc_sgd_mom_project_rows", *in_types);
+  return all_float32("gc_update_project_rows", *in_types);
 }
 
-MXReturnValue sgd_shape(const Attributes& attrs, std::vector<std::vector<unsigned int>>* in_shapes,
-                        std::vector<std::vector<unsigned int>>* out_shapes) {
-  const size_t count = in_shapes->size() / 3;
+MXReturnValue update_shape(const Attributes& attrs,
+                           std::vector<std::vector<unsigned int>>* in_shapes,
+                           std::vector<std::vector<unsigned int>>* out_shapes) {
+  Update::Rule rule;
+  if (!parse_rule(attrs, &rule)) return MX_FAIL;
+  const size_t per_in = inputs_per_weight(rule), per_out = per_in - 1;
+  const size_t count = in_shapes->size() / per_in;
   for (size_t i = 0; i < count; ++i) {
-    (*out_shapes)[2 * i] = (*in_shapes)[3 * i];
-    (*out_shapes)[2 * i + 1] = (*in_shapes)[3 * i + 2];
+    (*out_shapes)[per_out * i] = (*in_shapes)[per_in * i];
+    for (size_t k = 1; k < per_out; ++k) (*out_shapes)[per_out * i + k] = (*in_shapes)[per_in * i + 1 + k];
   }
-  for (size_t i = 2 * count; i < out_shapes->size(); ++i) (*out_shapes)[i] = {3};
+  for (size_t i = per_out * count; i < out_shapes->size(); ++i) (*out_shapes)[i] = {3};
   return MX_SUCCESS;
 }
 
-MXReturnValue sgd_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
-                          std::vector<MXTensor>* outputs, const OpResource& res) {
+MXReturnValue update_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
+                             std::vector<MXTensor>* outputs, const OpResource& res) {
+  Update::Rule rule;
+  if (!parse_rule(attrs, &rule)) return MX_FAIL;
   const auto projections = parse_projections(attrs);
   const auto update = split(attrs.at("update"), ',');
-  const auto momentum = static_cast<float>(number(update[0]));
-  const auto rescale = static_cast<float>(number(update[1]));
-  const auto clip = static_cast<float>(number(update[2]));
+  const size_t per_in = inputs_per_weight(rule), per_out = per_in - 1;
   const bool stats = with_stats(attrs);
   for (size_t i = 0; i < projections.size(); ++i) {
     const RowProjection& p = projections[i];
-    float* w = (*outputs)[2 * i].data<float>();
-    float* mom = (*outputs)[2 * i + 1].data<float>();
-    const float* grad = (*inputs)[3 * i + 1].data<float>();
-    if (w != (*inputs)[3 * i].data<float>() || mom != (*inputs)[3 * i + 2].data<float>()) {
-      MX_ERROR_MSG << "gc_sgd_mom_project_rows runs in place only (out= its weights and momenta)";
+    float* w = (*outputs)[per_out * i].data<float>();
+    const float* grad = (*inputs)[per_in * i + 1].data<float>();
+    float* s1 = (*outputs)[per_out * i + 1].data<float>();
+    float* s2 = per_out > 2 ? (*outputs)[per_out * i + 2].data<float>() : nullptr;
+    bool in_place = w == (*inputs)[per_in * i].data<float>();
+    for (size_t k = 1; k < per_out; ++k)
+      in_place = in_place && (*outputs)[per_out * i + k].data<float>() == (*inputs)[per_in * i + 1 + k].data<float>();
+    if (!in_place) {
+      MX_ERROR_MSG << "gc_update_project_rows runs in place only (out= its weights and states)";
       return MX_FAIL;
     }
-    const int64_t size = (*inputs)[3 * i].size();
+    const int64_t size = (*inputs)[per_in * i].size();
     const int64_t units = p.mode == "norm" || stats ? p.units : 1;
-    const int64_t length = row_length("gc_sgd_mom_project_rows", size, units);
+    const int64_t length = row_length("gc_update_project_rows", size, units);
     if (length < 0) return MX_FAIL;
-    const SGDUpdate step{static_cast<float>(number(update[3 + 2 * i])),
-                         static_cast<float>(number(update[4 + 2 * i])), momentum, rescale, clip};
+    const Update step{rule, static_cast<float>(number(update[5 + 2 * i])),
+                      static_cast<float>(number(update[6 + 2 * i])),
+                      static_cast<float>(number(update[0])), static_cast<float>(number(update[1])),
+                      static_cast<float>(number(update[2])), static_cast<float>(number(update[3])),
+                      static_cast<float>(number(update[4]))};
     double moved = 0.0, total = 0.0, largest = 0.0;
 #pragma omp parallel for schedule(static) if (size >= 65536) \
     reduction(+ : moved, total) reduction(max : largest)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t at = u * length;
-      const double sum = step.row(w + at, grad + at, mom + at, length);
+      const double sum = step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
       const RowOutcome r = p.finish_row(w + at, length, p.ord == 2 ? std::sqrt(sum) : p.norm(w + at, length),
                                         stats);
       moved += r.moved;
       total += r.norm;
       largest = std::fmax(largest, r.norm);
     }
-    if (stats) write_stats(&(*outputs)[2 * projections.size() + i], moved, total, largest, units);
+    if (stats) write_stats(&(*outputs)[per_out * projections.size() + i], moved, total, largest, units);
   }
   return MX_SUCCESS;
 }
@@ -308,11 +399,11 @@ REGISTER_OP(gc_project_rows)
     .setInferShape(project_shape)
     .setForward(project_forward, "cpu");
 
-REGISTER_OP(gc_sgd_mom_project_rows)
-    .setParseAttrs(sgd_parse)
-    .setInferType(sgd_type)
-    .setInferShape(sgd_shape)
-    .setForward(sgd_forward, "cpu");
+REGISTER_OP(gc_update_project_rows)
+    .setParseAttrs(update_parse)
+    .setInferType(update_type)
+    .setInferShape(update_shape)
+    .setForward(update_forward, "cpu");
 
 MXReturnValue initialize(int version) {
   return version >= 10900 ? MX_SUCCESS : MX_FAIL;

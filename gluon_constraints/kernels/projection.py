@@ -14,14 +14,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mxnet import ndarray
+from mxnet.optimizer import NAG, SGD, Adam, RMSProp
 
 from .. import _mxnet_compat as compat
 from ..catalogue import BOUNDARY_RTOL, Compose, Constraint, Reduction, RowLowering
 from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
-from .library import kernel, sgd_kernel
+from .library import kernel, update_kernel
 
-__all__ = ["lowering_of", "project_in_place", "measured", "fused_sgd_attributes", "fused_sgd_update"]
+__all__ = ["lowering_of", "project_in_place", "measured", "fused_rule", "fused_update_attributes",
+           "fused_rates", "fused_update"]
 
 # A subclass that redefines one of these computes something else than its parent's lowering.
 _PROJECTING_METHODS = ("project", "apply_to", "__call__")
@@ -123,21 +125,42 @@ def measured(array: Any, reduction: Optional[Reduction], order: float, project: 
                    dim=0).astype(np.float32).copyto(out)
 
 
-def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence[Any],
-                         states: Sequence[Any],
-                         projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]],
-                         monitored: bool = False) -> Optional[Dict[str, str]]:
-    """The fixed attributes of one fused SGD-momentum call, or None if the kernel cannot do it.
+def fused_rule(optimizer: Any) -> Optional[Tuple[str, Tuple[float, float, float]]]:
+    """The fused kernel's rule for ``optimizer``'s update and its hyperparameters, or None.
 
-    The kernel does exactly what ``optimizer.update_multi_precision`` (MXNet's ``SGD`` with
-    momentum) followed by the projections would. It does not cover other optimizers, SGD
-    without momentum, sparse gradients, anything but float32 on the CPU, and constraints or axes
-    it does not compute.
+    ``("sgd_mom", (momentum, 0, 0))`` for MXNet's ``SGD`` and ``("nag_mom", ...)`` for ``NAG``,
+    both with momentum; ``("adam", (beta1, beta2, epsilon))``; ``("rmsprop", (gamma1, epsilon,
+    clip_weights or -1))`` for ``RMSProp`` with ``centered=False``. Exact classes only: a
+    subclass may compute another update. Read at every call (hyperparameters may be changed).
+    """
+    kind = type(optimizer)
+    if kind is SGD or kind is NAG:
+        if not optimizer.momentum > 0:
+            return None
+        return ("sgd_mom" if kind is SGD else "nag_mom"), (float(optimizer.momentum), 0.0, 0.0)
+    if kind is Adam:
+        return "adam", (float(optimizer.beta1), float(optimizer.beta2), float(optimizer.epsilon))
+    if kind is RMSProp and not optimizer.centered:
+        clip_weights = float(optimizer.clip_weights) if optimizer.clip_weights else -1.0
+        return "rmsprop", (float(optimizer.gamma1), float(optimizer.epsilon), clip_weights)
+    return None
+
+
+def fused_update_attributes(rule: str, weights: Sequence[Any], grads: Sequence[Any],
+                            states: Sequence[Any],
+                            projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]],
+                            monitored: bool = False) -> Optional[Dict[str, str]]:
+    """The fixed attributes of one fused update call, or None if the kernel cannot do it.
+
+    The kernel does exactly what the optimizer's ``update_multi_precision`` (the update
+    :func:`fused_rule` names) followed by the projections would. It does not cover sparse
+    gradients or states, anything but float32 on the CPU, weights whose units are not leading
+    rows, and constraints it does not compute.
 
     Parameters
     ----------
-    optimizer : mxnet.optimizer.Optimizer
-        The wrapped optimizer.
+    rule : str
+        The update, from :func:`fused_rule`.
     weights, grads, states : sequences
         One update call's arrays.
     projections : sequence of (constraint, reduction, shape) or None
@@ -145,16 +168,11 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
     monitored : bool, default False
         Whether the call also writes each weight's statistics (as :func:`measured`).
     """
-    from mxnet.optimizer import SGD
-
-    if type(optimizer) is not SGD or not optimizer.momentum > 0 or sgd_kernel() is None:
+    if update_kernel() is None:
         return None
-    if all(p is None for p in projections):
-        return None  # nothing to project: MXNet's own update is the cheaper call
     calls = []
     for weight, grad, state, projection in zip(weights, grads, states, projections):
-        if grad.stype != "default" or not hasattr(state, "stype") or not _fusable(weight) \
-                or weight.ndim > 2:  # filter banks: MKL-DNN may hold them blocked (see below)
+        if grad.stype != "default" or not _fusable(weight) or _states(rule, state) is None:
             return None
         if projection is None:
             calls.append((1, RowLowering("none")))
@@ -163,24 +181,62 @@ def fused_sgd_attributes(optimizer: Any, weights: Sequence[Any], grads: Sequence
         if plan is None or len(plan[1]) != 1:
             return None
         calls.append((plan[0], plan[1][0]))
-    return dict(_joined(calls), **({"stats": "1"} if monitored else {}))
+    return dict(_joined(calls), rule=rule, **({"stats": "1"} if monitored else {}))
 
 
-def fused_sgd_update(optimizer: Any, indices: Sequence[Any], weights: Sequence[Any],
-                     grads: Sequence[Any], states: Sequence[Any], attributes: Dict[str, str],
-                     stats: Sequence[Any] = ()) -> None:
-    """Run the fused SGD-momentum update and projection with attributes from
-    :func:`fused_sgd_attributes`, bookkeeping (update counts, learning rates) as SGD does it;
-    ``stats`` (one float32 array of 3 per weight) when the attributes ask for statistics."""
-    compat.count_update(optimizer, list(indices))
+def fused_rates(optimizer: Any, indices: Sequence[Any]) -> List[float]:
+    """Count one update of each of ``indices`` on the optimizer's current device, as its own
+    update would, and return ``[lr_1, wd_1, lr_2, wd_2, ...]`` for :func:`fused_update`
+    (multipliers and schedules applied).
+
+    Adam's learning rate carries its bias correction, ``lr * sqrt(1 - beta2^t) / (1 - beta1^t)``
+    at the parameter's update count ``t``, as ``Adam.update`` computes it.
+    """
+    rule, (h1, h2, _) = fused_rule(optimizer)
+    listed = list(indices)
+    compat.count_update(optimizer, listed)
+    rates: List[float] = []
+    for index, (lr, wd) in zip(listed, compat.optimizer_rates(optimizer, listed)):
+        if rule == "adam":
+            t = compat.update_count(optimizer, index)
+            lr *= math.sqrt(1.0 - h2 ** t) / (1.0 - h1 ** t)
+        rates += [float(lr), float(wd)]
+    return rates
+
+
+def fused_update(optimizer: Any, weights: Sequence[Any], grads: Sequence[Any],
+                 states: Sequence[Any], attributes: Dict[str, str], rates: Sequence[float],
+                 stats: Sequence[Any] = ()) -> None:
+    """Run the fused update and projection in one kernel call.
+
+    ``attributes`` come from :func:`fused_update_attributes`, ``rates`` from
+    :func:`fused_rates`; ``stats`` (one float32 array of 3 per weight) when the attributes ask
+    for statistics. A filter bank reaches the kernel as a 2-D view in the plain layout
+    (:func:`_plain_rows`).
+    """
+    rule, hyperparameters = fused_rule(optimizer)
     clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
-    numbers = [float(optimizer.momentum), float(optimizer.rescale_grad), clip]
-    for lr, wd in compat.optimizer_rates(optimizer, list(indices)):
-        numbers += [float(lr), float(wd)]
-    sgd_kernel()(
-        *[a for triple in zip(weights, grads, states) for a in triple],
-        out=[a for pair in zip(weights, states) for a in pair] + list(stats),
-        update=",".join(map(repr, numbers)), **attributes)
+    numbers = [float(optimizer.rescale_grad), clip, *hyperparameters, *rates]
+    inputs, outputs = [], []
+    for weight, grad, state in zip(weights, grads, states):
+        rows = _plain_rows(weight, weight.shape[0]) if weight.ndim > 2 else weight
+        kept = _states(rule, state)
+        inputs += [rows, grad, *kept]
+        outputs += [rows, *kept]
+    update_kernel()(*inputs, out=outputs + list(stats), update=",".join(map(repr, numbers)),
+                    **attributes)
+
+
+def _states(rule: str, state: Any) -> Optional[List[Any]]:
+    """The optimizer state arrays the kernel updates for ``rule``, or None if ``state`` is not
+    the dense float32 state it expects (a multi-precision pair, sparse, centered RMSProp)."""
+    arrays = [state] if rule in ("sgd_mom", "nag_mom") else (
+        list(state) if isinstance(state, (tuple, list)) else [])
+    if len(arrays) != (2 if rule == "adam" else 1):
+        return None
+    if not all(getattr(a, "stype", None) == "default" and a.dtype == np.float32 for a in arrays):
+        return None
+    return arrays
 
 
 def _joined(calls: Sequence[Tuple[int, RowLowering]]) -> Dict[str, str]:

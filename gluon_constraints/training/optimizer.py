@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from mxnet import ndarray
@@ -26,7 +26,8 @@ from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction, Scheduled
 from ..errors import ConstraintArgumentError, EnforcementError, UnsupportedOptimizerError
 from ..kernels.library import kernel as fused_kernel
-from ..kernels.projection import fused_sgd_attributes, fused_sgd_update, measured, project_in_place
+from ..kernels.projection import (fused_rates, fused_rule, fused_update, fused_update_attributes,
+                                  measured, project_in_place)
 
 __all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence"]
 
@@ -114,7 +115,7 @@ class ConstrainedOptimizer(Optimizer):
     """
 
     _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "monitor",
-            "stats", "_cache", "_resolved", "_fused_calls", "_fuses_sgd", "_deferred")
+            "stats", "_cache", "_resolved", "_fused_calls", "_deferred", "_deferred_updates")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
                  every: int = 1, monitor: bool = False) -> None:
@@ -131,7 +132,7 @@ class ConstrainedOptimizer(Optimizer):
                             ("param_dict", inner.param_dict), ("failure", None),
                             ("iterates", dict(iterates)), ("every", every), ("monitor", monitor),
                             ("stats", {}), ("_cache", {}), ("_resolved", {}),
-                            ("_fused_calls", {}), ("_fuses_sgd", None), ("_deferred", None)):
+                            ("_fused_calls", {}), ("_deferred", None), ("_deferred_updates", None)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -153,22 +154,15 @@ class ConstrainedOptimizer(Optimizer):
         """How many parameters an ``Updater`` passes per update call.
 
         With the kernel loaded, one call takes every parameter of a step (up to 256): the
-        wrapper updates them in the wrapped optimizer's own call sizes (one by one for Adam,
-        NAG, RMSProp and the other optimizers without multi-tensor updates), then projects all
-        of them in one kernel call, or updates and projects them in one fused call for SGD with
-        momentum. MXNet's per-call dispatch dominates for many small layers. Without the kernel,
-        the wrapped optimizer's own number.
+        wrapper updates and projects them in one fused kernel call for the updates the kernel
+        computes (:func:`~gluon_constraints.kernels.projection.fused_rule`: SGD and NAG with
+        momentum, Adam, RMSProp), else updates them in the wrapped optimizer's own call sizes
+        and projects all of them in one kernel call. MXNet's per-call dispatch dominates for
+        many small layers. Without the kernel, the wrapped optimizer's own number.
         """
         if fused_kernel() is None:
             return self.inner.aggregate_num
         return max(self.inner.aggregate_num, _FUSED_AGGREGATION)
-
-    def _fused_sgd_possible(self) -> bool:
-        """Whether the fused SGD kernel can serve this optimizer (decided once: read per call)."""
-        if self._fuses_sgd is None:
-            self._fuses_sgd = (type(self.inner) is SGD and self.inner.momentum > 0
-                               and fused_kernel() is not None)
-        return self._fuses_sgd
 
     @property
     def learning_rate(self) -> float:
@@ -203,8 +197,9 @@ class ConstrainedOptimizer(Optimizer):
     def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer (master copy included), then project.
 
-        For SGD with momentum on float32 weights the fused kernel does both in one pass. A call
-        without constrained parameters is passed straight through.
+        For the updates the fused kernel computes (SGD and NAG with momentum, Adam, RMSProp) on
+        float32 weights it does both in one pass. A call without constrained parameters is
+        passed straight through.
         """
         self._guarded(self._update, index, weight, grad, state, True)
 
@@ -234,12 +229,15 @@ class ConstrainedOptimizer(Optimizer):
                 f"optimizer (by name, or a separate instance).")
         projections = [self._due(i, self.projection_for(i)) for i in indices]
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
-        if multi_precision and any(projections):
-            attributes = self._fused_sgd_attributes(indices, weights, grads, states, projections)
+        # Deferred (kvstore pushes), unconstrained parameters join the step's one fused call too.
+        if multi_precision and (any(projections) or self._deferred_updates is not None):
+            attributes = self._fused_attributes(indices, weights, grads, states, projections)
             if attributes is not None:
-                stats = [self._stats_for(i if p is not None else ("unreported", i), w)
-                         for i, p, w in zip(indices, projections, weights)] if self.monitor else []
-                fused_sgd_update(self.inner, indices, weights, grads, states, attributes, stats)
+                if self._deferred_updates is not None:
+                    self._deferred_updates.append(
+                        (weights[0].context.device_id, indices, weights, grads, states, projections))
+                else:
+                    self._fused_update(indices, weights, grads, states, projections, attributes)
                 return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weight, grad, state)
@@ -257,22 +255,35 @@ class ConstrainedOptimizer(Optimizer):
                 inner_update(*arguments)
         self._project_updated(indices, projections, weights, states, multi_precision)
 
-    def _fused_sgd_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
-                              grads: Sequence[Any], states: Sequence[Any],
-                              projections: Sequence[Optional[Projection]]) -> Optional[Dict[str, str]]:
-        """The fused kernel's attributes for this call, cached while nothing they depend on changes."""
-        if not self._fused_sgd_possible():
+    def _fused_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
+                          grads: Sequence[Any], states: Sequence[Any],
+                          projections: Sequence[Optional[Projection]]) -> Optional[Dict[str, str]]:
+        """The fused kernel's attributes for this call (None where it cannot do it), cached
+        while nothing they depend on changes."""
+        rule = fused_rule(self.inner)
+        if rule is None or fused_kernel() is None:
             return None
         key = tuple(indices)
-        signature = (tuple(map(id, projections)), weights[0].dtype, weights[0].context, self.monitor)
+        signature = (rule[0], tuple(map(id, projections)), tuple(map(id, states)), weights[0].dtype,
+                     weights[0].context, self.monitor)
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
-            # The projections are kept with the entry: while it exists their ids cannot be reused.
-            cached = (signature, fused_sgd_attributes(self.inner, weights, grads, states, projections,
-                                                      self.monitor),
-                      tuple(projections))
+            # The projections and states are kept with the entry: their ids cannot be reused.
+            cached = (signature, fused_update_attributes(rule[0], weights, grads, states, projections,
+                                                         self.monitor),
+                      tuple(projections), tuple(states))
             self._fused_calls[key] = cached
         return cached[1]
+
+    def _fused_update(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
+                      states: Sequence[Any], projections: Sequence[Optional[Projection]],
+                      attributes: Dict[str, str], rates: Optional[Sequence[float]] = None) -> None:
+        """Update and project in one fused kernel call (``rates`` counted already, or now)."""
+        stats = [self._stats_for(i if p is not None else ("unreported", i), w)
+                 for i, p, w in zip(indices, projections, weights)] if self.monitor else []
+        if rates is None:
+            rates = fused_rates(self.inner, indices)
+        fused_update(self.inner, weights, grads, states, attributes, rates, stats)
 
     def _project_updated(self, indices: Sequence[Any], projections: Sequence[Optional[Projection]],
                          weights: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
@@ -312,22 +323,43 @@ class ConstrainedOptimizer(Optimizer):
             ndarray.cast(master, dtype=w.dtype, out=w)
 
     def defer_projections(self) -> None:
-        """Queue the projections of the coming updates until :meth:`flush_projections`.
+        """Queue the coming updates' projections, and the fused updates themselves, until
+        :meth:`flush_projections`.
 
         The trainer calls this before a local kvstore's pushes (each push runs one parameter's
         update) and flushes before the weights are pulled back: one kernel call instead of one
         per parameter. Stateful constraints are not deferred.
         """
-        self._deferred = []
+        self._deferred, self._deferred_updates = [], []
 
     def flush_projections(self) -> None:
-        """Run the queued projections of every update since :meth:`defer_projections`."""
+        """Run the queued updates and projections of every update since :meth:`defer_projections`.
+
+        The queued fused updates run in one kernel call (each counted on the device the kvstore
+        updated it on: MXNet keeps update counts per device), then the other updates'
+        projections in one.
+        """
         deferred, self._deferred = self._deferred, None
-        if not deferred:
-            return
-        items, stats, casts, indices = (sum((list(part[k]) for part in deferred), []) for k in range(4))
+        updates, self._deferred_updates = self._deferred_updates, None
+        indices: List[Any] = []
         try:
-            self._project(items, stats, casts)
+            if updates:
+                rates, entries = [], []
+                for device, group in _by_device(updates):
+                    compat.set_current_context(self.inner, device)
+                    rates += fused_rates(self.inner, [i for entry in group for i in entry[1]])
+                    entries += group
+                columns = [sum((list(entry[k]) for entry in entries), []) for k in range(1, 6)]
+                indices += columns[0]
+                attributes = self._fused_attributes(*columns)
+                if attributes is None:
+                    raise EnforcementError("the fused kernel refused a call it accepted per parameter")
+                self._fused_update(*columns, attributes, rates)
+            if deferred:
+                items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])
+                                                  for k in range(4))
+                indices += projected
+                self._project(items, stats, casts)
         except Exception as error:
             names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
             self.failure = EnforcementError(
@@ -344,7 +376,7 @@ class ConstrainedOptimizer(Optimizer):
         out.copyto(full)
 
     def _stats_for(self, index: Any, array: Any) -> Any:
-        """The statistics buffer of parameter ``index`` on ``array``'s context (the fused SGD
+        """The statistics buffer of parameter ``index`` on ``array``'s context (the fused update
         kernel also writes statistics of unconstrained weights, under ``("unreported", i)``)."""
         key = (index, str(array.context))
         if key not in self.stats:
@@ -447,6 +479,15 @@ def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[An
     if isinstance(index, (list, tuple)):
         return index, weight, grad, state
     return (index,), (weight,), (grad,), (state,)
+
+
+def _by_device(updates: Sequence[Tuple[Any, ...]]) -> List[Tuple[int, List[Tuple[Any, ...]]]]:
+    """Queued fused updates ``(device_id, indices, weights, grads, states, projections)`` grouped
+    by device id, in the order each device first appears."""
+    groups: Dict[int, List[Tuple[Any, ...]]] = {}
+    for entry in updates:
+        groups.setdefault(entry[0], []).append(entry)
+    return list(groups.items())
 
 
 def _full_shape(array: Any, shape: Sequence[int]) -> Any:
