@@ -252,28 +252,33 @@ def test_filter_banks_take_the_kernel_as_rows_and_agree_with_numpy(shape):
     assert array.shape == shape
 
 
-def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel():
+@requires_compiler
+@pytest.mark.parametrize("layer,shape", [(mx.gluon.nn.Conv1D, (16, 8, 3)), (mx.gluon.nn.Conv2D, (16, 8, 3, 3)),
+                                         (mx.gluon.nn.Conv3D, (16, 8, 3, 3, 3))], ids=["1d", "2d", "3d"])
+def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, shape):
     # After an inference-mode forward the filter bank is in MKL-DNN's blocked layout: a library
-    # operator given it directly fails, so the projection must first have it converted.
+    # operator given it directly fails, so the projection must first have it converted, which a
+    # multiplication by 1 of the first filter alone does.
     from gluon_constraints.kernels.library import kernel
     from gluon_constraints.kernels.projection import _joined
 
-    w = np.random.default_rng(0).normal(0, 1, (16, 8, 3, 3)).astype(np.float32)
-    x = mx.nd.ones((2, 8, 6, 6))
+    w = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    x = mx.nd.ones((2, shape[1]) + (6,) * (len(shape) - 2))
+    axes = tuple(range(1, len(shape)))
 
     def evaluated_layer():
-        layer = mx.gluon.nn.Conv2D(16, 3, in_channels=8)
-        layer.initialize(mx.init.Constant(mx.nd.array(w)))
-        layer(x).wait_to_read()
-        return layer
+        conv = layer(shape[0], shape[2:], in_channels=shape[1])
+        conv.initialize(mx.init.Constant(mx.nd.array(w)))
+        conv(x).wait_to_read()
+        return conv
 
-    rows = evaluated_layer().weight.data().reshape((16, -1))
+    rows = evaluated_layer().weight.data().reshape((shape[0], -1))
     with pytest.raises(mx.base.MXNetError, match="MKLDNN"):
-        kernel()(rows, out=[rows], **_joined([(16, gc.MaxNorm(2.0).row_lowering())]))
+        kernel()(rows, out=[rows], **_joined([(shape[0], gc.MaxNorm(2.0).row_lowering())]))
         rows.wait_to_read()
     weight = evaluated_layer().weight.data()
-    project_in_place([(weight, gc.MaxNorm(2.0), gc.Reduction((1, 2, 3)))])
-    np.testing.assert_allclose(weight.asnumpy(), ref.max_norm(w, 2.0, (1, 2, 3)), rtol=2e-6)
+    project_in_place([(weight, gc.MaxNorm(2.0), gc.Reduction(axes))])
+    np.testing.assert_allclose(weight.asnumpy(), ref.max_norm(w, 2.0, axes), rtol=2e-6)
 
 
 @requires_compiler

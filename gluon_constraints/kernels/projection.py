@@ -9,7 +9,7 @@ projection. No host synchronisation: every path only queues operators on MXNet's
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,8 +22,8 @@ from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
 from .library import kernel, update_kernel
 
-__all__ = ["lowering_of", "project_in_place", "measured", "fused_rule", "fused_update_attributes",
-           "fused_rates", "fused_update"]
+__all__ = ["lowering_of", "project_in_place", "measured", "fused_rule", "FusedCall",
+           "prepare_fused_update", "fused_rates", "fused_update"]
 
 # A subclass that redefines one of these computes something else than its parent's lowering.
 _PROJECTING_METHODS = ("project", "apply_to", "__call__")
@@ -67,9 +67,10 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
     Notes
     -----
     A weight of more than two dimensions (a convolution filter bank) reaches the kernel as a 2-D
-    (units, fan-in) view after one multiplication by 1 on that view (:func:`_plain_rows`): after
-    an inference-mode forward MKL-DNN may hold the weight in its blocked layout, which library
-    operators cannot read, and that stock operator leaves it in the plain layout when it runs.
+    (units, fan-in) view after a multiplication by 1 of its first filter (:func:`_plain_rows`):
+    after an inference-mode forward MKL-DNN may hold the weight in its blocked layout, which
+    library operators cannot read, and that stock operator leaves it in the plain layout when it
+    runs.
     """
     project = kernel() if use_fused else None
     rounds: List[List[Tuple[Any, int, RowLowering]]] = []
@@ -146,11 +147,25 @@ def fused_rule(optimizer: Any) -> Optional[Tuple[str, Tuple[float, float, float]
     return None
 
 
-def fused_update_attributes(rule: str, weights: Sequence[Any], grads: Sequence[Any],
-                            states: Sequence[Any],
-                            projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]],
-                            monitored: bool = False) -> Optional[Dict[str, str]]:
-    """The fixed attributes of one fused update call, or None if the kernel cannot do it.
+class FusedCall(NamedTuple):
+    """One fused update call, prepared once for a set of arrays.
+
+    ``attributes`` are the kernel's fixed attributes, ``inputs`` and ``outputs`` its arrays in
+    order (filter banks as 2-D views), ``first_filters`` one-filter views of the filter banks to
+    multiply by 1 before each call (:func:`_plain_rows`).
+    """
+
+    attributes: Dict[str, str]
+    inputs: List[Any]
+    outputs: List[Any]
+    first_filters: List[Any]
+
+
+def prepare_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any],
+                         states: Sequence[Any],
+                         projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]],
+                         monitored: bool = False) -> Optional[FusedCall]:
+    """The fused update call for these arrays, or None if the kernel cannot do it.
 
     The kernel does exactly what the optimizer's ``update_multi_precision`` (the update
     :func:`fused_rule` names) followed by the projections would. It does not cover sparse
@@ -170,18 +185,26 @@ def fused_update_attributes(rule: str, weights: Sequence[Any], grads: Sequence[A
     """
     if update_kernel() is None:
         return None
-    calls = []
+    calls, inputs, outputs, first_filters = [], [], [], []
     for weight, grad, state, projection in zip(weights, grads, states, projections):
-        if grad.stype != "default" or not _fusable(weight) or _states(rule, state) is None:
+        kept = _states(rule, state)
+        if grad.stype != "default" or not _fusable(weight) or kept is None:
             return None
         if projection is None:
             calls.append((1, RowLowering("none")))
-            continue
-        plan = _fused_plan(weight, projection[0], projection[1], monitored)
-        if plan is None or len(plan[1]) != 1:
-            return None
-        calls.append((plan[0], plan[1][0]))
-    return dict(_joined(calls), rule=rule, **({"stats": "1"} if monitored else {}))
+        else:
+            plan = _fused_plan(weight, projection[0], projection[1], monitored)
+            if plan is None or len(plan[1]) != 1:
+                return None
+            calls.append((plan[0], plan[1][0]))
+        rows = weight
+        if weight.ndim > 2:
+            first, rows = _first_filter_and_rows(weight, weight.shape[0])
+            first_filters.append(first)
+        inputs += [rows, grad, *kept]
+        outputs += [rows, *kept]
+    attributes = dict(_joined(calls), rule=rule, **({"stats": "1"} if monitored else {}))
+    return FusedCall(attributes, inputs, outputs, first_filters)
 
 
 def fused_rates(optimizer: Any, indices: Sequence[Any]) -> List[float]:
@@ -204,27 +227,21 @@ def fused_rates(optimizer: Any, indices: Sequence[Any]) -> List[float]:
     return rates
 
 
-def fused_update(optimizer: Any, weights: Sequence[Any], grads: Sequence[Any],
-                 states: Sequence[Any], attributes: Dict[str, str], rates: Sequence[float],
+def fused_update(optimizer: Any, call: FusedCall, rates: Sequence[float],
                  stats: Sequence[Any] = ()) -> None:
-    """Run the fused update and projection in one kernel call.
+    """Run a fused update and projection (from :func:`prepare_fused_update`) in one kernel call.
 
-    ``attributes`` come from :func:`fused_update_attributes`, ``rates`` from
-    :func:`fused_rates`; ``stats`` (one float32 array of 3 per weight) when the attributes ask
-    for statistics. A filter bank reaches the kernel as a 2-D view in the plain layout
+    ``rates`` come from :func:`fused_rates`; ``stats`` (one float32 array of 3 per weight) when
+    the call was prepared with statistics. Filter banks are first put in the plain layout
     (:func:`_plain_rows`).
     """
-    rule, hyperparameters = fused_rule(optimizer)
+    _, hyperparameters = fused_rule(optimizer)
     clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
     numbers = [float(optimizer.rescale_grad), clip, *hyperparameters, *rates]
-    inputs, outputs = [], []
-    for weight, grad, state in zip(weights, grads, states):
-        rows = _plain_rows(weight, weight.shape[0]) if weight.ndim > 2 else weight
-        kept = _states(rule, state)
-        inputs += [rows, grad, *kept]
-        outputs += [rows, *kept]
-    update_kernel()(*inputs, out=outputs + list(stats), update=",".join(map(repr, numbers)),
-                    **attributes)
+    for first in call.first_filters:
+        first *= 1.0
+    update_kernel()(*call.inputs, out=call.outputs + list(stats),
+                    update=",".join(map(repr, numbers)), **call.attributes)
 
 
 def _states(rule: str, state: Any) -> Optional[List[Any]]:
@@ -293,13 +310,21 @@ def _plain_rows(array: Any, units: int) -> Any:
     """``array`` as a (units, fan-in) view whose memory is in the plain row-major layout.
 
     An inference-mode forward may leave a convolution weight in MKL-DNN's blocked layout, and
-    whether it did is only known when queued operators run. A stock operator run on the 2-D
-    view reads the blocked data through MXNet's conversion and writes the plain layout back, so
-    the kernel queued after it always reads plain rows. The multiplication by 1 is exact.
+    whether it did is only known when queued operators run. Writing into a view of a blocked
+    array makes MXNet reorder the whole array to the plain layout first (``NDArray::CopyFrom``),
+    so an exact multiplication by 1 of a small view (the first filter) leaves the array plain
+    for the kernel queued after it, and costs one filter, not a pass over the weight, when the
+    array is plain already.
     """
-    rows = array.reshape((units, -1))
-    rows *= 1.0
+    first, rows = _first_filter_and_rows(array, units)
+    first *= 1.0
     return rows
+
+
+def _first_filter_and_rows(array: Any, units: int) -> Tuple[Any, Any]:
+    """A view of ``array``'s first filter (a view even with one filter) and its 2-D row view."""
+    first = array[0:1] if array.shape[0] > 1 else array.reshape((1, -1))
+    return first, array.reshape((units, -1))
 
 
 def _fusable(array: Any) -> bool:

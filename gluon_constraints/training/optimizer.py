@@ -26,8 +26,8 @@ from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction, Scheduled
 from ..errors import ConstraintArgumentError, EnforcementError, UnsupportedOptimizerError
 from ..kernels.library import kernel as fused_kernel
-from ..kernels.projection import (fused_rates, fused_rule, fused_update, fused_update_attributes,
-                                  measured, project_in_place)
+from ..kernels.projection import (FusedCall, fused_rates, fused_rule, fused_update, measured,
+                                  prepare_fused_update, project_in_place)
 
 __all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence"]
 
@@ -231,13 +231,13 @@ class ConstrainedOptimizer(Optimizer):
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
         # Deferred (kvstore pushes), unconstrained parameters join the step's one fused call too.
         if multi_precision and (any(projections) or self._deferred_updates is not None):
-            attributes = self._fused_attributes(indices, weights, grads, states, projections)
-            if attributes is not None:
+            call = self._fused_call(indices, weights, grads, states, projections)
+            if call is not None:
                 if self._deferred_updates is not None:
                     self._deferred_updates.append(
                         (weights[0].context.device_id, indices, weights, grads, states, projections))
                 else:
-                    self._fused_update(indices, weights, grads, states, projections, attributes)
+                    self._fused_update(indices, weights, projections, call)
                 return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weight, grad, state)
@@ -255,35 +255,35 @@ class ConstrainedOptimizer(Optimizer):
                 inner_update(*arguments)
         self._project_updated(indices, projections, weights, states, multi_precision)
 
-    def _fused_attributes(self, indices: Sequence[Any], weights: Sequence[Any],
-                          grads: Sequence[Any], states: Sequence[Any],
-                          projections: Sequence[Optional[Projection]]) -> Optional[Dict[str, str]]:
-        """The fused kernel's attributes for this call (None where it cannot do it), cached
-        while nothing they depend on changes."""
+    def _fused_call(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
+                    states: Sequence[Any],
+                    projections: Sequence[Optional[Projection]]) -> Optional[FusedCall]:
+        """The fused kernel call for these arrays (None where it cannot do them), prepared once
+        and reused while nothing it depends on changes."""
         rule = fused_rule(self.inner)
         if rule is None or fused_kernel() is None:
             return None
         key = tuple(indices)
-        signature = (rule[0], tuple(map(id, projections)), tuple(map(id, states)), weights[0].dtype,
-                     weights[0].context, self.monitor)
+        signature = (rule[0], self.monitor, *(tuple(map(id, column))
+                                              for column in (projections, states, weights, grads)))
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
-            # The projections and states are kept with the entry: their ids cannot be reused.
-            cached = (signature, fused_update_attributes(rule[0], weights, grads, states, projections,
-                                                         self.monitor),
-                      tuple(projections), tuple(states))
+            # The arrays and projections are kept with the entry: their ids cannot be reused.
+            cached = (signature, prepare_fused_update(rule[0], weights, grads, states, projections,
+                                                      self.monitor),
+                      tuple(projections), tuple(states), tuple(weights), tuple(grads))
             self._fused_calls[key] = cached
         return cached[1]
 
-    def _fused_update(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
-                      states: Sequence[Any], projections: Sequence[Optional[Projection]],
-                      attributes: Dict[str, str], rates: Optional[Sequence[float]] = None) -> None:
+    def _fused_update(self, indices: Sequence[Any], weights: Sequence[Any],
+                      projections: Sequence[Optional[Projection]], call: FusedCall,
+                      rates: Optional[Sequence[float]] = None) -> None:
         """Update and project in one fused kernel call (``rates`` counted already, or now)."""
         stats = [self._stats_for(i if p is not None else ("unreported", i), w)
                  for i, p, w in zip(indices, projections, weights)] if self.monitor else []
         if rates is None:
             rates = fused_rates(self.inner, indices)
-        fused_update(self.inner, weights, grads, states, attributes, rates, stats)
+        fused_update(self.inner, call, rates, stats)
 
     def _project_updated(self, indices: Sequence[Any], projections: Sequence[Optional[Projection]],
                          weights: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
@@ -351,10 +351,10 @@ class ConstrainedOptimizer(Optimizer):
                     entries += group
                 columns = [sum((list(entry[k]) for entry in entries), []) for k in range(1, 6)]
                 indices += columns[0]
-                attributes = self._fused_attributes(*columns)
-                if attributes is None:
+                call = self._fused_call(*columns)
+                if call is None:
                     raise EnforcementError("the fused kernel refused a call it accepted per parameter")
-                self._fused_update(*columns, attributes, rates)
+                self._fused_update(columns[0], columns[1], columns[4], call, rates)
             if deferred:
                 items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])
                                                   for k in range(4))
