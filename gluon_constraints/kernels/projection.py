@@ -22,8 +22,8 @@ from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
 from .library import kernel, update_kernel
 
-__all__ = ["lowering_of", "project_in_place", "measured", "fused_rule", "FusedCall",
-           "prepare_fused_update", "fused_rates", "fused_update"]
+__all__ = ["lowering_of", "project_in_place", "measured", "fused_rule", "FusedPlan",
+           "FusedCall", "plan_fused_update", "assemble_fused_update", "fused_rates", "fused_update"]
 
 # A subclass that redefines one of these computes something else than its parent's lowering.
 _PROJECTING_METHODS = ("project", "apply_to", "__call__")
@@ -147,8 +147,18 @@ def fused_rule(optimizer: Any) -> Optional[Tuple[str, Tuple[float, float, float]
     return None
 
 
+class FusedPlan(NamedTuple):
+    """How one weight enters a fused update call: its entry of the kernel's "rows" attribute,
+    the optimizer state arrays the kernel updates, and its row count if it is a filter bank
+    (reaching the kernel as a 2-D view), else 0."""
+
+    entry: str
+    states: List[Any]
+    bank_units: int
+
+
 class FusedCall(NamedTuple):
-    """One fused update call, prepared once for a set of arrays.
+    """One fused update call for a set of arrays.
 
     ``attributes`` are the kernel's fixed attributes, ``inputs`` and ``outputs`` its arrays in
     order (filter banks as 2-D views), ``first_filters`` one-filter views of the filter banks to
@@ -161,14 +171,13 @@ class FusedCall(NamedTuple):
     first_filters: List[Any]
 
 
-def prepare_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any],
-                         states: Sequence[Any],
-                         projections: Sequence[Optional[Tuple[Constraint, Reduction, Any]]],
-                         monitored: bool = False) -> Optional[FusedCall]:
-    """The fused update call for these arrays, or None if the kernel cannot do it.
+def plan_fused_update(rule: str, weight: Any, grad: Any, state: Any,
+                      projection: Optional[Tuple[Constraint, Reduction, Any]],
+                      monitored: bool = False) -> Optional[FusedPlan]:
+    """How ``weight`` enters a fused update call, or None if the kernel cannot update it.
 
     The kernel does exactly what the optimizer's ``update_multi_precision`` (the update
-    :func:`fused_rule` names) followed by the projections would. It does not cover sparse
+    :func:`fused_rule` names) followed by the projection would. It does not cover sparse
     gradients or states, anything but float32 on the CPU, weights whose units are not leading
     rows, and constraints it does not compute.
 
@@ -176,34 +185,38 @@ def prepare_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any]
     ----------
     rule : str
         The update, from :func:`fused_rule`.
-    weights, grads, states : sequences
-        One update call's arrays.
-    projections : sequence of (constraint, reduction, shape) or None
-        Each weight's projection, None for unconstrained weights.
+    weight, grad, state
+        The parameter's arrays in an update call.
+    projection : (constraint, reduction, shape) or None
+        Its projection, None if unconstrained.
     monitored : bool, default False
-        Whether the call also writes each weight's statistics (as :func:`measured`).
+        Whether the call also writes the weight's statistics (as :func:`measured`).
     """
-    if update_kernel() is None:
+    kept = _states(rule, state)
+    if update_kernel() is None or grad.stype != "default" or not _fusable(weight) or kept is None:
         return None
-    calls, inputs, outputs, first_filters = [], [], [], []
-    for weight, grad, state, projection in zip(weights, grads, states, projections):
-        kept = _states(rule, state)
-        if grad.stype != "default" or not _fusable(weight) or kept is None:
+    lowering: Tuple[int, RowLowering] = (1, RowLowering("none"))
+    if projection is not None:
+        plan = _fused_plan(weight, projection[0], projection[1], monitored)
+        if plan is None or len(plan[1]) != 1:
             return None
-        if projection is None:
-            calls.append((1, RowLowering("none")))
-        else:
-            plan = _fused_plan(weight, projection[0], projection[1], monitored)
-            if plan is None or len(plan[1]) != 1:
-                return None
-            calls.append((plan[0], plan[1][0]))
+        lowering = (plan[0], plan[1][0])
+    return FusedPlan(_joined([lowering])["rows"], kept, weight.shape[0] if weight.ndim > 2 else 0)
+
+
+def assemble_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any],
+                          plans: Sequence[FusedPlan], monitored: bool = False) -> FusedCall:
+    """The fused update call of ``weights`` and ``grads``, planned by :func:`plan_fused_update`."""
+    inputs, outputs, first_filters = [], [], []
+    for weight, grad, plan in zip(weights, grads, plans):
         rows = weight
-        if weight.ndim > 2:
-            first, rows = _first_filter_and_rows(weight, weight.shape[0])
+        if plan.bank_units:
+            first, rows = _first_filter_and_rows(weight, plan.bank_units)
             first_filters.append(first)
-        inputs += [rows, grad, *kept]
-        outputs += [rows, *kept]
-    attributes = dict(_joined(calls), rule=rule, **({"stats": "1"} if monitored else {}))
+        inputs += [rows, grad, *plan.states]
+        outputs += [rows, *plan.states]
+    attributes = {"rows": ";".join(plan.entry for plan in plans), "rule": rule,
+                  **({"stats": "1"} if monitored else {})}
     return FusedCall(attributes, inputs, outputs, first_filters)
 
 
@@ -229,10 +242,10 @@ def fused_rates(optimizer: Any, indices: Sequence[Any]) -> List[float]:
 
 def fused_update(optimizer: Any, call: FusedCall, rates: Sequence[float],
                  stats: Sequence[Any] = ()) -> None:
-    """Run a fused update and projection (from :func:`prepare_fused_update`) in one kernel call.
+    """Run a fused update and projection (from :func:`assemble_fused_update`) in one kernel call.
 
     ``rates`` come from :func:`fused_rates`; ``stats`` (one float32 array of 3 per weight) when
-    the call was prepared with statistics. Filter banks are first put in the plain layout
+    the call was assembled with statistics. Filter banks are first put in the plain layout
     (:func:`_plain_rows`).
     """
     _, hyperparameters = fused_rule(optimizer)

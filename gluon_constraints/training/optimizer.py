@@ -26,8 +26,9 @@ from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction, Scheduled
 from ..errors import ConstraintArgumentError, EnforcementError, UnsupportedOptimizerError
 from ..kernels.library import kernel as fused_kernel
-from ..kernels.projection import (FusedCall, fused_rates, fused_rule, fused_update, measured,
-                                  prepare_fused_update, project_in_place)
+from ..kernels.projection import (FusedCall, FusedPlan, assemble_fused_update, fused_rates,
+                                  fused_rule, fused_update, measured, plan_fused_update,
+                                  project_in_place)
 
 __all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence"]
 
@@ -115,7 +116,8 @@ class ConstrainedOptimizer(Optimizer):
     """
 
     _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "monitor",
-            "stats", "_cache", "_resolved", "_fused_calls", "_deferred", "_deferred_updates")
+            "stats", "_cache", "_resolved", "_fused_plans", "_fused_calls", "_deferred",
+            "_deferred_updates")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
                  every: int = 1, monitor: bool = False) -> None:
@@ -132,7 +134,8 @@ class ConstrainedOptimizer(Optimizer):
                             ("param_dict", inner.param_dict), ("failure", None),
                             ("iterates", dict(iterates)), ("every", every), ("monitor", monitor),
                             ("stats", {}), ("_cache", {}), ("_resolved", {}),
-                            ("_fused_calls", {}), ("_deferred", None), ("_deferred_updates", None)):
+                            ("_fused_plans", {}), ("_fused_calls", {}), ("_deferred", None),
+                            ("_deferred_updates", None)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -231,13 +234,14 @@ class ConstrainedOptimizer(Optimizer):
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
         # Deferred (kvstore pushes), unconstrained parameters join the step's one fused call too.
         if multi_precision and (any(projections) or self._deferred_updates is not None):
-            call = self._fused_call(indices, weights, grads, states, projections)
-            if call is not None:
+            plans = self._fused_plans_for(indices, weights, grads, states, projections)
+            if plans is not None:
                 if self._deferred_updates is not None:
                     self._deferred_updates.append(
-                        (weights[0].context.device_id, indices, weights, grads, states, projections))
+                        (weights[0].context.device_id, indices, weights, grads, plans, projections))
                 else:
-                    self._fused_update(indices, weights, projections, call)
+                    self._fused_update(indices, weights, projections,
+                                       self._fused_call(indices, weights, grads, plans))
                 return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weight, grad, state)
@@ -255,23 +259,39 @@ class ConstrainedOptimizer(Optimizer):
                 inner_update(*arguments)
         self._project_updated(indices, projections, weights, states, multi_precision)
 
-    def _fused_call(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
-                    states: Sequence[Any],
-                    projections: Sequence[Optional[Projection]]) -> Optional[FusedCall]:
-        """The fused kernel call for these arrays (None where it cannot do them), prepared once
-        and reused while nothing it depends on changes."""
+    def _fused_plans_for(self, indices: Sequence[Any], weights: Sequence[Any],
+                         grads: Sequence[Any], states: Sequence[Any],
+                         projections: Sequence[Optional[Projection]]) -> Optional[List[FusedPlan]]:
+        """Each parameter's plan in a fused kernel call, or None where the kernel cannot do them
+        all; a plan is cached while its projection, optimizer state and dtype stay the same."""
         rule = fused_rule(self.inner)
         if rule is None or fused_kernel() is None:
             return None
+        plans = []
+        for index, weight, grad, state, projection in zip(indices, weights, grads, states, projections):
+            signature = (rule[0], self.monitor, id(projection), id(state), weight.dtype)
+            cached = self._fused_plans.get(index)
+            if cached is None or cached[0] != signature:
+                # The projection and state are kept with the entry: their ids cannot be reused.
+                cached = (signature, plan_fused_update(rule[0], weight, grad, state, projection,
+                                                       self.monitor), projection, state)
+                self._fused_plans[index] = cached
+            if cached[1] is None:
+                return None
+            plans.append(cached[1])
+        return plans
+
+    def _fused_call(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
+                    plans: Sequence[FusedPlan]) -> FusedCall:
+        """The fused kernel call for these arrays, cached while they are the same objects (a
+        kvstore hands the updater new array objects at every push: there only plans are reused)."""
         key = tuple(indices)
-        signature = (rule[0], self.monitor, *(tuple(map(id, column))
-                                              for column in (projections, states, weights, grads)))
+        signature = tuple(tuple(map(id, column)) for column in (plans, weights, grads))
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
-            # The arrays and projections are kept with the entry: their ids cannot be reused.
-            cached = (signature, prepare_fused_update(rule[0], weights, grads, states, projections,
-                                                      self.monitor),
-                      tuple(projections), tuple(states), tuple(weights), tuple(grads))
+            cached = (signature, assemble_fused_update(fused_rule(self.inner)[0], weights, grads,
+                                                       plans, self.monitor),
+                      tuple(plans), tuple(weights), tuple(grads))
             self._fused_calls[key] = cached
         return cached[1]
 
@@ -349,12 +369,11 @@ class ConstrainedOptimizer(Optimizer):
                     compat.set_current_context(self.inner, device)
                     rates += fused_rates(self.inner, [i for entry in group for i in entry[1]])
                     entries += group
-                columns = [sum((list(entry[k]) for entry in entries), []) for k in range(1, 6)]
-                indices += columns[0]
-                call = self._fused_call(*columns)
-                if call is None:
-                    raise EnforcementError("the fused kernel refused a call it accepted per parameter")
-                self._fused_update(columns[0], columns[1], columns[4], call, rates)
+                queued, weights, grads, plans, projections = (
+                    [item for entry in entries for item in entry[k]] for k in range(1, 6))
+                indices += queued
+                self._fused_update(queued, weights, projections,
+                                   self._fused_call(queued, weights, grads, plans), rates)
             if deferred:
                 items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])
                                                   for k in range(4))
@@ -482,7 +501,7 @@ def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[An
 
 
 def _by_device(updates: Sequence[Tuple[Any, ...]]) -> List[Tuple[int, List[Tuple[Any, ...]]]]:
-    """Queued fused updates ``(device_id, indices, weights, grads, states, projections)`` grouped
+    """Queued fused updates ``(device_id, indices, weights, grads, plans, projections)`` grouped
     by device id, in the order each device first appears."""
     groups: Dict[int, List[Tuple[Any, ...]]] = {}
     for entry in updates:
