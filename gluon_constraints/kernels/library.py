@@ -51,9 +51,10 @@ _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
 # -march=native: the library is built on, and cached for, this machine's processor (its
 # features are part of the cache key). -ffp-contract=off: no fused multiply-adds, so the updates
-# round like MXNet's own kernels.
-_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fopenmp",
-          "-Wl,-Bsymbolic", f"-Wl,--version-script={_EXPORTS}"]
+# round like MXNet's own kernels. -fno-math-errno: sqrt without errno, so Adam's and RMSProp's
+# loops vectorise (4 times faster; the square root is the same correctly rounded one).
+_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-ffp-contract=off",
+          "-fno-math-errno", "-fopenmp", "-Wl,-Bsymbolic", f"-Wl,--version-script={_EXPORTS}"]
 _OP_NAME = "gc_project_rows"
 _UPDATE_OP_NAME = "gc_update_project_rows"
 _POINTER = "current"

@@ -37,7 +37,8 @@
 // float32 array of 3, (fraction of rows the projection changed, largest and mean row norm
 // after it). The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
 // Build (gluon_constraints/kernels/library.py does it): g++ -shared -fPIC -std=c++17 -O3
-//   -march=native -ffp-contract=off -fopenmp -Wl,-Bsymbolic -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
+//   -march=native -ffp-contract=off -fno-math-errno -fopenmp -Wl,-Bsymbolic
+//   -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
 //   -I <mxnet>/include -o libgc_project_rows.so
 
 #include <cmath>
