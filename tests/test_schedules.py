@@ -112,11 +112,14 @@ def test_every_third_update_is_projected_and_no_other(ctx, uokv):
         np.testing.assert_allclose(net.weight.data(context).asnumpy(), expected, rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer,options", [("sgd", {"learning_rate": 0.1, "momentum": 0.9}),
+                                               ("adam", {"learning_rate": 0.1})], ids=["sgd", "adam"])
 @pytest.mark.parametrize("ctx,uokv", CONFIGS, ids=IDS)
-def test_schedule_and_cadence_resume_exactly_from_save_states(ctx, uokv, tmp_path):
+def test_schedule_and_cadence_resume_exactly_from_save_states(ctx, uokv, optimizer, options, tmp_path):
+    # Both take the fused update; Adam's bias correction follows the restored update counts.
     def fresh():
         net = build(ctx, gc.Scheduled(gc.MaxNorm(0.5), start=3.0, steps=5))
-        trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9},
+        trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(options),
                                         update_on_kvstore=uokv, every=2)
         return net, trainer
 

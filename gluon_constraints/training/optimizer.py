@@ -232,8 +232,10 @@ class ConstrainedOptimizer(Optimizer):
                 f"optimizer (by name, or a separate instance).")
         projections = [self._due(i, self.projection_for(i)) for i in indices]
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
-        # Deferred (kvstore pushes), unconstrained parameters join the step's one fused call too.
-        if multi_precision and (any(projections) or self._deferred_updates is not None):
+        # Deferred (kvstore pushes) or between every-th projections, calls with nothing to
+        # project take the fused update too (one call, not MXNet's one per parameter).
+        if multi_precision and (any(projections) or self._deferred_updates is not None
+                                or self.every > 1):
             plans = self._fused_plans_for(indices, weights, grads, states, projections)
             if plans is not None:
                 if self._deferred_updates is not None:
