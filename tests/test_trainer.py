@@ -216,6 +216,31 @@ def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeyp
     assert_matches_reference(net, weights_of(reference, prefix="reference_"), rtol=1e-4)
 
 
+@pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), (TWO, True), (TWO, False)],
+                         ids=["1ctx", "2ctx-uokv", "2ctx-no-uokv"])
+def test_fused_updates_are_planned_once_per_parameter_and_device(ctx, uokv, monkeypatch, reference_run):
+    # Each device's updater has its own optimizer states: without the device in the cache key,
+    # two updaters would replace each other's plans at every step.
+    from gluon_constraints.training import optimizer as wrapper
+
+    data, _ = reference_run
+    planned = []
+    original = wrapper.plan_fused_update
+
+    def counted(*arguments, **options):
+        planned.append(arguments[0])
+        return original(*arguments, **options)
+
+    monkeypatch.setattr(wrapper, "plan_fused_update", counted)
+    net = build_net(ctx)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "adam", {"learning_rate": 0.1}, update_on_kvstore=uokv)
+    train_steps(net, trainer, ctx, data[:1])
+    copies = len(ctx) if uokv is False else 1  # one updater per device, or the kvstore's
+    assert planned == ["adam"] * (4 * copies)
+    train_steps(net, trainer, ctx, data[1:4])
+    assert len(planned) == 4 * copies
+
+
 def make_fp16_weight(ctx, shape, prefix):
     """A float16 parameter (CPU has no float16 FullyConnected: gradients are written directly)."""
     params = gluon.ParameterDict(prefix)

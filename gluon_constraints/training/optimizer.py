@@ -202,7 +202,8 @@ class ConstrainedOptimizer(Optimizer):
 
         For the updates the fused kernel computes (SGD and NAG with momentum, Adam, RMSProp) on
         float32 weights it does both in one pass. A call without constrained parameters is
-        passed straight through.
+        passed straight through, except during a local kvstore's pushes and with ``every > 1``,
+        where it joins the step's one fused call.
         """
         self._guarded(self._update, index, weight, grad, state, True)
 
@@ -236,14 +237,14 @@ class ConstrainedOptimizer(Optimizer):
         # project take the fused update too (one call, not MXNet's one per parameter).
         if multi_precision and (any(projections) or self._deferred_updates is not None
                                 or self.every > 1):
-            plans = self._fused_plans_for(indices, weights, grads, states, projections)
+            device = weights[0].context.device_id  # each device's updater has its own states
+            plans = self._fused_plans_for(device, indices, weights, grads, states, projections)
             if plans is not None:
                 if self._deferred_updates is not None:
-                    self._deferred_updates.append(
-                        (weights[0].context.device_id, indices, weights, grads, plans, projections))
+                    self._deferred_updates.append((device, indices, weights, grads, plans, projections))
                 else:
                     self._fused_update(indices, weights, projections,
-                                       self._fused_call(indices, weights, grads, plans))
+                                       self._fused_call(device, indices, weights, grads, plans))
                 return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weight, grad, state)
@@ -261,33 +262,35 @@ class ConstrainedOptimizer(Optimizer):
                 inner_update(*arguments)
         self._project_updated(indices, projections, weights, states, multi_precision)
 
-    def _fused_plans_for(self, indices: Sequence[Any], weights: Sequence[Any],
+    def _fused_plans_for(self, device: int, indices: Sequence[Any], weights: Sequence[Any],
                          grads: Sequence[Any], states: Sequence[Any],
                          projections: Sequence[Optional[Projection]]) -> Optional[List[FusedPlan]]:
-        """Each parameter's plan in a fused kernel call, or None where the kernel cannot do them
-        all; a plan is cached while its projection, optimizer state and dtype stay the same."""
+        """Each parameter's plan in a fused kernel call on ``device`` (a device id), or None
+        where the kernel cannot do them all; a plan is cached while its projection, optimizer
+        state and dtype stay the same."""
         rule = fused_rule(self.inner)
         if rule is None or fused_kernel() is None:
             return None
         plans = []
         for index, weight, grad, state, projection in zip(indices, weights, grads, states, projections):
             signature = (rule[0], self.monitor, id(projection), id(state), weight.dtype)
-            cached = self._fused_plans.get(index)
+            cached = self._fused_plans.get((device, index))
             if cached is None or cached[0] != signature:
                 # The projection and state are kept with the entry: their ids cannot be reused.
                 cached = (signature, plan_fused_update(rule[0], weight, grad, state, projection,
                                                        self.monitor), projection, state)
-                self._fused_plans[index] = cached
+                self._fused_plans[(device, index)] = cached
             if cached[1] is None:
                 return None
             plans.append(cached[1])
         return plans
 
-    def _fused_call(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
-                    plans: Sequence[FusedPlan]) -> FusedCall:
-        """The fused kernel call for these arrays, cached while they are the same objects (a
-        kvstore hands the updater new array objects at every push: there only plans are reused)."""
-        key = tuple(indices)
+    def _fused_call(self, device: Any, indices: Sequence[Any], weights: Sequence[Any],
+                    grads: Sequence[Any], plans: Sequence[FusedPlan]) -> FusedCall:
+        """The fused kernel call for these arrays, cached per ``device`` while they are the same
+        objects (a kvstore hands the updater new array objects at every push: there only plans
+        are reused)."""
+        key = (device, tuple(indices))
         signature = tuple(tuple(map(id, column)) for column in (plans, weights, grads))
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
@@ -375,7 +378,7 @@ class ConstrainedOptimizer(Optimizer):
                     [item for entry in entries for item in entry[k]] for k in range(1, 6))
                 indices += queued
                 self._fused_update(queued, weights, projections,
-                                   self._fused_call(queued, weights, grads, plans), rates)
+                                   self._fused_call("kvstore", queued, weights, grads, plans), rates)
             if deferred:
                 items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])
                                                   for k in range(4))
