@@ -216,12 +216,14 @@ class ConstrainedOptimizer(Optimizer):
             self.failure = error
             raise
         except Exception as error:
-            indices = index if isinstance(index, (list, tuple)) else [index]
-            names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
-            self.failure = EnforcementError(
-                f"Updating and projecting {', '.join(names)} failed: {type(error).__name__}: "
-                f"{error}")
-            raise self.failure from error
+            raise self._failed(index if isinstance(index, (list, tuple)) else [index], error) from error
+
+    def _failed(self, indices: Sequence[Any], error: Exception) -> EnforcementError:
+        """The EnforcementError naming the parameters whose update failed, kept in :attr:`failure`."""
+        names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
+        self.failure = EnforcementError(
+            f"Updating and projecting {', '.join(names)} failed: {type(error).__name__}: {error}")
+        return self.failure
 
     def _update(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
         indices, weights, grads, states = _listed(index, weight, grad, state)
@@ -237,9 +239,9 @@ class ConstrainedOptimizer(Optimizer):
         # project take the fused update too (one call, not MXNet's one per parameter).
         if multi_precision and (any(projections) or self._deferred_updates is not None
                                 or self.every > 1):
-            device = weights[0].context.device_id  # each device's updater has its own states
-            plans = self._fused_plans_for(device, indices, weights, grads, states, projections)
-            if plans is not None:
+            planned = self._fused_plans_for(indices, weights, grads, states, projections)
+            if planned is not None:
+                device, plans = planned
                 if self._deferred_updates is not None:
                     self._deferred_updates.append((device, indices, weights, grads, plans, projections))
                 else:
@@ -262,15 +264,17 @@ class ConstrainedOptimizer(Optimizer):
                 inner_update(*arguments)
         self._project_updated(indices, projections, weights, states, multi_precision)
 
-    def _fused_plans_for(self, device: int, indices: Sequence[Any], weights: Sequence[Any],
+    def _fused_plans_for(self, indices: Sequence[Any], weights: Sequence[Any],
                          grads: Sequence[Any], states: Sequence[Any],
-                         projections: Sequence[Optional[Projection]]) -> Optional[List[FusedPlan]]:
-        """Each parameter's plan in a fused kernel call on ``device`` (a device id), or None
-        where the kernel cannot do them all; a plan is cached while its projection, optimizer
-        state and dtype stay the same."""
+                         projections: Sequence[Optional[Projection]]
+                         ) -> Optional[Tuple[int, List[FusedPlan]]]:
+        """The call's device id and each parameter's plan in a fused kernel call, or None where
+        the kernel cannot do them all. A plan is cached per device (each device's updater has its
+        own states) while its projection, optimizer state and dtype stay the same."""
         rule = fused_rule(self.inner)
         if rule is None or fused_kernel() is None:
             return None
+        device = weights[0].context.device_id
         plans = []
         for index, weight, grad, state, projection in zip(indices, weights, grads, states, projections):
             signature = (rule[0], self.monitor, id(projection), id(state), weight.dtype)
@@ -283,7 +287,7 @@ class ConstrainedOptimizer(Optimizer):
             if cached[1] is None:
                 return None
             plans.append(cached[1])
-        return plans
+        return device, plans
 
     def _fused_call(self, device: Any, indices: Sequence[Any], weights: Sequence[Any],
                     grads: Sequence[Any], plans: Sequence[FusedPlan]) -> FusedCall:
@@ -385,10 +389,7 @@ class ConstrainedOptimizer(Optimizer):
                 indices += projected
                 self._project(items, stats, casts)
         except Exception as error:
-            names = [getattr(self.param_dict.get(i), "name", f"index {i}") for i in indices]
-            self.failure = EnforcementError(
-                f"Updating and projecting {', '.join(names)} failed: {type(error).__name__}: {error}")
-            raise self.failure from error
+            raise self._failed(indices, error) from error
 
     def _project_with_state(self, index: Any, constraint: Constraint, reduction: Reduction,
                             full: Any) -> None:
