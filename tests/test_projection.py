@@ -90,11 +90,11 @@ class Halved(gc.MaxNorm):
 
 
 @pytest.mark.parametrize("array,constraint,reduction", [
-    (mx.nd.ones((4, 3)), gc.MaxNorm(1.0), gc.Reduction((0,))),                  # not the trailing axes
-    (mx.nd.ones((4, 3)), gc.MaxNorm(1.0), gc.Reduction((1,), (2, 2, 3))),      # a reshaped view
+    (mx.nd.ones((2, 3, 4, 5, 6)), gc.MaxNorm(1.0), gc.Reduction((1, 3))),       # kept, reduced, kept, reduced, kept
+    (mx.nd.ones((4, 30)), gc.MaxNorm(1.0), gc.Reduction((1, 3), (2, 2, 3, 5, 2))),  # the same in a view
     (mx.nd.ones((4, 3), dtype="float16"), gc.MaxNorm(1.0), gc.Reduction((1,))),  # not float32
     (mx.nd.ones((4, 3)), Halved(1.0), gc.Reduction((1,))),                       # unknown arithmetic
-], ids=["leading-axis", "view", "float16", "subclass"])
+], ids=["no-layout", "no-layout-view", "float16", "subclass"])
 def test_cases_the_kernel_does_not_cover_use_stock_operators(array, constraint, reduction):
     from gluon_constraints.kernels.projection import _fused_plan
 
@@ -102,6 +102,58 @@ def test_cases_the_kernel_does_not_cover_use_stock_operators(array, constraint, 
     expected = constraint(array, reduction).asnumpy()
     project_in_place([(array, constraint, reduction)])
     np.testing.assert_array_equal(array.asnumpy(), expected)
+
+
+def test_unit_layout_reads_each_pattern_of_kept_and_reduced_axes():
+    from gluon_constraints.kernels.projection import unit_layout
+
+    # (G, A, U): unit (g, u) is A runs of contiguous elements of the (G, A, U, rest) view.
+    assert unit_layout(gc.Reduction((1,)), (64, 32)) == (64, 1, 1)                 # Dense rows
+    assert unit_layout(gc.Reduction((1, 2, 3)), (8, 4, 3, 3)) == (8, 1, 1)         # conv filters
+    assert unit_layout(gc.Reduction((0,)), (64, 32)) == (1, 64, 32)                # columns
+    assert unit_layout(gc.Reduction((0, 2, 3)), (4, 6, 3, 3)) == (1, 4, 6)         # transposed conv
+    assert unit_layout(gc.Reduction((1, 3, 4), (2, 2, 6, 3, 3)), (4, 6, 3, 3)) == (2, 2, 6)  # grouped
+    assert unit_layout(gc.Reduction((0, 1, 2)), (4, 3, 3, 6)) == (1, 36, 6)        # channels-last
+    assert unit_layout(gc.Reduction((0, 2)), (1, 5, 1)) == (5, 1, 1)               # size-1 axes ignored
+    assert unit_layout(gc.Reduction((0, 1)), (4, 5)) == (1, 1, 1)                  # one unit
+    assert unit_layout(gc.Reduction((1, 3)), (2, 3, 4, 5, 6)) is None              # K R K R K
+
+
+STRIDED = [  # (shape, reduction): units that are not rows of the weight
+    ((40, 70), gc.Reduction((0,))),                                # Dense columns
+    ((6, 70, 3, 3), gc.Reduction((0, 2, 3))),                      # transposed conv, 2 blocks of units
+    ((8, 70, 2, 2), gc.Reduction((1, 3, 4), (2, 4, 70, 2, 2))),    # grouped transposed conv
+    ((6, 3, 3, 70), gc.Reduction((0, 1, 2))),                      # channels-last: runs of 1
+    ((64, 130, 3, 3), gc.Reduction((0, 2, 3))),                    # large: units on several threads
+]
+
+
+@requires_compiler
+@pytest.mark.parametrize("shape,reduction", STRIDED, ids=["columns", "transposed", "grouped", "channels-last", "large"])
+@pytest.mark.parametrize("name,constraint,reference", CASES + [
+    ("MaxNorm-L1", gc.MaxNorm(3.0, ord=1), None), ("MaxNorm-inf", gc.MaxNorm(0.5, ord="inf"), None)],
+    ids=[c[0] for c in CASES] + ["MaxNorm-L1", "MaxNorm-inf"])
+def test_strided_units_take_the_kernel_and_agree_with_the_reference(name, constraint, reference, shape,
+                                                                    reduction, rng):
+    from gluon_constraints.kernels.projection import kernel_item
+
+    viewed = reduction.view_shape or shape
+    w = (rng.normal(size=shape) * rng.choice([0.01, 0.1, 1.0], size=shape[:1] + (1,) * (len(shape) - 1))
+         ).astype(np.float32)
+    v = w.reshape(viewed).astype(np.float64)
+    if reference is not None:
+        expected = reference(v, reduction.axes)
+    else:  # MaxNorm in L1 or max norm, from its definition
+        bound = constraint.max_value
+        n = (np.abs(v).sum(axis=reduction.axes, keepdims=True) if name.endswith("L1")
+             else np.abs(v).max(axis=reduction.axes, keepdims=True))
+        expected = v * bound / np.maximum(n, bound)
+    fused, stock = mx.nd.array(w), mx.nd.array(w)
+    assert kernel_item(fused, constraint, reduction) is not None
+    project_in_place([(fused, constraint, reduction)])
+    project_in_place([(stock, constraint, reduction)], use_fused=False)
+    np.testing.assert_allclose(fused.asnumpy(), expected.reshape(shape), rtol=2e-6, atol=1e-8)
+    np.testing.assert_allclose(fused.asnumpy(), stock.asnumpy(), rtol=2e-6, atol=1e-8)
 
 
 def train_mlp(trainer_factory, after_step, steps=5):
@@ -178,6 +230,56 @@ def test_fused_update_matches_mxnet_update_followed_by_projection(optimizer, mon
 
 
 @requires_compiler
+@pytest.mark.parametrize("optimizer", sorted(FUSED_UPDATES))
+def test_fused_update_of_transposed_convolutions_matches_mxnet_update_followed_by_projection(
+        optimizer, monkeypatch):
+    # A transposed convolution's output channel is a column of its (in, out, *kernel) weight:
+    # A runs of contiguous elements, within each group for a grouped one.
+    from mxnet import autograd
+
+    options, mxnet_operators = FUSED_UPDATES[optimizer]
+    rng = np.random.default_rng(12)
+    initial = [rng.normal(0, 0.6, (4, 6, 3, 3)), rng.normal(0, 0.6, (6, 2, 2, 2))]
+    batches = [rng.normal(size=(2, 4, 5, 5)) for _ in range(4)]
+
+    def trained(make_trainer, after_step):
+        net = mx.gluon.nn.HybridSequential()
+        net.add(nn.Conv2DTranspose(6, 3, in_channels=4, weight_constraint=gc.MaxNorm(0.8)),
+                nn.Conv2DTranspose(4, 2, groups=2, in_channels=6, weight_constraint=gc.MaxNorm(0.5)))
+        net.initialize()
+        for layer, w in zip(net, initial):
+            layer.weight.set_data(mx.nd.array(w))
+        trainer = make_trainer(net.collect_params())
+        for x in batches:
+            with autograd.record():
+                loss = (net(mx.nd.array(x)) ** 2).mean()
+            loss.backward()
+            trainer.step(2)
+            after_step(net)
+        return [layer.weight.data().asnumpy() for layer in net]
+
+    def stock_projection(net):
+        project_in_place([(layer.weight.data(), layer.weight.constraint,
+                           gc.gluon.attachment.reduction_of(layer.weight)) for layer in net], use_fused=False)
+
+    expected = trained(lambda ps: mx.gluon.Trainer(ps, optimizer, dict(options)), stock_projection)
+    import mxnet.optimizer.optimizer as mx_optimizer
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError(f"MXNet's {optimizer} update ran instead of the fused update")
+
+    for name in mxnet_operators:
+        monkeypatch.setattr(mx_optimizer, name, unavailable)
+    ours = trained(lambda ps: gc.ConstrainedTrainer(ps, optimizer, dict(options)), lambda net: None)
+    for got, want, axes, bound in zip(ours, expected, [(0, 2, 3), None], [0.8, 0.5]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        if axes is None:  # grouped: group k's output channel j reads input channels of block k
+            got = got.reshape((2, 3, 2, 2, 2)).astype(np.float64)
+            axes = (1, 3, 4)
+        assert np.sqrt((got.astype(np.float64) ** 2).sum(axis=axes)).max() <= bound * (1 + 1e-5)
+
+
+@requires_compiler
 def test_calls_the_fused_sgd_kernel_cannot_take_fall_back_in_the_optimizers_own_chunks():
     """A Compose of two kernel steps is not fused into SGD: the wrapper then updates through
     MXNet's SGD in chunks of its own size (the Updater hands the wrapper whole steps)."""
@@ -246,7 +348,7 @@ def test_filter_banks_take_the_kernel_as_rows_and_agree_with_numpy(shape):
     w = rng.normal(0, 1, shape).astype(np.float32)
     axes = tuple(range(1, len(shape)))
     array = mx.nd.array(w)
-    assert _fused_plan(array, gc.MaxNorm(2.0), gc.Reduction(axes)) == (shape[0], [gc.MaxNorm(2.0).row_lowering()])
+    assert _fused_plan(array, gc.MaxNorm(2.0), gc.Reduction(axes)) == ((shape[0], 1, 1), [gc.MaxNorm(2.0).row_lowering()])
     project_in_place([(array, gc.MaxNorm(2.0), gc.Reduction(axes))])
     np.testing.assert_allclose(array.asnumpy(), ref.max_norm(w, 2.0, axes), rtol=2e-6)
     assert array.shape == shape
@@ -260,7 +362,7 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
     # operator given it directly fails, so the projection must first have it converted, which a
     # multiplication by 1 of the first filter alone does.
     from gluon_constraints.kernels.library import kernel
-    from gluon_constraints.kernels.projection import _joined
+    from gluon_constraints.kernels.projection import _entry
 
     w = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
     x = mx.nd.ones((2, shape[1]) + (6,) * (len(shape) - 2))
@@ -274,7 +376,7 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
 
     rows = evaluated_layer().weight.data().reshape((shape[0], -1))
     with pytest.raises(mx.base.MXNetError, match="MKLDNN"):
-        kernel()(rows, out=[rows], **_joined([(shape[0], gc.MaxNorm(2.0).row_lowering())]))
+        kernel()(rows, out=[rows], rows=_entry((shape[0], 1, 1), gc.MaxNorm(2.0).row_lowering()))
         rows.wait_to_read()
     weight = evaluated_layer().weight.data()
     project_in_place([(weight, gc.MaxNorm(2.0), gc.Reduction(axes))])

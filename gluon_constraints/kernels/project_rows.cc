@@ -1,19 +1,22 @@
-// Fused, in-place projections of row slices for gluon-constraints.
+// Fused, in-place projections of per-unit slices for gluon-constraints.
 //
-// Each weight is viewed as (units, size / units) row-major: every row is one output unit's
-// slice. A row is rescaled only if its norm n (L1, L2 or max, by "ord") lies outside the band
+// Each weight's units are described by a layout (G, A, U): the weight viewed as
+// (G, A, U, size / (G * A * U)), unit (g, u) is the slice [g, :, u, :], A runs of contiguous
+// elements. Rows (a Dense weight, a convolution's filters) are (units, 1, 1); a transposed
+// convolution's output channels (in, out, *kernel) are (1, in, out). A unit is rescaled only if
+// its norm n (L1, L2 or max, by "ord") lies outside the band
 //   [lo * (1 - rtol), hi * (1 + rtol)]      (n = 0 is never rescaled)
 // by  scale = rate * t / n + (1 - rate),  t = hi above the band, lo below it.
 // MaxNorm(c) is lo=0, hi=c, rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. Mode "nonneg"
 // maps w to w * (w >= 0) elementwise, mode "clip" to min(max(w, lo), hi); mode "none" leaves
 // the weight alone.
 //
-// gc_project_rows: inputs w_1..w_k, outputs o_1..o_k of the same shapes. Per row, one pass
-//   while the row is in cache: the sum of squares (in double), then the rescale. Called in place
-//   (out= the inputs), rows already inside the band are not written at all.
+// gc_project_rows: inputs w_1..w_k, outputs o_1..o_k of the same shapes. Per unit, one pass
+//   while the unit is in cache: the sum of squares (in double), then the rescale. Called in place
+//   (out= the inputs), units already inside the band are not written at all.
 // gc_update_project_rows: the projection fused into one of MXNet's updates ("rule"). Inputs
 //   (w_i, grad_i, state_i...), outputs (w_i, state_i...), in place only; the states are
-//   sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Per row, with
+//   sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Elementwise, with
 //     g = rescale_grad * grad (+ wd * w for adam and rmsprop), clipped to +-clip_gradient if
 //         clip_gradient >= 0 (for sgd_mom and nag_mom before the wd term is added)
 //   sgd_mom (sgd_mom_update):   mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom
@@ -25,22 +28,24 @@
 //   rmsprop (rmsprop_update):   n = (1 - gamma1) * g * g + gamma1 * n;
 //                               w = w - lr * g / sqrt(n + epsilon), clipped to +-clip_weights if >= 0
 //   each in MXNet's own float32 operation order (built with -ffp-contract=off), accumulating the
-//   new row's sum of squares, then the projection while the row is in cache.
+//   new unit's sum of squares, then the projection while the unit is in cache.
 //
 // Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
-// "units,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm),
-// separated by ";". The update operator adds "rule" and
+// "G/A/U,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm),
+// separated by ";". Weights under 65536 elements run one per thread, several at once; larger
+// ones spread their units over the threads. The update operator adds "rule" and
 // "update" = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,lr_2,wd_2,..." with the rule's
 // hyperparameters h (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon; rmsprop: gamma1,
 // epsilon, clip_weights; unused ones 0).
 // With "stats" = "1" both operators have one more output per weight, after the others: a
-// float32 array of 3, (fraction of rows the projection changed, largest and mean row norm
+// float32 array of 3, (fraction of units the projection changed, largest and mean unit norm
 // after it). The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
 // Build (gluon_constraints/kernels/library.py does it): g++ -shared -fPIC -std=c++17 -O3
 //   -march=native -ffp-contract=off -fno-math-errno -fopenmp -Wl,-Bsymbolic
 //   -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
 //   -I <mxnet>/include -o libgc_project_rows.so
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -76,28 +81,51 @@ double sum_of_squares(const float* row, int64_t length) {
   return sum;
 }
 
-// What the projection did to one row.
-struct RowOutcome {
-  bool moved;
-  double norm;  // after the projection
+// Where one weight's units lie: the weight viewed as (groups, segments, interleave, length),
+// unit (g, u) is the `segments` runs of `length` contiguous elements at
+// ((g * segments + a) * interleave + u) * length, a = 0..segments-1. Rows are (units, 1, 1, n).
+struct Layout {
+  int64_t groups, segments, interleave, length;
+
+  int64_t units() const { return groups * interleave; }
+  int64_t offset(int64_t unit, int64_t a) const {
+    return ((unit / interleave * segments + a) * interleave + unit % interleave) * length;
+  }
 };
 
-// What to do with the rows of one weight.
-struct RowProjection {
-  int64_t units;
-  std::string mode;
+// Weights from this size up run their units on several threads; smaller ones take one thread
+// each, several weights at once.
+constexpr int64_t kParallelSize = 65536;
+
+// What to do with the units of one weight.
+struct UnitProjection {
+  enum Mode { kNorm, kNonNeg, kClip, kNone };
+  int64_t groups, segments, interleave;  // the Layout, less its length (the weight's size says)
+  Mode mode;
   double lo, hi, rate, rtol;
   int ord;  // 1, 2, or 0 for the max norm
 
-  // The row's norm; for ord 2, from its sum of squares when the caller has it.
-  double norm(const float* row, int64_t length) const {
-    if (ord == 2) return std::sqrt(sum_of_squares(row, length));
+  // The layout on a weight of `size` elements, or false (with an error message) if it does not split.
+  bool layout(const char* op, int64_t size, Layout* l) const {
+    const int64_t cells = groups * segments * interleave;
+    if (cells <= 0 || size % cells != 0) {
+      MX_ERROR_MSG << op << ": " << size << " elements do not split into " << groups << " x "
+                   << segments << " x " << interleave << " runs";
+      return false;
+    }
+    *l = {groups, segments, interleave, size / cells};
+    return true;
+  }
+
+  // The run's contribution to its unit's norm (by ord), given its sum of squares for ord 2.
+  double measure(const float* run, int64_t length, double squares) const {
+    if (ord == 2) return squares;
     double n = 0.0;
     if (ord == 1) {
 #pragma omp simd reduction(+ : n)
-      for (int64_t j = 0; j < length; ++j) n += std::fabs(static_cast<double>(row[j]));
+      for (int64_t j = 0; j < length; ++j) n += std::fabs(static_cast<double>(run[j]));
     } else {
-      for (int64_t j = 0; j < length; ++j) n = std::fmax(n, std::fabs(static_cast<double>(row[j])));
+      for (int64_t j = 0; j < length; ++j) n = std::fmax(n, std::fabs(static_cast<double>(run[j])));
     }
     return n;
   }
@@ -108,36 +136,133 @@ struct RowProjection {
     return 1.0;
   }
 
-  // Project one row in place, given the row's norm (unused by the elementwise modes); with
-  // `stats`, also say whether it moved and its norm after the projection.
-  RowOutcome finish_row(float* row, int64_t length, double n, bool stats) const {
-    if (mode == "norm") {
-      const double s = scale(n);
-      if (s != 1.0) {
-        const float f = static_cast<float>(s);
-        for (int64_t j = 0; j < length; ++j) row[j] *= f;
-      }
-      return {s != 1.0, n * s};
-    }
-    const double before = stats ? sum_of_squares(row, length) : 0.0;
-    if (mode == "nonneg") {
-      for (int64_t j = 0; j < length; ++j) row[j] *= static_cast<float>(row[j] >= 0.0f);
-    } else if (mode == "clip") {
+  // The elementwise modes on one run.
+  void apply(float* run, int64_t length) const {
+    if (mode == kNonNeg) {
+      for (int64_t j = 0; j < length; ++j) run[j] *= static_cast<float>(run[j] >= 0.0f);
+    } else if (mode == kClip) {
       const float a = static_cast<float>(lo), b = static_cast<float>(hi);
-      for (int64_t j = 0; j < length; ++j) row[j] = row[j] < a ? a : (row[j] > b ? b : row[j]);
+      for (int64_t j = 0; j < length; ++j) run[j] = run[j] < a ? a : (run[j] > b ? b : run[j]);
     }
-    if (!stats) return {false, 0.0};
-    const double after = sum_of_squares(row, length);
-    return {after != before, std::sqrt(after)};
   }
 };
+
+// Statistics of a weight's projection: units moved, sum and largest of the norms after it.
+struct Totals {
+  double moved = 0.0, total = 0.0, largest = 0.0;
+
+  void add(bool unit_moved, double norm) {
+    moved += unit_moved;
+    total += norm;
+    largest = std::fmax(largest, norm);
+  }
+};
+
+// Units are projected in blocks of up to kBlock consecutive units of one group, each block's
+// runs visited in memory order: a block's a-th runs lie side by side, so short runs (a
+// transposed convolution's) are still read as contiguous stretches.
+constexpr int64_t kBlock = 64;
+
+int64_t block_count(const Layout& l) {
+  if (l.interleave == 1) return (l.units() + kBlock - 1) / kBlock;
+  return l.groups * ((l.interleave + kBlock - 1) / kBlock);
+}
+
+// The first unit and the number of units of block b.
+void block_units(const Layout& l, int64_t b, int64_t* first, int64_t* count) {
+  if (l.interleave == 1) {
+    *first = b * kBlock;
+    *count = std::min(kBlock, l.units() - *first);
+    return;
+  }
+  const int64_t per_group = (l.interleave + kBlock - 1) / kBlock;
+  const int64_t u = b % per_group * kBlock;
+  *first = b / per_group * l.interleave + u;
+  *count = std::min(kBlock, l.interleave - u);
+}
+
+// Projects block b of weight w in place and adds to `totals` (with `stats`). `update(offset,
+// length)` first updates the run at `offset` and returns its new sum of squares; `read` says
+// whether the first pass is needed at all (a norm, statistics or an update).
+template <typename UpdateRun>
+void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b, bool stats,
+                   bool read, const UpdateRun& update, Totals* totals) {
+  int64_t first, count;
+  block_units(l, b, &first, &count);
+  double measured[kBlock] = {0.0}, squares[kBlock] = {0.0};
+  if (read) {
+    for (int64_t a = 0; a < l.segments; ++a) {
+      for (int64_t k = 0; k < count; ++k) {
+        float* run = w + l.offset(first + k, a);
+        const double sum = update(run - w, l.length);
+        squares[k] += sum;
+        if (p.mode == UnitProjection::kNorm) {
+          const double m = p.measure(run, l.length, sum);
+          measured[k] = p.ord == 0 ? std::fmax(measured[k], m) : measured[k] + m;
+        }
+      }
+    }
+  }
+  if (p.mode == UnitProjection::kNorm) {
+    float factors[kBlock];
+    bool any = false;
+    for (int64_t k = 0; k < count; ++k) {
+      const double n = p.ord == 2 ? std::sqrt(measured[k]) : measured[k];
+      const double s = p.scale(n);
+      factors[k] = static_cast<float>(s);
+      any = any || s != 1.0;
+      if (stats) totals->add(s != 1.0, n * s);
+    }
+    if (!any) return;
+    for (int64_t a = 0; a < l.segments; ++a) {
+      for (int64_t k = 0; k < count; ++k) {
+        if (factors[k] == 1.0f) continue;
+        float* run = w + l.offset(first + k, a);
+        for (int64_t j = 0; j < l.length; ++j) run[j] *= factors[k];
+      }
+    }
+    return;
+  }
+  double after[kBlock] = {0.0};
+  for (int64_t a = 0; a < l.segments; ++a) {
+    for (int64_t k = 0; k < count; ++k) {
+      float* run = w + l.offset(first + k, a);
+      p.apply(run, l.length);
+      if (stats) after[k] += sum_of_squares(run, l.length);
+    }
+  }
+  if (stats)
+    for (int64_t k = 0; k < count; ++k) totals->add(after[k] != squares[k], std::sqrt(after[k]));
+}
+
+// Projects every block of a weight of `size` elements (on several threads from kParallelSize).
+template <typename UpdateRun>
+Totals project_weight(const UnitProjection& p, float* w, const Layout& l, int64_t size, bool stats,
+                      bool read, const UpdateRun& update) {
+  const int64_t blocks = block_count(l);
+  double moved = 0.0, total = 0.0, largest = 0.0;
+#pragma omp parallel for schedule(static) if (size >= kParallelSize) \
+    reduction(+ : moved, total) reduction(max : largest)
+  for (int64_t b = 0; b < blocks; ++b) {
+    Totals t;
+    project_block(p, w, l, b, stats, read, update, &t);
+    moved += t.moved;
+    total += t.total;
+    largest = std::fmax(largest, t.largest);
+  }
+  Totals totals;
+  totals.moved = moved;
+  totals.total = total;
+  totals.largest = largest;
+  return totals;
+}
 
 bool with_stats(const Attributes& attrs) {
   const auto found = attrs.find("stats");
   return found != attrs.end() && found->second == "1";
 }
 
-// One weight's stats output: (moved rows / units, largest norm, total norm / units).
+// One weight's stats output: (moved units / units, largest norm, total norm / units).
 void write_stats(MXTensor* out, double moved, double total, double largest, int64_t units) {
   float* o = out->data<float>();
   o[0] = static_cast<float>(moved / units);
@@ -145,25 +270,38 @@ void write_stats(MXTensor* out, double moved, double total, double largest, int6
   o[2] = static_cast<float>(total / units);
 }
 
-std::vector<RowProjection> parse_projections(const Attributes& attrs) {
-  std::vector<RowProjection> projections;
+bool parse_projections(const char* op, const Attributes& attrs, std::vector<UnitProjection>* out) {
   for (const auto& entry : split(attrs.at("rows"), ';')) {
     const auto f = split(entry, ',');
-    projections.push_back({static_cast<int64_t>(number(f[0])), f[1], number(f[2]), number(f[3]),
-                           number(f[4]), number(f[5]), static_cast<int>(number(f[6]))});
+    const auto shape = split(f.at(0), '/');
+    UnitProjection::Mode mode;
+    if (f.at(1) == "norm") mode = UnitProjection::kNorm;
+    else if (f[1] == "nonneg") mode = UnitProjection::kNonNeg;
+    else if (f[1] == "clip") mode = UnitProjection::kClip;
+    else if (f[1] == "none") mode = UnitProjection::kNone;
+    else {
+      MX_ERROR_MSG << op << ": unknown mode '" << f[1] << "'";
+      return false;
+    }
+    out->push_back({static_cast<int64_t>(number(shape.at(0))), static_cast<int64_t>(number(shape.at(1))),
+                    static_cast<int64_t>(number(shape.at(2))), mode, number(f.at(2)), number(f.at(3)),
+                    number(f.at(4)), number(f.at(5)), static_cast<int>(number(f.at(6)))});
   }
-  return projections;
+  return true;
 }
 
-// Row length of a weight of `size` elements, or -1 (with an error message) if it does not split.
-int64_t row_length(const char* op, int64_t size, int64_t units) {
-  if (units <= 0 || size % units != 0) {
-    MX_ERROR_MSG << op << ": " << size << " elements do not split into " << units << " rows";
-    return -1;
-  }
-  return size / units;
+// Calls `project(i)` for every weight i: the small ones spread over threads, the large ones after.
+template <typename Project>
+void for_each_weight(const std::vector<int64_t>& sizes, const Project& project) {
+  const int64_t count = static_cast<int64_t>(sizes.size());
+  int64_t small = 0;
+  for (const int64_t size : sizes) small += size < kParallelSize ? size : 0;
+#pragma omp parallel for schedule(dynamic, 1) if (small >= kParallelSize)
+  for (int64_t i = 0; i < count; ++i)
+    if (sizes[i] < kParallelSize) project(i);
+  for (int64_t i = 0; i < count; ++i)
+    if (sizes[i] >= kParallelSize) project(i);
 }
-
 
 float clipped(float x, float bound) { return x > bound ? bound : (x < -bound ? -bound : x); }
 
@@ -282,31 +420,31 @@ MXReturnValue project_shape(const Attributes& attrs,
 
 MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                               std::vector<MXTensor>* outputs, const OpResource& res) {
-  const auto projections = parse_projections(attrs);
+  const char* op = "gc_project_rows";
+  std::vector<UnitProjection> projections;
+  if (!parse_projections(op, attrs, &projections)) return MX_FAIL;
   const bool stats = with_stats(attrs);
-  for (size_t i = 0; i < projections.size(); ++i) {
-    const RowProjection& p = projections[i];
+  const size_t count = projections.size();
+  std::vector<Layout> layouts(count);
+  std::vector<int64_t> sizes(count);
+  for (size_t i = 0; i < count; ++i) {
+    sizes[i] = (*inputs)[i].size();
+    if (!projections[i].layout(op, sizes[i], &layouts[i])) return MX_FAIL;
+  }
+  for_each_weight(sizes, [&](int64_t i) {
+    const UnitProjection& p = projections[i];
+    const Layout& l = layouts[i];
     const float* in = (*inputs)[i].data<float>();
     float* out = (*outputs)[i].data<float>();
-    const int64_t size = (*inputs)[i].size();
     if (in != out)
-      for (int64_t j = 0; j < size; ++j) out[j] = in[j];
-    if (p.mode == "none") continue;
-    const int64_t units = p.mode == "norm" || stats ? p.units : 1;
-    const int64_t length = row_length("gc_project_rows", size, units);
-    if (length < 0) return MX_FAIL;
-    double moved = 0.0, total = 0.0, largest = 0.0;
-#pragma omp parallel for schedule(static) if (size >= 65536) \
-    reduction(+ : moved, total) reduction(max : largest)
-    for (int64_t u = 0; u < units; ++u) {
-      float* row = out + u * length;
-      const RowOutcome r = p.finish_row(row, length, p.mode == "norm" ? p.norm(row, length) : 0.0, stats);
-      moved += r.moved;
-      total += r.norm;
-      largest = std::fmax(largest, r.norm);
-    }
-    if (stats) write_stats(&(*outputs)[projections.size() + i], moved, total, largest, units);
-  }
+      for (int64_t j = 0; j < sizes[i]; ++j) out[j] = in[j];
+    if (p.mode == UnitProjection::kNone && !stats) return;
+    const bool read = p.mode == UnitProjection::kNorm || stats;
+    const Totals t = project_weight(p, out, l, sizes[i], stats, read, [out](int64_t at, int64_t length) {
+      return sum_of_squares(out + at, length);
+    });
+    if (stats) write_stats(&(*outputs)[count + i], t.moved, t.total, t.largest, l.units());
+  });
   return MX_SUCCESS;
 }
 
@@ -347,48 +485,45 @@ MXReturnValue update_shape(const Attributes& attrs,
 
 MXReturnValue update_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
                              std::vector<MXTensor>* outputs, const OpResource& res) {
+  const char* op = "gc_update_project_rows";
   Update::Rule rule;
   if (!parse_rule(attrs, &rule)) return MX_FAIL;
-  const auto projections = parse_projections(attrs);
+  std::vector<UnitProjection> projections;
+  if (!parse_projections(op, attrs, &projections)) return MX_FAIL;
   const auto update = split(attrs.at("update"), ',');
   const size_t per_in = inputs_per_weight(rule), per_out = per_in - 1;
   const bool stats = with_stats(attrs);
-  for (size_t i = 0; i < projections.size(); ++i) {
-    const RowProjection& p = projections[i];
+  const size_t count = projections.size();
+  std::vector<Layout> layouts(count);
+  std::vector<int64_t> sizes(count);
+  for (size_t i = 0; i < count; ++i) {
+    bool in_place = (*outputs)[per_out * i].data<float>() == (*inputs)[per_in * i].data<float>();
+    for (size_t k = 1; k < per_out; ++k)
+      in_place = in_place && (*outputs)[per_out * i + k].data<float>() == (*inputs)[per_in * i + 1 + k].data<float>();
+    if (!in_place) {
+      MX_ERROR_MSG << op << " runs in place only (out= its weights and states)";
+      return MX_FAIL;
+    }
+    sizes[i] = (*inputs)[per_in * i].size();
+    if (!projections[i].layout(op, sizes[i], &layouts[i])) return MX_FAIL;
+  }
+  for_each_weight(sizes, [&](int64_t i) {
+    const UnitProjection& p = projections[i];
+    const Layout& l = layouts[i];
     float* w = (*outputs)[per_out * i].data<float>();
     const float* grad = (*inputs)[per_in * i + 1].data<float>();
     float* s1 = (*outputs)[per_out * i + 1].data<float>();
     float* s2 = per_out > 2 ? (*outputs)[per_out * i + 2].data<float>() : nullptr;
-    bool in_place = w == (*inputs)[per_in * i].data<float>();
-    for (size_t k = 1; k < per_out; ++k)
-      in_place = in_place && (*outputs)[per_out * i + k].data<float>() == (*inputs)[per_in * i + 1 + k].data<float>();
-    if (!in_place) {
-      MX_ERROR_MSG << "gc_update_project_rows runs in place only (out= its weights and states)";
-      return MX_FAIL;
-    }
-    const int64_t size = (*inputs)[per_in * i].size();
-    const int64_t units = p.mode == "norm" || stats ? p.units : 1;
-    const int64_t length = row_length("gc_update_project_rows", size, units);
-    if (length < 0) return MX_FAIL;
     const Update step{rule, static_cast<float>(number(update[5 + 2 * i])),
                       static_cast<float>(number(update[6 + 2 * i])),
                       static_cast<float>(number(update[0])), static_cast<float>(number(update[1])),
                       static_cast<float>(number(update[2])), static_cast<float>(number(update[3])),
                       static_cast<float>(number(update[4]))};
-    double moved = 0.0, total = 0.0, largest = 0.0;
-#pragma omp parallel for schedule(static) if (size >= 65536) \
-    reduction(+ : moved, total) reduction(max : largest)
-    for (int64_t u = 0; u < units; ++u) {
-      const int64_t at = u * length;
-      const double sum = step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
-      const RowOutcome r = p.finish_row(w + at, length, p.ord == 2 ? std::sqrt(sum) : p.norm(w + at, length),
-                                        stats);
-      moved += r.moved;
-      total += r.norm;
-      largest = std::fmax(largest, r.norm);
-    }
-    if (stats) write_stats(&(*outputs)[per_out * projections.size() + i], moved, total, largest, units);
-  }
+    const Totals t = project_weight(p, w, l, sizes[i], stats, true, [&](int64_t at, int64_t length) {
+      return step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
+    });
+    if (stats) write_stats(&(*outputs)[per_out * count + i], t.moved, t.total, t.largest, l.units());
+  });
   return MX_SUCCESS;
 }
 

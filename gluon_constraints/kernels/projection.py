@@ -22,7 +22,8 @@ from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
 from .library import kernel, update_kernel
 
-__all__ = ["lowering_of", "project_in_place", "measured", "fused_rule", "FusedPlan",
+__all__ = ["lowering_of", "project_in_place", "KernelItem", "kernel_item", "project_kernel_items",
+           "unit_layout", "measured", "fused_rule", "FusedPlan",
            "FusedCall", "plan_fused_update", "assemble_fused_update", "fused_rates", "fused_update"]
 
 # A subclass that redefines one of these computes something else than its parent's lowering.
@@ -32,6 +33,8 @@ _PROJECTING_METHODS = ("project", "apply_to", "__call__")
 _KERNEL_RTOL = BOUNDARY_RTOL[np.dtype(np.float32)]
 
 Item = Tuple[Any, Constraint, Reduction]
+#: A weight's unit layout in the kernel, (G, A, U): see :func:`unit_layout`.
+Layout = Tuple[int, int, int]
 
 
 def lowering_of(constraint: Constraint) -> Optional[RowLowering]:
@@ -57,8 +60,9 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
         Classic NDArrays in the parameter's full shape, each with its constraint and the
         per-output-unit reduction resolved for the parameter.
     use_fused : bool, default True
-        Use the fused kernel where it applies (float32, CPU, built-in constraints, rows that are
-        contiguous). Items it does not cover use stock operators.
+        Use the fused kernel where it applies (float32, CPU, built-in constraints, units that are
+        runs of contiguous elements: :func:`unit_layout`). Items it does not cover use stock
+        operators.
     stats : sequence of NDArray or None, default None
         One float32 array of 3 per item to receive ``(moved, max_norm, mean_norm)`` of its
         projection (:func:`measured`); the kernel computes them where it runs (then a
@@ -67,40 +71,76 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
     Notes
     -----
     A weight of more than two dimensions (a convolution filter bank) reaches the kernel as a 2-D
-    (units, fan-in) view after a multiplication by 1 of its first filter (:func:`_plain_rows`):
-    after an inference-mode forward MKL-DNN may hold the weight in its blocked layout, which
-    library operators cannot read, and that stock operator leaves it in the plain layout when it
-    runs.
+    view after a multiplication by 1 of its first filter (:func:`_first_filter_and_rows`): after
+    an inference-mode forward MKL-DNN may hold the weight in its blocked layout, which library
+    operators cannot read, and that stock operator leaves it in the plain layout when it runs.
     """
-    project = kernel() if use_fused else None
-    rounds: List[List[Tuple[Any, int, RowLowering]]] = []
+    kernel_items: List[KernelItem] = []
     outputs: List[Any] = []
     for at, (array, constraint, reduction) in enumerate(items):
         out = stats[at] if stats is not None else None
-        plan = _fused_plan(array, constraint, reduction, out is not None) \
-            if project is not None else None
-        if plan is None:
+        item = kernel_item(array, constraint, reduction, out is not None) if use_fused else None
+        if item is None:
             if out is None:
                 constraint(array, reduction).copyto(array)
             else:
                 measured(array, reduction, getattr(constraint, "ord", 2),
                          lambda a=array, c=constraint, r=reduction: c(a, r).copyto(a), out)
             continue
-        units, steps = plan
-        if array.ndim > 2:
-            array = _plain_rows(array, units)
-        for depth, step in enumerate(steps):  # Compose members run in order, one call each
-            if len(rounds) <= depth:
-                rounds.append([])
-            rounds[depth].append((array, units, step))
+        kernel_items.append(item)
         if out is not None:
             outputs.append(out)
-    for calls in rounds:
-        arrays = [a for a, _, _ in calls]
-        attributes = _joined([(units, step) for _, units, step in calls])
-        if outputs:  # monitored plans have one step: one round
+    project_kernel_items(kernel_items, outputs)
+
+
+class KernelItem(NamedTuple):
+    """One array's part in the projection kernel's calls (:func:`kernel_item`).
+
+    ``array`` is what the kernel writes (a filter bank as a 2-D view of the weight), ``entries``
+    its "rows" entry for each kernel step (a ``Compose``'s members in order, one call each),
+    ``first_filter`` the one-filter view to multiply by 1 before the call (None below 3-D).
+    """
+
+    array: Any
+    entries: Tuple[str, ...]
+    first_filter: Optional[Any]
+
+
+def kernel_item(array: Any, constraint: Constraint, reduction: Reduction,
+                monitored: bool = False) -> Optional[KernelItem]:
+    """How ``array`` (a classic NDArray) enters the projection kernel, or None where the kernel
+    does not compute this projection or is not loaded.
+
+    ``monitored``: the call also writes the array's statistics (:func:`measured`).
+    """
+    if kernel() is None:
+        return None
+    plan = _fused_plan(array, constraint, reduction, monitored)
+    if plan is None:
+        return None
+    layout, steps = plan
+    first = None
+    if array.ndim > 2:
+        first, array = _first_filter_and_rows(array)
+    return KernelItem(array, tuple(_entry(layout, step) for step in steps), first)
+
+
+def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> None:
+    """Project ``items`` in place with the kernel: one call per step depth, all items at once.
+
+    Filter banks are first put in the plain layout (:func:`_first_filter_and_rows`). ``stats``: one float32
+    array of 3 per item to receive its statistics (monitored items have one step). The items'
+    arrays may live on different CPU contexts.
+    """
+    for first in (item.first_filter for item in items if item.first_filter is not None):
+        first *= 1.0
+    for depth in range(max((len(item.entries) for item in items), default=0)):
+        calls = [item for item in items if len(item.entries) > depth]
+        arrays = [item.array for item in calls]
+        attributes = {"rows": ";".join(item.entries[depth] for item in calls)}
+        if stats:
             attributes["stats"] = "1"
-        project(*arrays, out=arrays + outputs, **attributes)
+        kernel()(*arrays, out=arrays + list(stats), **attributes)
 
 
 def measured(array: Any, reduction: Optional[Reduction], order: float, project: Any,
@@ -149,12 +189,12 @@ def fused_rule(optimizer: Any) -> Optional[Tuple[str, Tuple[float, float, float]
 
 class FusedPlan(NamedTuple):
     """How one weight enters a fused update call: its entry of the kernel's "rows" attribute,
-    the optimizer state arrays the kernel updates, and its row count if it is a filter bank
-    (reaching the kernel as a 2-D view), else 0."""
+    the optimizer state arrays the kernel updates, and whether it is a filter bank (above 2-D,
+    reaching the kernel as a 2-D view)."""
 
     entry: str
     states: List[Any]
-    bank_units: int
+    bank: bool
 
 
 class FusedCall(NamedTuple):
@@ -162,7 +202,7 @@ class FusedCall(NamedTuple):
 
     ``attributes`` are the kernel's fixed attributes, ``inputs`` and ``outputs`` its arrays in
     order (filter banks as 2-D views), ``first_filters`` one-filter views of the filter banks to
-    multiply by 1 before each call (:func:`_plain_rows`).
+    multiply by 1 before each call (:func:`_first_filter_and_rows`).
     """
 
     attributes: Dict[str, str]
@@ -178,8 +218,8 @@ def plan_fused_update(rule: str, weight: Any, grad: Any, state: Any,
 
     The kernel does exactly what the optimizer's ``update_multi_precision`` (the update
     :func:`fused_rule` names) followed by the projection would. It does not cover sparse
-    gradients or states, anything but float32 on the CPU, weights whose units are not leading
-    rows, and constraints it does not compute.
+    gradients or states, anything but float32 on the CPU, weights whose units are not
+    runs of contiguous elements in a (G, A, U, rest) view, and constraints it does not compute.
 
     Parameters
     ----------
@@ -195,13 +235,13 @@ def plan_fused_update(rule: str, weight: Any, grad: Any, state: Any,
     kept = _states(rule, state)
     if update_kernel() is None or grad.stype != "default" or not _fusable(weight) or kept is None:
         return None
-    lowering: Tuple[int, RowLowering] = (1, RowLowering("none"))
+    layout, step = _leading_rows(weight.shape), RowLowering("none")
     if projection is not None:
         plan = _fused_plan(weight, projection[0], projection[1], monitored)
         if plan is None or len(plan[1]) != 1:
             return None
-        lowering = (plan[0], plan[1][0])
-    return FusedPlan(_joined([lowering])["rows"], kept, weight.shape[0] if weight.ndim > 2 else 0)
+        layout, step = plan[0], plan[1][0]
+    return FusedPlan(_entry(layout, step), kept, weight.ndim > 2)
 
 
 def assemble_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any],
@@ -210,8 +250,8 @@ def assemble_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any
     inputs, outputs, first_filters = [], [], []
     for weight, grad, plan in zip(weights, grads, plans):
         rows = weight
-        if plan.bank_units:
-            first, rows = _first_filter_and_rows(weight, plan.bank_units)
+        if plan.bank:
+            first, rows = _first_filter_and_rows(weight)
             first_filters.append(first)
         inputs += [rows, grad, *plan.states]
         outputs += [rows, *plan.states]
@@ -246,7 +286,7 @@ def fused_update(optimizer: Any, call: FusedCall, rates: Sequence[float],
 
     ``rates`` come from :func:`fused_rates`; ``stats`` (one float32 array of 3 per weight) when
     the call was assembled with statistics. Filter banks are first put in the plain layout
-    (:func:`_plain_rows`).
+    (:func:`_first_filter_and_rows`).
     """
     _, hyperparameters = fused_rule(optimizer)
     clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
@@ -269,58 +309,83 @@ def _states(rule: str, state: Any) -> Optional[List[Any]]:
     return arrays
 
 
-def _joined(calls: Sequence[Tuple[int, RowLowering]]) -> Dict[str, str]:
-    """The kernel's "rows" attribute for per-weight (rows, (mode, lo, hi, rate)) entries (``ord`` as 1, 2 or 0 for the max norm)."""
-    return {"rows": ";".join(f"{units},{mode},{lo!r},{hi!r},{rate!r},{_KERNEL_RTOL!r},"
-                             f"{0 if order == np.inf else int(order)}"
-                             for units, (mode, lo, hi, rate, order) in calls)}
+def _entry(layout: Layout, step: RowLowering) -> str:
+    """The kernel's "rows" entry for one weight: its unit layout and one projection step
+    (``ord`` as 1, 2 or 0 for the max norm)."""
+    mode, lo, hi, rate, order = step
+    groups, segments, interleave = layout
+    return (f"{groups}/{segments}/{interleave},{mode},{lo!r},{hi!r},{rate!r},{_KERNEL_RTOL!r},"
+            f"{0 if order == np.inf else int(order)}")
 
 
 def _fused_plan(array: Any, constraint: Constraint, reduction: Reduction, monitored: bool = False
-                ) -> Optional[Tuple[int, List[RowLowering]]]:
-    """(rows, kernel steps) when the fused kernel computes exactly this projection, else None.
+                ) -> Optional[Tuple[Layout, List[RowLowering]]]:
+    """(unit layout, kernel steps) when the fused kernel computes exactly this projection, else None.
 
-    ``monitored``: the kernel also computes per-unit statistics, so the rows must be the
+    ``monitored``: the kernel also computes per-unit statistics, so the units must be the
     layer's output units (elementwise steps included) and there must be one step.
     """
     if not _fusable(array):
         return None
     members = constraint.constraints if isinstance(constraint, Compose) else (constraint,)
     shape = tuple(array.shape)
-    units = None
+    layout = None
     steps = []
     for member in members:
         parameters = lowering_of(member)
         if parameters is None:
             return None
         if parameters.mode == "norm":
-            resolved = member.reduction_for(shape, reduction)
-            rows = _leading_rows(resolved, shape)
-            if rows is None or (units is not None and rows != units):
+            units = unit_layout(member.reduction_for(shape, reduction), shape)
+            if units is None or (layout is not None and units != layout):
                 return None
-            units = rows
+            layout = units
         steps.append(parameters)
     if monitored:
-        rows = _leading_rows(reduction if reduction is not None else per_output_unit(shape), shape)
-        if len(steps) != 1 or rows is None or (units is not None and units != rows):
+        units = unit_layout(reduction if reduction is not None else per_output_unit(shape), shape)
+        if len(steps) != 1 or units is None or (layout is not None and layout != units):
             return None
-        units = rows
-    return (units if units is not None else 1), steps
+        layout = units
+    return (layout if layout is not None else _leading_rows(shape)), steps
 
 
-def _leading_rows(reduction: Reduction, shape: Tuple[int, ...]) -> Optional[int]:
-    """Number of rows if the reduced axes are the contiguous trailing axes, else None."""
-    if reduction.view_shape is not None:
+def unit_layout(reduction: Reduction, shape: Tuple[int, ...]) -> Optional[Layout]:
+    """The kernel's unit layout ``(G, A, U)`` of ``reduction``'s slices of a weight of ``shape``,
+    or None where the slices do not have one.
+
+    The weight (or ``reduction.view_shape``) is read as (G, A, U, B) by merging neighbouring
+    axes: G the leading kept axes, A the reduced ones after them, U the kept ones after those,
+    B the trailing reduced ones; each unit ``(g, u)`` is ``A`` runs of ``B`` contiguous
+    elements. Axes of size 1 are ignored; with ``U = 1`` a unit is one row (``A = 1``). A
+    pattern with more alternations (kept, reduced, kept, reduced, kept) has no such layout.
+    """
+    viewed = reduction.view_shape if reduction.view_shape is not None else shape
+    runs: List[List[Any]] = []  # [reduced?, size] of merged neighbouring axes
+    for axis, size in enumerate(viewed):
+        reduced = axis in reduction.axes
+        if size == 1:
+            continue
+        if runs and runs[-1][0] == reduced:
+            runs[-1][1] *= size
+        else:
+            runs.append([reduced, size])
+    if runs and runs[0][0]:
+        runs.insert(0, [False, 1])
+    if len(runs) > 4:
         return None
-    axes = reduction.axes
-    first = len(shape) - len(axes)
-    if tuple(axes) != tuple(range(first, len(shape))):
-        return None
-    return math.prod(shape[:first])  # numpy's prod costs ~40 us per call here, once per update
+    groups, segments, interleave = ([size for _, size in runs] + [1, 1, 1])[:3]
+    return (groups, 1, 1) if interleave == 1 else (groups, segments, interleave)
 
 
-def _plain_rows(array: Any, units: int) -> Any:
-    """``array`` as a (units, fan-in) view whose memory is in the plain row-major layout.
+def _leading_rows(shape: Tuple[int, ...]) -> Layout:
+    """The layout of a weight's rows along axis 0 (one row for a 1-D weight): how the kernel
+    splits a weight whose projection has no norm step."""
+    return (int(shape[0]), 1, 1) if len(shape) > 1 else (1, 1, 1)
+
+
+def _first_filter_and_rows(array: Any) -> Tuple[Any, Any]:
+    """A one-filter view of a filter bank (a view even with one filter), to multiply by 1 before
+    each kernel call, and the bank's 2-D (filters, rest) view for the kernel.
 
     An inference-mode forward may leave a convolution weight in MKL-DNN's blocked layout, and
     whether it did is only known when queued operators run. Writing into a view of a blocked
@@ -329,18 +394,11 @@ def _plain_rows(array: Any, units: int) -> Any:
     for the kernel queued after it, and costs one filter, not a pass over the weight, when the
     array is plain already.
     """
-    first, rows = _first_filter_and_rows(array, units)
-    first *= 1.0
-    return rows
-
-
-def _first_filter_and_rows(array: Any, units: int) -> Tuple[Any, Any]:
-    """A view of ``array``'s first filter (a view even with one filter) and its 2-D row view."""
     first = array[0:1] if array.shape[0] > 1 else array.reshape((1, -1))
-    return first, array.reshape((units, -1))
+    return first, array.reshape((array.shape[0], -1))
 
 
 def _fusable(array: Any) -> bool:
-    """Whether the kernels can compute on ``array`` (through :func:`_plain_rows` if above 2-D)."""
+    """Whether the kernels can compute on ``array`` (through :func:`_first_filter_and_rows` if above 2-D)."""
     return (array.dtype == np.float32 and array.stype == "default"
             and array.context.device_type in ("cpu", "cpu_pinned"))
