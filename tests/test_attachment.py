@@ -190,3 +190,116 @@ def test_numpy_mode_parameters_are_projected(numpy_mode):
     w = layer.weight.data()
     assert isinstance(w, mx.np.ndarray)
     assert np.sqrt((w.asnumpy() ** 2).sum(1)).max() <= 0.2 * (1 + 1e-6)
+
+
+def max_norm_rows(w, bound):
+    n = np.sqrt((w.astype(np.float64).reshape(w.shape[0], -1) ** 2).sum(1))
+    return w * (bound / np.maximum(n, bound)).reshape((-1,) + (1,) * (w.ndim - 1))
+
+
+def test_apply_constraints_reuses_its_checks_and_follows_every_change(monkeypatch):
+    # The checks and the kernel plan are kept with each parameter and reused while its
+    # constraint, layer and device copies are the same objects; every change is followed.
+    from gluon_constraints.gluon import attachment
+    from gluon_constraints.training import apply as apply_module
+
+    rng = np.random.default_rng(11)
+    layer = gluon_nn.Dense(6, in_units=5)
+    layer.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    gc.attach(layer.weight, gc.MaxNorm(0.5), layer=layer)
+    gc.apply_constraints(layer)
+
+    checks = []
+    monkeypatch.setattr(apply_module, "check_parameter", lambda *a: checks.append(a[0].name))
+    w = rng.normal(0, 1, (6, 5)).astype(np.float32)
+    layer.weight.set_data(mx.nd.array(w))                   # written in place: plan reused
+    gc.apply_constraints(layer)
+    assert checks == []
+    for copy in layer.weight.list_data():
+        np.testing.assert_allclose(copy.asnumpy(), max_norm_rows(w, 0.5), rtol=2e-6)
+
+    gc.attach(layer.weight, gc.MaxNorm(0.2), layer=layer)     # a new constraint
+    gc.apply_constraints(layer)
+    assert checks == [layer.weight.name]
+    np.testing.assert_allclose(layer.weight.data(mx.cpu(1)).asnumpy(), max_norm_rows(w, 0.2), rtol=2e-6)
+
+    layer.collect_params().reset_ctx([mx.cpu(2), mx.cpu(3), mx.cpu(0)])  # new copies
+    assert attachment.PLAN_ATTRIBUTE not in layer.weight.__dict__       # released at once
+    layer.weight.set_data(mx.nd.array(w))
+    gc.apply_constraints(layer)
+    assert checks == [layer.weight.name] * 2
+    for copy in layer.weight.list_data():
+        np.testing.assert_allclose(copy.asnumpy(), max_norm_rows(w, 0.2), rtol=2e-6)
+
+    layer.cast("float64")                                    # new copies, now the stock path
+    layer.weight.set_data(mx.nd.array(w, dtype="float64"))
+    gc.apply_constraints(layer)
+    assert checks == [layer.weight.name] * 3
+    for copy in layer.weight.list_data():
+        assert copy.dtype == np.float64
+        np.testing.assert_allclose(copy.asnumpy(), max_norm_rows(w.astype(np.float64), 0.2), rtol=1e-12)
+
+
+def test_apply_constraints_on_a_deep_copy_projects_the_copy_not_the_original():
+    import copy
+
+    net = gluon_nn.HybridSequential()
+    net.add(gluon_nn.Dense(4, in_units=3), gluon_nn.Conv2DTranspose(3, 2, in_channels=2))
+    net.initialize(mx.init.Normal(2.0))
+    gc.constrain(net, {"weight": gc.MaxNorm(0.3)})
+    gc.apply_constraints(net)                      # plans made for the original
+    twin = copy.deepcopy(net)
+    rng = np.random.default_rng(2)
+    originals = [p.data().asnumpy() for p in net.collect_params().values()]
+    for p in twin.collect_params().values():
+        p.set_data(mx.nd.array(rng.normal(0, 2, p.shape)))
+    gc.apply_constraints(twin)
+    for before, p in zip(originals, net.collect_params().values()):
+        assert p.data().asnumpy().tobytes() == before.tobytes()
+    dense, transposed = twin[0].weight.data().asnumpy(), twin[1].weight.data().asnumpy()
+    assert row_norms(twin[0].weight.data()).max() <= 0.3 * (1 + 1e-6)
+    columns = np.sqrt((transposed.astype(np.float64) ** 2).sum(axis=(0, 2, 3)))
+    assert columns.max() <= 0.3 * (1 + 1e-6) and columns.min() > 0
+    assert row_norms(twin[0].weight.data()).min() > 0 and dense.shape == (4, 3)
+
+
+def test_apply_constraints_projects_a_transposed_convolution_on_every_copy():
+    # Output channel j of a (in, out, kh, kw) weight is the column [:, j]: the kernel's
+    # strided layout, all copies in one call.
+    layer = gluon_nn.Conv2DTranspose(5, 3, in_channels=4)
+    layer.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    gc.attach(layer.weight, gc.MaxNorm(0.7), layer=layer)
+    w = np.random.default_rng(5).normal(0, 1, (4, 5, 3, 3)).astype(np.float32)
+    layer.weight.set_data(mx.nd.array(w))
+    gc.apply_constraints(layer)
+    n = np.sqrt((w.astype(np.float64) ** 2).sum(axis=(0, 2, 3), keepdims=True))
+    expected = w * 0.7 / np.maximum(n, 0.7)
+    copies = [a.asnumpy() for a in layer.weight.list_data()]
+    np.testing.assert_allclose(copies[0], expected, rtol=2e-6)
+    assert copies[1].tobytes() == copies[0].tobytes()
+
+
+def test_parameters_of_a_block_follow_collect_params_order_and_structure_changes():
+    from gluon_constraints.training.apply import parameters_of
+
+    class Tied(gluon_nn.HybridBlock):  # one parameter shared by two layers
+        def __init__(self):
+            super().__init__(prefix="tied_")
+            with self.name_scope():
+                self.a = gluon_nn.Dense(3, in_units=3)
+                self.b = gluon_nn.Dense(3, in_units=3, params=self.a.params)
+
+    class Chosen(gluon_nn.HybridSequential):  # a block that decides its own parameters
+        def collect_params(self, select=None):
+            return super().collect_params(".*weight")
+
+    resnet = vision.resnet18_v1(thumbnail=True)
+    chosen = Chosen()
+    chosen.add(gluon_nn.Dense(2, in_units=2))
+    for net in (resnet, Tied(), chosen):
+        assert parameters_of(net) == list(net.collect_params().values())
+    before = parameters_of(resnet)
+    resnet.output = gluon_nn.Dense(7, in_units=512)  # replaced in place in its parent's table
+    after = parameters_of(resnet)
+    assert after == list(resnet.collect_params().values()) and after != before
+    assert resnet.output.weight in after

@@ -24,9 +24,12 @@ from ..errors import AmbiguousLayoutWarning
 from .layouts import fan_in
 
 __all__ = ["attach", "constrain", "constraint_of", "owner_of", "reduction_of", "owned_parameters",
-           "attached_parameters", "check_parameter"]
+           "attached_parameters", "check_parameter", "PLAN_ATTRIBUTE"]
 
 _OWNER = "_gluon_constraints_owner"
+#: Where ``apply_constraints`` keeps a parameter's checked projection plan; dropped whenever
+#: MXNet (re)allocates the parameter, so the plan never holds on to released device copies.
+PLAN_ATTRIBUTE = "_gluon_constraints_projection_plan"
 # Every parameter a constraint was ever attached to, while it is alive: lets trainers warn about
 # constrained parameters that no trainer updates.
 _ATTACHED: "weakref.WeakSet[Parameter]" = weakref.WeakSet()
@@ -253,6 +256,7 @@ def check_parameter(param: Parameter, constraint: Constraint, shape: Optional[Se
 
 def _check_on_allocation(param: Parameter, shape: Tuple[int, ...]) -> None:
     """Run by MXNet's allocation of ``param`` (see ``compat.check_before_allocation``)."""
+    param.__dict__.pop(PLAN_ATTRIBUTE, None)
     constraint = constraint_of(param)
     if constraint is not None:
         check_parameter(param, constraint, shape, owner_of(param))

@@ -32,8 +32,8 @@
 //
 // Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
 // "G/A/U,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm),
-// separated by ";". Weights under 65536 elements run one per thread, several at once; larger
-// ones spread their units over the threads. The update operator adds "rule" and
+// separated by ";". Weights under 65536 elements run one per thread (several at once from 2^20
+// elements in all); larger ones spread their units over the threads. The update operator adds "rule" and
 // "update" = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,lr_2,wd_2,..." with the rule's
 // hyperparameters h (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon; rmsprop: gamma1,
 // epsilon, clip_weights; unused ones 0).
@@ -48,8 +48,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mxnet/lib_api.h"
@@ -60,19 +60,24 @@ namespace {
 
 using Attributes = std::unordered_map<std::string, std::string>;
 
-std::vector<std::string> split(const std::string& text, char separator) {
-  std::vector<std::string> parts;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, separator)) parts.push_back(item);
+// `text` cut at every `separator`, as views into it (no copies: attributes are parsed at every
+// call). A trailing separator ends the last part; an empty text has no parts.
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> parts;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t end = std::min(text.find(separator, start), text.size());
+    parts.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
   return parts;
 }
 
-double number(const std::string& text) { return std::strtod(text.c_str(), nullptr); }
+// The number a field starts with (fields are views into a NUL-terminated attribute string, so
+// strtod stops at the separator after them).
+double number(std::string_view field) { return std::strtod(field.data(), nullptr); }
 
-int weight_count(const Attributes& attrs) {
-  return static_cast<int>(split(attrs.at("rows"), ';').size());
-}
+int weight_count(const Attributes& attrs) { return static_cast<int>(split(attrs.at("rows"), ';').size()); }
 
 double sum_of_squares(const float* row, int64_t length) {
   double sum = 0.0;
@@ -94,8 +99,10 @@ struct Layout {
 };
 
 // Weights from this size up run their units on several threads; smaller ones take one thread
-// each, several weights at once.
+// each, several weights at once when together they have kSpreadSize elements (below that,
+// waking the threads costs more than it saves: 50 weights of 64x64 run faster on one).
 constexpr int64_t kParallelSize = 65536;
+constexpr int64_t kSpreadSize = 1 << 20;
 
 // What to do with the units of one weight.
 struct UnitProjection {
@@ -273,9 +280,13 @@ void write_stats(MXTensor* out, double moved, double total, double largest, int6
 bool parse_projections(const char* op, const Attributes& attrs, std::vector<UnitProjection>* out) {
   for (const auto& entry : split(attrs.at("rows"), ';')) {
     const auto f = split(entry, ',');
-    const auto shape = split(f.at(0), '/');
+    const auto shape = split(f.empty() ? entry : f[0], '/');
     UnitProjection::Mode mode;
-    if (f.at(1) == "norm") mode = UnitProjection::kNorm;
+    if (f.size() != 7 || shape.size() != 3) {
+      MX_ERROR_MSG << op << ": malformed rows entry '" << entry << "'";
+      return false;
+    }
+    if (f[1] == "norm") mode = UnitProjection::kNorm;
     else if (f[1] == "nonneg") mode = UnitProjection::kNonNeg;
     else if (f[1] == "clip") mode = UnitProjection::kClip;
     else if (f[1] == "none") mode = UnitProjection::kNone;
@@ -283,9 +294,9 @@ bool parse_projections(const char* op, const Attributes& attrs, std::vector<Unit
       MX_ERROR_MSG << op << ": unknown mode '" << f[1] << "'";
       return false;
     }
-    out->push_back({static_cast<int64_t>(number(shape.at(0))), static_cast<int64_t>(number(shape.at(1))),
-                    static_cast<int64_t>(number(shape.at(2))), mode, number(f.at(2)), number(f.at(3)),
-                    number(f.at(4)), number(f.at(5)), static_cast<int>(number(f.at(6)))});
+    out->push_back({static_cast<int64_t>(number(shape[0])), static_cast<int64_t>(number(shape[1])),
+                    static_cast<int64_t>(number(shape[2])), mode, number(f[2]), number(f[3]),
+                    number(f[4]), number(f[5]), static_cast<int>(number(f[6]))});
   }
   return true;
 }
@@ -296,7 +307,7 @@ void for_each_weight(const std::vector<int64_t>& sizes, const Project& project) 
   const int64_t count = static_cast<int64_t>(sizes.size());
   int64_t small = 0;
   for (const int64_t size : sizes) small += size < kParallelSize ? size : 0;
-#pragma omp parallel for schedule(dynamic, 1) if (small >= kParallelSize)
+#pragma omp parallel for schedule(dynamic, 1) if (small >= kSpreadSize)
   for (int64_t i = 0; i < count; ++i)
     if (sizes[i] < kParallelSize) project(i);
   for (int64_t i = 0; i < count; ++i)
@@ -494,6 +505,10 @@ MXReturnValue update_forward(const Attributes& attrs, std::vector<MXTensor>* inp
   const size_t per_in = inputs_per_weight(rule), per_out = per_in - 1;
   const bool stats = with_stats(attrs);
   const size_t count = projections.size();
+  if (update.size() != 5 + 2 * count) {
+    MX_ERROR_MSG << op << ": \"update\" has " << update.size() << " numbers, not " << 5 + 2 * count;
+    return MX_FAIL;
+  }
   std::vector<Layout> layouts(count);
   std::vector<int64_t> sizes(count);
   for (size_t i = 0; i < count; ++i) {

@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple, Union
+from typing import Any, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from mxnet.gluon.block import Block
-from mxnet.gluon.parameter import DeferredInitializationError, Parameter, ParameterDict
+from mxnet.gluon.parameter import Parameter, ParameterDict
 
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction
-from ..gluon.attachment import check_parameter, constraint_of, owner_of, reduction_of
-from ..kernels.projection import project_in_place
+from ..gluon.attachment import (PLAN_ATTRIBUTE, Owner, check_parameter, constraint_of, owner_of,
+                                reduction_of)
+from ..kernels.library import kernel
+from ..kernels.projection import KernelItem, kernel_item, project_in_place, project_kernel_items
 
 __all__ = ["apply_constraints", "parameters_of"]
 
 Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
 
 
+class _Plan(NamedTuple):
+    """A constrained parameter's checked projection, valid while its constraint, owning layer,
+    device copies and the kernel are the same objects. ``items``: each copy's kernel item, or
+    None where the stock path projects (the first copy, then copied to the others).
+
+    Kept on the parameter (it lives and dies with it). A deep copy or pickle of the parameter
+    gets None instead (``__reduce__``): copying the kernel items' views would give arrays apart
+    from the copy's own data.
+    """
+
+    constraint: Constraint
+    owner: Owner
+    copies: List[Any]
+    kernel: Any
+    reduction: Reduction
+    items: Optional[List[KernelItem]]
+
+    def __reduce__(self) -> Tuple[Any, Tuple[()]]:
+        return type(None), ()
+
+
 def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]:
     """Project every constrained parameter once, on every context it lives on.
 
-    The projection is computed in place on the first device copy (with the fused kernel where
-    it applies) and copied into every other copy, so all copies end bitwise identical. No host
+    Each device copy is projected in place (all of them in one fused kernel call where it
+    applies; elsewhere the first copy with stock operators, then copied into the others), so
+    copies that agree before, as Gluon keeps them, are bitwise identical after. No host
     synchronisation happens: the work is queued on MXNet's engine like any other operator.
+
+    Each parameter's checks and plan are kept with it and reused while its constraint, owning
+    layer and device copies stay the same objects, so a repeated call costs about one read of
+    the weights.
 
     Parameters
     ----------
@@ -45,32 +73,26 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     ConstraintTypeError
         If a constrained parameter's dtype is not floating point.
     """
-    plan: List[Tuple[Parameter, Constraint, Reduction]] = []
+    planned: List[Tuple[Parameter, _Plan]] = []
     for param in parameters_of(target):
         constraint = constraint_of(param)
         if constraint is None or (param.grad_req == "null" and not include_frozen):
             continue
-        if not _initialized(param):
-            raise ValueError(
-                f"Parameter '{param.name}' is not initialized yet (its shape {param.shape} is "
-                f"known only after the first forward pass): initialize it and run a forward pass "
-                f"before apply_constraints.")
-        check_parameter(param, constraint, compat.data_shape(param), owner_of(param))
-        plan.append((param, constraint, reduction_of(param)))
-    firsts = [(_classic(param.list_data()[0]), constraint, reduction)
-              for param, constraint, reduction in plan]
-    project_in_place(firsts)
-    for param, _, _ in plan:
-        copies = [_classic(a) for a in param.list_data()]
-        for copy in copies[1:]:
-            copies[0].copyto(copy)
-    return [param.name for param, _, _ in plan]
+        planned.append((param, _plan_of(param, constraint)))
+    project_kernel_items([item for _, plan in planned if plan.items for item in plan.items])
+    for _, plan in planned:
+        if plan.items is None:
+            first, *others = [_classic(a) for a in plan.copies]
+            project_in_place([(first, plan.constraint, plan.reduction)], use_fused=False)
+            for copy in others:
+                first.copyto(copy)
+    return [param.name for param, _ in planned]
 
 
 def parameters_of(target: Target) -> List[Parameter]:
     """The parameters ``target`` names (a Block: all of ``collect_params()``)."""
     if isinstance(target, Block):
-        return list(target.collect_params().values())
+        return compat.block_parameters(target)
     if isinstance(target, ParameterDict):
         return list(target.values())
     if isinstance(target, Parameter):
@@ -84,14 +106,27 @@ def parameters_of(target: Target) -> List[Parameter]:
     return params
 
 
-def _initialized(param: Parameter) -> bool:
-    try:
-        param.list_data()
-    except (DeferredInitializationError, RuntimeError):
-        return False
-    return True
+def _plan_of(param: Parameter, constraint: Constraint) -> _Plan:
+    """The parameter's checked plan: kept from an earlier call while still valid, else made."""
+    owner, copies, loaded = owner_of(param), compat.data_arrays(param), kernel()
+    plan = param.__dict__.get(PLAN_ATTRIBUTE)
+    if plan is not None and plan.constraint is constraint and plan.owner is owner \
+            and plan.copies is copies and plan.kernel is loaded:
+        return plan
+    if copies is None:
+        raise ValueError(
+            f"Parameter '{param.name}' is not initialized yet (its shape {param.shape} is "
+            f"known only after the first forward pass): initialize it and run a forward pass "
+            f"before apply_constraints.")
+    check_parameter(param, constraint, compat.data_shape(param), owner)
+    reduction = reduction_of(param)
+    items = [kernel_item(_classic(a), constraint, reduction) for a in copies]
+    plan = _Plan(constraint, owner, copies, loaded, reduction,
+                 items if all(item is not None for item in items) else None)
+    param.__dict__[PLAN_ATTRIBUTE] = plan
+    return plan
 
 
-def _classic(array):
+def _classic(array: Any) -> Any:
     """A classic NDArray view of a parameter array (numpy-mode arrays share the memory)."""
     return array.as_nd_ndarray()
