@@ -11,7 +11,7 @@ from mxnet.gluon import nn as plain_nn
 
 import gluon_constraints as gc
 from gluon_constraints import nn
-from gluon_constraints.kernels.projection import project_in_place
+from gluon_constraints.kernels.projection import kernel_item, project_in_place
 from steps import backward_squared_output, forbid_host_synchronisation, squared_output_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -21,8 +21,9 @@ BOUND = 0.9
 
 
 def layers(module, constrained):
-    """Dense (fused SGD), Conv2D (kernel on the 2-D view), Conv2DTranspose (stock operators),
-    Dense with NonNeg (the kernel's elementwise mode per unit); plain ones for the reference."""
+    """Dense (fused SGD), Conv2D (kernel on the 2-D view), Conv2DTranspose (the kernel's strided
+    units: columns), Dense with NonNeg (the kernel's elementwise mode per unit); plain ones for
+    the reference."""
     c = (lambda k: {"weight_constraint": k}) if constrained else (lambda k: {})
     net = module.HybridSequential(prefix="net_")
     with net.name_scope():
@@ -94,8 +95,11 @@ def test_kernel_and_stock_statistics_agree():
     for shape, constraint, reduction in [((8, 5), gc.MaxNorm(1.0, ord=1), gc.Reduction((1,))),
                                          ((6, 2, 3, 3), gc.MaxNorm(1.5), gc.Reduction((1, 2, 3))),
                                          ((7, 4), gc.Clip(-0.2, 0.2), gc.Reduction((1,))),
-                                         ((5, 6), gc.UnitNorm(ord="inf"), gc.Reduction((1,)))]:
+                                         ((5, 6), gc.UnitNorm(ord="inf"), gc.Reduction((1,))),
+                                         ((4, 6, 3, 3), gc.MaxNorm(1.5), gc.Reduction((0, 2, 3))),
+                                         ((70, 6), gc.NonNeg(), gc.Reduction((0,)))]:
         w = rng.normal(0, 1, shape).astype(np.float32)
+        assert kernel_item(mx.nd.array(w), constraint, reduction, monitored=True) is not None
         results = []
         for fused in (True, False):
             array, out = mx.nd.array(w), mx.nd.zeros((3,))
