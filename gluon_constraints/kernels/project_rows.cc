@@ -188,28 +188,58 @@ void block_units(const Layout& l, int64_t b, int64_t* first, int64_t* count) {
   *count = std::min(kBlock, l.interleave - u);
 }
 
-// Projects block b of weight w in place and adds to `totals` (with `stats`). `update(offset,
-// length)` first updates the run at `offset` and returns its new sum of squares; `read` says
-// whether the first pass is needed at all (a norm, statistics or an update).
-template <typename UpdateRun>
+// The first pass over block b's units, for their norms (by ord) in `measured` and their sums of
+// squares in `squares` (where the mode or the statistics need them). With kUpdate,
+// `update(offset, length)` first updates that many elements in place and returns their sum of
+// squares.
+template <bool kUpdate, typename UpdateRun>
+void measure_block(const UnitProjection& p, float* w, const Layout& l, int64_t first, int64_t count,
+                   const UpdateRun& update, double* measured, double* squares) {
+  const bool norm = p.mode == UnitProjection::kNorm;
+  if (l.interleave == 1) {  // rows: each unit is one run
+    for (int64_t k = 0; k < count; ++k) {
+      float* run = w + l.offset(first + k, 0);
+      squares[k] = kUpdate ? update(run - w, l.length) : sum_of_squares(run, l.length);
+      if (norm) measured[k] = p.measure(run, l.length, squares[k]);
+    }
+    return;
+  }
+  // Strided units: the block's a-th runs lie side by side, count * length elements from the
+  // first unit's; accumulate per element over a (whole stretches, vectorised), then per unit.
+  const int64_t stretch = count * l.length;
+  std::vector<double> acc(stretch, 0.0);
+  const int ord = norm ? p.ord : 2;
+  for (int64_t a = 0; a < l.segments; ++a) {
+    const int64_t at = l.offset(first, a);
+    if (kUpdate) update(at, stretch);
+    const float* x = w + at;
+    if (ord == 2) {
+#pragma omp simd
+      for (int64_t j = 0; j < stretch; ++j) acc[j] += static_cast<double>(x[j]) * x[j];
+    } else if (ord == 1) {
+#pragma omp simd
+      for (int64_t j = 0; j < stretch; ++j) acc[j] += std::fabs(static_cast<double>(x[j]));
+    } else {
+      for (int64_t j = 0; j < stretch; ++j) acc[j] = std::fmax(acc[j], std::fabs(static_cast<double>(x[j])));
+    }
+  }
+  for (int64_t k = 0; k < count; ++k) {
+    double r = 0.0;
+    for (int64_t j = k * l.length; j < (k + 1) * l.length; ++j) r = ord == 0 ? std::fmax(r, acc[j]) : r + acc[j];
+    (norm ? measured : squares)[k] = r;
+    if (norm && ord == 2) squares[k] = r;
+  }
+}
+
+// Projects block b of weight w in place and adds to `totals` (with `stats`); `read` says whether
+// the first pass (measure_block) is needed at all: a norm, statistics or an update.
+template <bool kUpdate, typename UpdateRun>
 void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b, bool stats,
                    bool read, const UpdateRun& update, Totals* totals) {
   int64_t first, count;
   block_units(l, b, &first, &count);
   double measured[kBlock] = {0.0}, squares[kBlock] = {0.0};
-  if (read) {
-    for (int64_t a = 0; a < l.segments; ++a) {
-      for (int64_t k = 0; k < count; ++k) {
-        float* run = w + l.offset(first + k, a);
-        const double sum = update(run - w, l.length);
-        squares[k] += sum;
-        if (p.mode == UnitProjection::kNorm) {
-          const double m = p.measure(run, l.length, sum);
-          measured[k] = p.ord == 0 ? std::fmax(measured[k], m) : measured[k] + m;
-        }
-      }
-    }
-  }
+  if (read) measure_block<kUpdate>(p, w, l, first, count, update, measured, squares);
   if (p.mode == UnitProjection::kNorm) {
     float factors[kBlock];
     bool any = false;
@@ -243,7 +273,7 @@ void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b
 }
 
 // Projects every block of a weight of `size` elements (on several threads from kParallelSize).
-template <typename UpdateRun>
+template <bool kUpdate, typename UpdateRun>
 Totals project_weight(const UnitProjection& p, float* w, const Layout& l, int64_t size, bool stats,
                       bool read, const UpdateRun& update) {
   const int64_t blocks = block_count(l);
@@ -252,7 +282,7 @@ Totals project_weight(const UnitProjection& p, float* w, const Layout& l, int64_
     reduction(+ : moved, total) reduction(max : largest)
   for (int64_t b = 0; b < blocks; ++b) {
     Totals t;
-    project_block(p, w, l, b, stats, read, update, &t);
+    project_block<kUpdate>(p, w, l, b, stats, read, update, &t);
     moved += t.moved;
     total += t.total;
     largest = std::fmax(largest, t.largest);
@@ -451,9 +481,8 @@ MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* in
       for (int64_t j = 0; j < sizes[i]; ++j) out[j] = in[j];
     if (p.mode == UnitProjection::kNone && !stats) return;
     const bool read = p.mode == UnitProjection::kNorm || stats;
-    const Totals t = project_weight(p, out, l, sizes[i], stats, read, [out](int64_t at, int64_t length) {
-      return sum_of_squares(out + at, length);
-    });
+    const Totals t = project_weight<false>(p, out, l, sizes[i], stats, read,
+                                           [](int64_t, int64_t) { return 0.0; });
     if (stats) write_stats(&(*outputs)[count + i], t.moved, t.total, t.largest, l.units());
   });
   return MX_SUCCESS;
@@ -534,7 +563,7 @@ MXReturnValue update_forward(const Attributes& attrs, std::vector<MXTensor>* inp
                       static_cast<float>(number(update[0])), static_cast<float>(number(update[1])),
                       static_cast<float>(number(update[2])), static_cast<float>(number(update[3])),
                       static_cast<float>(number(update[4]))};
-    const Totals t = project_weight(p, w, l, sizes[i], stats, true, [&](int64_t at, int64_t length) {
+    const Totals t = project_weight<true>(p, w, l, sizes[i], stats, true, [&](int64_t at, int64_t length) {
       return step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
     });
     if (stats) write_stats(&(*outputs)[per_out * count + i], t.moved, t.total, t.largest, l.units());
