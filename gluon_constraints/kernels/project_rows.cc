@@ -287,11 +287,7 @@ Totals project_weight(const UnitProjection& p, float* w, const Layout& l, int64_
     total += t.total;
     largest = std::fmax(largest, t.largest);
   }
-  Totals totals;
-  totals.moved = moved;
-  totals.total = total;
-  totals.largest = largest;
-  return totals;
+  return Totals{moved, total, largest};
 }
 
 bool with_stats(const Attributes& attrs) {

@@ -128,9 +128,9 @@ def kernel_item(array: Any, constraint: Constraint, reduction: Reduction,
 def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> None:
     """Project ``items`` in place with the kernel: one call per step depth, all items at once.
 
-    Filter banks are first put in the plain layout (:func:`_first_filter_and_rows`). ``stats``: one float32
-    array of 3 per item to receive its statistics (monitored items have one step). The items'
-    arrays may live on different CPU contexts.
+    Filter banks are first put in the plain layout (:func:`_first_filter_and_rows`).
+    ``stats``: one float32 array of 3 per item to receive its statistics (monitored items have
+    one step). The items' arrays may live on different CPU contexts.
     """
     for first in (item.first_filter for item in items if item.first_filter is not None):
         first *= 1.0
