@@ -21,7 +21,7 @@ BOUND = 0.9
 
 
 def layers(module, constrained):
-    """Dense (fused SGD), Conv2D (kernel on the 2-D view), Conv2DTranspose (the kernel's strided
+    """Dense (fused SGD), Conv2D (filters as rows), Conv2DTranspose (the kernel's strided
     units: columns), Dense with NonNeg (the kernel's elementwise mode per unit); plain ones for
     the reference."""
     c = (lambda k: {"weight_constraint": k}) if constrained else (lambda k: {})

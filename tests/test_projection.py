@@ -385,10 +385,13 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
 
 @requires_compiler
 @pytest.mark.parametrize("optimizer", sorted(FUSED_UPDATES))
-def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_updated_correctly(optimizer):
+@pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), ([mx.cpu(0), mx.cpu(1)], True),
+                                      ([mx.cpu(0), mx.cpu(1)], False)], ids=["1ctx", "2ctx-uokv", "2ctx-no-uokv"])
+def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_updated_correctly(optimizer, ctx, uokv):
     # An inference-mode forward leaves a convolution weight in MKL-DNN's blocked layout (library
-    # operators fail on it; MXNet's own operators keep it): the fused update reads it through
-    # the plain 2-D view, and gives what MXNet's update followed by the projection gives.
+    # operators fail on it; MXNet's own operators keep it): the fused update converts the
+    # device copies it updates, and gives what MXNet's update followed by the projection gives.
+    # With update_on_kvstore the kvstore's own copy, which no forward pass touches, is updated.
     from mxnet import autograd
 
     options = FUSED_UPDATES[optimizer][0]
@@ -396,26 +399,35 @@ def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_updated_co
     def trained(evaluate_first, constrained):
         layer = nn.Conv2D(8, 3, in_channels=4, weight_constraint=gc.MaxNorm(0.5))
         layer.initialize(mx.init.Constant(mx.nd.array(
-            np.random.default_rng(3).normal(0, 0.3, (8, 4, 3, 3)))))
-        x = mx.nd.array(np.random.default_rng(4).normal(0, 1, (2, 4, 6, 6)))
+            np.random.default_rng(3).normal(0, 0.3, (8, 4, 3, 3)))), ctx=ctx)
+        xs = mx.gluon.utils.split_and_load(
+            mx.nd.array(np.random.default_rng(4).normal(0, 1, (2 * len(ctx), 4, 6, 6))), ctx)
+        # The reference updates the device copies (a plain trainer updating on the kvstore
+        # would keep updating its unprojected copy there), then projects them.
         make = gc.ConstrainedTrainer if constrained else mx.gluon.Trainer
-        trainer = make(layer.collect_params(), optimizer, dict(options))
+        trainer = make(layer.collect_params(), optimizer, dict(options),
+                       update_on_kvstore=uokv if constrained else len(ctx) == 1 and None)
         for _ in range(3):
             with autograd.record():
-                loss = (layer(x) ** 2).sum()
-            loss.backward()
+                losses = [(layer(x) ** 2).sum() for x in xs]
+            for loss in losses:
+                loss.backward()
             if evaluate_first:  # an evaluation between backward and step, as a metric does
-                layer(x).wait_to_read()  # inference mode: the weight is reordered in place
+                for x in xs:
+                    layer(x).wait_to_read()  # inference mode: the weight is reordered in place
             trainer.step(2)
             if not constrained:
-                project_in_place([(layer.weight.data(), layer.weight.constraint, gc.Reduction((1, 2, 3)))],
-                                 use_fused=False)
-        return layer.weight.data().asnumpy()
+                for copy in layer.weight.list_data():
+                    project_in_place([(copy, layer.weight.constraint, gc.Reduction((1, 2, 3)))],
+                                     use_fused=False)
+        copies = [copy.asnumpy() for copy in layer.weight.list_data()]
+        assert all(c.tobytes() == copies[0].tobytes() for c in copies)
+        return copies[0]
 
     evaluated, plain = trained(True, True), trained(False, True)
     np.testing.assert_array_equal(evaluated, plain)
     # MXNet's own NAG is not the same after an evaluation: its update then reads a plain copy
     # of the weight, so the momentum's weight-decay term sees the old weight instead of the new.
-    np.testing.assert_allclose(evaluated, trained(False, False), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(evaluated, trained(False, False), rtol=1e-5, atol=1e-6)
     assert (optimizer == "nag") == (not np.allclose(trained(True, False), trained(False, False), rtol=1e-5))
     np.testing.assert_array_less(np.sqrt((plain.astype(np.float64) ** 2).sum(axis=(1, 2, 3))), 0.5 * (1 + 1e-5))

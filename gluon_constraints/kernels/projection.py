@@ -70,10 +70,10 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
 
     Notes
     -----
-    A weight of more than two dimensions (a convolution filter bank) reaches the kernel as a 2-D
-    view after a multiplication by 1 of its first filter (:func:`_first_filter_and_rows`): after
-    an inference-mode forward MKL-DNN may hold the weight in its blocked layout, which library
-    operators cannot read, and that stock operator leaves it in the plain layout when it runs.
+    A weight of more than two dimensions (a convolution filter bank) reaches the kernel after a
+    multiplication by 1 of its first filter (:func:`_first_filter`): after an inference-mode
+    forward MKL-DNN may hold the weight in its blocked layout, which library operators cannot
+    read, and that stock operator leaves it in the plain layout when it runs.
     """
     kernel_items: List[KernelItem] = []
     outputs: List[Any] = []
@@ -96,9 +96,9 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
 class KernelItem(NamedTuple):
     """One array's part in the projection kernel's calls (:func:`kernel_item`).
 
-    ``array`` is what the kernel writes (a filter bank as a 2-D view of the weight), ``entries``
-    its "rows" entry for each kernel step (a ``Compose``'s members in order, one call each),
-    ``first_filter`` the one-filter view to multiply by 1 before the call (None below 3-D).
+    ``array`` is what the kernel writes, ``entries`` its "rows" entry for each kernel step (a
+    ``Compose``'s members in order, one call each), ``first_filter`` the one-filter view of a
+    filter bank to multiply by 1 before the call (None below 3-D).
     """
 
     array: Any
@@ -119,16 +119,14 @@ def kernel_item(array: Any, constraint: Constraint, reduction: Reduction,
     if plan is None:
         return None
     layout, steps = plan
-    first = None
-    if array.ndim > 2:
-        first, array = _first_filter_and_rows(array)
+    first = _first_filter(array) if array.ndim > 2 else None
     return KernelItem(array, tuple(_entry(layout, step) for step in steps), first)
 
 
 def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> None:
     """Project ``items`` in place with the kernel: one call per step depth, all items at once.
 
-    Filter banks are first put in the plain layout (:func:`_first_filter_and_rows`).
+    Filter banks are first put in the plain layout (:func:`_first_filter`).
     ``stats``: one float32 array of 3 per item to receive its statistics (monitored items have
     one step). The items' arrays may live on different CPU contexts.
     """
@@ -190,7 +188,7 @@ def fused_rule(optimizer: Any) -> Optional[Tuple[str, Tuple[float, float, float]
 class FusedPlan(NamedTuple):
     """How one weight enters a fused update call: its entry of the kernel's "rows" attribute,
     the optimizer state arrays the kernel updates, and whether it is a filter bank (above 2-D,
-    reaching the kernel as a 2-D view)."""
+    which MKL-DNN may hold in its blocked layout)."""
 
     entry: str
     states: List[Any]
@@ -201,8 +199,8 @@ class FusedCall(NamedTuple):
     """One fused update call for a set of arrays.
 
     ``attributes`` are the kernel's fixed attributes, ``inputs`` and ``outputs`` its arrays in
-    order (filter banks as 2-D views), ``first_filters`` one-filter views of the filter banks to
-    multiply by 1 before each call (:func:`_first_filter_and_rows`).
+    order, ``first_filters`` one-filter views of the filter banks to multiply by 1 before each
+    call (:func:`_first_filter`).
     """
 
     attributes: Dict[str, str]
@@ -245,16 +243,21 @@ def plan_fused_update(rule: str, weight: Any, grad: Any, state: Any,
 
 
 def assemble_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any],
-                          plans: Sequence[FusedPlan], monitored: bool = False) -> FusedCall:
-    """The fused update call of ``weights`` and ``grads``, planned by :func:`plan_fused_update`."""
+                          plans: Sequence[FusedPlan], monitored: bool = False,
+                          plain: bool = False) -> FusedCall:
+    """The fused update call of ``weights`` and ``grads``, planned by :func:`plan_fused_update`.
+
+    ``plain``: the weights are known to be in the plain layout, so filter banks need no
+    conversion: a local kvstore's own copies are, since only copies and updates write them
+    (MXNet's copy into a plain array reorders a blocked source). Were one blocked after all, the
+    kernel call would fail (MXNet refuses a blocked output), never compute on it.
+    """
     inputs, outputs, first_filters = [], [], []
     for weight, grad, plan in zip(weights, grads, plans):
-        rows = weight
-        if plan.bank:
-            first, rows = _first_filter_and_rows(weight)
-            first_filters.append(first)
-        inputs += [rows, grad, *plan.states]
-        outputs += [rows, *plan.states]
+        if plan.bank and not plain:
+            first_filters.append(_first_filter(weight))
+        inputs += [weight, grad, *plan.states]
+        outputs += [weight, *plan.states]
     attributes = {"rows": ";".join(plan.entry for plan in plans), "rule": rule,
                   **({"stats": "1"} if monitored else {})}
     return FusedCall(attributes, inputs, outputs, first_filters)
@@ -286,7 +289,7 @@ def fused_update(optimizer: Any, call: FusedCall, rates: Sequence[float],
 
     ``rates`` come from :func:`fused_rates`; ``stats`` (one float32 array of 3 per weight) when
     the call was assembled with statistics. Filter banks are first put in the plain layout
-    (:func:`_first_filter_and_rows`).
+    (:func:`_first_filter`).
     """
     _, hyperparameters = fused_rule(optimizer)
     clip = float(optimizer.clip_gradient) if optimizer.clip_gradient else -1.0
@@ -383,22 +386,22 @@ def _leading_rows(shape: Tuple[int, ...]) -> Layout:
     return (int(shape[0]), 1, 1) if len(shape) > 1 else (1, 1, 1)
 
 
-def _first_filter_and_rows(array: Any) -> Tuple[Any, Any]:
+def _first_filter(array: Any) -> Any:
     """A one-filter view of a filter bank (a view even with one filter), to multiply by 1 before
-    each kernel call, and the bank's 2-D (filters, rest) view for the kernel.
+    each kernel call.
 
     An inference-mode forward may leave a convolution weight in MKL-DNN's blocked layout, and
     whether it did is only known when queued operators run. Writing into a view of a blocked
     array makes MXNet reorder the whole array to the plain layout first (``NDArray::CopyFrom``),
     so an exact multiplication by 1 of a small view (the first filter) leaves the array plain
     for the kernel queued after it, and costs one filter, not a pass over the weight, when the
-    array is plain already.
+    array is plain already. (The kernel reads only the weight's size and memory, so any shape
+    of it will do.)
     """
-    first = array[0:1] if array.shape[0] > 1 else array.reshape((1, -1))
-    return first, array.reshape((array.shape[0], -1))
+    return array[0:1] if array.shape[0] > 1 else array.reshape((1, -1))
 
 
 def _fusable(array: Any) -> bool:
-    """Whether the kernels can compute on ``array`` (through :func:`_first_filter_and_rows` if above 2-D)."""
+    """Whether the kernels can compute on ``array`` (after :func:`_first_filter` if above 2-D)."""
     return (array.dtype == np.float32 and array.stype == "default"
             and array.context.device_type in ("cpu", "cpu_pinned"))

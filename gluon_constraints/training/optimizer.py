@@ -293,13 +293,14 @@ class ConstrainedOptimizer(Optimizer):
                     grads: Sequence[Any], plans: Sequence[FusedPlan]) -> FusedCall:
         """The fused kernel call for these arrays, cached per ``device`` while they are the same
         objects (a kvstore hands the updater new array objects at every push: there only plans
-        are reused)."""
+        are reused, and its own copies are plain, never blocked by a forward pass)."""
         key = (device, tuple(indices))
         signature = tuple(tuple(map(id, column)) for column in (plans, weights, grads))
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
             cached = (signature, assemble_fused_update(fused_rule(self.inner)[0], weights, grads,
-                                                       plans, self.monitor),
+                                                       plans, self.monitor,
+                                                       plain=device == "kvstore"),
                       tuple(plans), tuple(weights), tuple(grads))
             self._fused_calls[key] = cached
         return cached[1]
