@@ -28,7 +28,8 @@ __all__ = ["attach", "constrain", "constraint_of", "owner_of", "reduction_of", "
 
 _OWNER = "_gluon_constraints_owner"
 #: Where ``apply_constraints`` keeps a parameter's checked projection plan; dropped whenever
-#: MXNet (re)allocates the parameter, so the plan never holds on to released device copies.
+#: MXNet (re)allocates the parameter (``initialize``, ``reset_ctx``, loading), so the plan does
+#: not hold on to released device copies (after ``cast``, only until the next call).
 PLAN_ATTRIBUTE = "_gluon_constraints_projection_plan"
 # Every parameter a constraint was ever attached to, while it is alive: lets trainers warn about
 # constrained parameters that no trainer updates.

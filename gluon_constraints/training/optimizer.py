@@ -292,15 +292,13 @@ class ConstrainedOptimizer(Optimizer):
     def _fused_call(self, device: Any, indices: Sequence[Any], weights: Sequence[Any],
                     grads: Sequence[Any], plans: Sequence[FusedPlan]) -> FusedCall:
         """The fused kernel call for these arrays, cached per ``device`` while they are the same
-        objects (a kvstore hands the updater new array objects at every push: there only plans
-        are reused, and its own copies are plain, never blocked by a forward pass)."""
+        objects."""
         key = (device, tuple(indices))
         signature = tuple(tuple(map(id, column)) for column in (plans, weights, grads))
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
             cached = (signature, assemble_fused_update(fused_rule(self.inner)[0], weights, grads,
-                                                       plans, self.monitor,
-                                                       plain=device == "kvstore"),
+                                                       plans, self.monitor),
                       tuple(plans), tuple(weights), tuple(grads))
             self._fused_calls[key] = cached
         return cached[1]
@@ -382,8 +380,11 @@ class ConstrainedOptimizer(Optimizer):
                 queued, weights, grads, plans, projections = (
                     [item for entry in entries for item in entry[k]] for k in range(1, 6))
                 indices += queued
-                self._fused_update(queued, weights, projections,
-                                   self._fused_call("kvstore", queued, weights, grads, plans), rates)
+                # The kvstore hands the updater new array objects at every push, so there is no
+                # call to keep; its own copies are plain, never blocked by a forward pass.
+                call = assemble_fused_update(fused_rule(self.inner)[0], weights, grads, plans,
+                                             self.monitor, plain=True)
+                self._fused_update(queued, weights, projections, call, rates)
             if deferred:
                 items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])
                                                   for k in range(4))
