@@ -1,8 +1,9 @@
 """Every access to MXNet's private attributes, in one place, for the MXNet it was written for.
 
 gluon-constraints hooks into Gluon where no public API reaches: the trainer's kvstore set-up and
-state loading, a parameter's allocation, a block's own parameters, a convolution's settings and
-the optimizer's per-index bookkeeping. Each such access is a function (or the hook mixin) here,
+state loading, a parameter's allocation, a block's own parameters, a convolution's settings,
+the optimizer's per-index bookkeeping, and the loaded C library (the kernels call its public C
+API). Each such access is a function (or the hook mixin) here,
 read against MXNet 1.9.1's sources; every other module uses only these and MXNet's public API.
 Importing this module checks the installed MXNet version.
 
@@ -32,7 +33,7 @@ __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_opt
            "is_allocated", "data_arrays", "data_shape", "own_parameters", "block_parameters",
            "structural_parameters",
            "convolution_settings", "convolution_base",
-           "recurrent_layer_base", "optimizer_rates", "count_update"]
+           "recurrent_layer_base", "optimizer_rates", "count_update", "c_function"]
 
 #: MXNet versions whose private attributes this module was checked against.
 SUPPORTED_MXNET = ("1.9.",)
@@ -63,8 +64,8 @@ class TrainerHooks:
     def _allreduce_grads(self) -> None:
         """Gluon's, except with a local kvstore that updates (``update_on_kvstore``) and dense
         gradients: :meth:`before_pushes` runs, every parameter is pushed (the kvstore runs the
-        optimizer in the pushing thread), :meth:`between_pushes_and_pulls` runs, then every
-        parameter is pulled.
+        optimizer in the pushing thread) in the order :meth:`ordered_for_pushes` gives,
+        :meth:`between_pushes_and_pulls` runs, then every parameter is pulled.
         Gluon pushes and pulls each parameter in turn, which gives the same weights."""
         kvstore, params = self._kvstore, self._params  # type: ignore[attr-defined]
         if not (kvstore and self._update_on_kvstore and kvstore.type in ("device", "local")  # type: ignore[attr-defined]
@@ -74,7 +75,7 @@ class TrainerHooks:
         updated = [(i, p) for i, p in enumerate(params) if p.grad_req != "null"]
         self.before_pushes()
         try:
-            for i, param in updated:
+            for i, param in self.ordered_for_pushes(updated):
                 kvstore.push(i, param.list_grad(), priority=-i)
         finally:
             self.between_pushes_and_pulls()
@@ -104,6 +105,11 @@ class TrainerHooks:
 
     def before_pushes(self) -> None:
         """Called before a local kvstore that updates receives a step's gradients."""
+
+    def ordered_for_pushes(self, updated: List[Tuple[int, Any]]) -> List[Tuple[int, Any]]:
+        """The ``(index, parameter)`` pairs in the order a local kvstore that updates receives
+        them (Gluon's: by index, which is by name)."""
+        return updated
 
     def between_pushes_and_pulls(self) -> None:
         """Called after a local kvstore ran every update of a step, before any weight is pulled
@@ -317,3 +323,14 @@ def set_current_context(optimizer: Any, device_id: int) -> None:
 def update_count(optimizer: Any, index: Any) -> int:
     """How many updates ``index`` has had on the optimizer's current context (its ``num_update``)."""
     return optimizer._index_update_count.get(index, optimizer.begin_num_update)
+
+
+# -- C API --------------------------------------------------------------------------------------
+def c_function(name: str) -> Any:
+    """The address of MXNet's C API function ``name`` (``ctypes.c_void_p``), from the library
+    mxnet loaded."""
+    import ctypes
+
+    from mxnet.base import _LIB
+
+    return ctypes.cast(getattr(_LIB, name), ctypes.c_void_p)

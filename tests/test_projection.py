@@ -1,6 +1,7 @@
 """In-place projection: the fused kernel against the stock-operator path and float64 references."""
 
 import shutil
+import threading
 
 import mxnet as mx
 import numpy as np
@@ -354,13 +355,86 @@ def test_filter_banks_take_the_kernel_as_rows_and_agree_with_numpy(shape):
     assert array.shape == shape
 
 
+class _Blocker(mx.operator.CustomOp):
+    """Copies its input once ``released`` is set: everything queued after it on its output waits."""
+
+    released = threading.Event()
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        _Blocker.released.wait(120)
+        self.assign(out_data[0], req[0], in_data[0])
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        raise NotImplementedError
+
+
+@mx.operator.register("gc_test_blocker")
+class _BlockerProp(mx.operator.CustomOpProp):
+    def create_operator(self, ctx, in_shapes, in_dtypes):
+        return _Blocker()
+
+
+def _finishes(array, seconds):
+    """Whether ``array``'s queued writes finish within ``seconds`` (waited for in a thread)."""
+    finished = threading.Event()
+    threading.Thread(target=lambda: (array.wait_to_read(), finished.set()), daemon=True).start()
+    return finished.wait(seconds)
+
+
+@requires_compiler
+def test_a_kernel_call_waits_only_for_its_own_arrays():
+    # MXNet gives operators loaded from a library a temporary-space resource shared by every CPU
+    # operator, so such a call would wait behind any queued operator holding one, such as a
+    # backward pass still running. The kernel's calls are queued with their arrays alone.
+    from gluon_constraints.kernels.projection import _entry
+
+    _Blocker.released.clear()
+    try:
+        held = mx.nd.Custom(mx.nd.ones((64,)), op_type="gc_test_blocker")
+        for _ in range(16):  # more than MXNet's temporary-space copies: every copy now waits
+            mx.nd.sort(held)
+        assert not _finishes(mx.nd.sort(mx.nd.ones((8,))), 0.5)  # what a library operator met
+        w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
+        weight = mx.nd.array(w)
+        library.kernel().project([weight], _entry((8, 1, 1), gc.MaxNorm(1.0).row_lowering()))
+        assert _finishes(weight, 60)
+        np.testing.assert_allclose(weight.asnumpy(), ref.max_norm(w, 1.0, (1,)), rtol=2e-6)
+    finally:
+        _Blocker.released.set()
+        mx.nd.waitall()
+
+
+@requires_compiler
+@pytest.mark.parametrize("call,message", [
+    (lambda k, w, g, m: k.project([w], "8/1/1,norm,0.0,1.0,1.0,1e-06"),
+     "gc_project_rows: malformed rows entry '8/1/1,norm,0.0,1.0,1.0,1e-06'"),
+    (lambda k, w, g, m: k.project([w], "8/1/1,cap,0.0,1.0,1.0,1e-06,2"), "gc_project_rows: unknown mode 'cap'"),
+    (lambda k, w, g, m: k.project([w, g], "8/1/1,norm,0.0,1.0,1.0,1e-06,2"),
+     "gc_project_rows: 2 arrays for 1 rows entries"),
+    (lambda k, w, g, m: k.update("adagrad", [1, -1, 0.9, 0, 0, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
+     "gc_update_project_rows: unknown rule 'adagrad'"),
+    (lambda k, w, g, m: k.update("sgd_mom", [1, -1, 0.9, 0, 0, 0.1], "8/1/1,none,0,0,0,0,2", [w, g, m]),
+     "gc_update_project_rows: \"update\" has 6 numbers, not 7"),
+    (lambda k, w, g, m: k.update("adam", [1, -1, 0.9, 0.999, 1e-8, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
+     "gc_update_project_rows: 3 arrays for 1 weights"),
+], ids=["short-entry", "mode", "array-count", "rule", "numbers", "adam-states"])
+def test_a_malformed_kernel_call_raises_at_once_and_queues_nothing(call, message):
+    w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
+    weight, grad, mom = mx.nd.array(w), mx.nd.ones((8, 5)), mx.nd.ones((8, 5))
+    with pytest.raises(mx.base.MXNetError) as error:
+        call(library.kernel(), weight, grad, mom)
+    assert str(error.value) == message
+    np.testing.assert_array_equal(weight.asnumpy(), w)
+    np.testing.assert_array_equal(mom.asnumpy(), np.ones((8, 5)))
+
+
 @requires_compiler
 @pytest.mark.parametrize("layer,shape", [(mx.gluon.nn.Conv1D, (16, 8, 3)), (mx.gluon.nn.Conv2D, (16, 8, 3, 3)),
                                          (mx.gluon.nn.Conv3D, (16, 8, 3, 3, 3))], ids=["1d", "2d", "3d"])
 def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, shape):
-    # After an inference-mode forward the filter bank is in MKL-DNN's blocked layout: a library
-    # operator given it directly fails, so the projection must first have it converted, which a
-    # multiplication by 1 of the first filter alone does.
+    # After an inference-mode forward the filter bank is in MKL-DNN's blocked layout: the kernel
+    # given it directly fails (at the next wait, naming the layout), so the projection must first
+    # have it converted, which a multiplication by 1 of the first filter alone does.
     from gluon_constraints.kernels.library import kernel
     from gluon_constraints.kernels.projection import _entry
 
@@ -375,8 +449,9 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
         return conv
 
     rows = evaluated_layer().weight.data().reshape((shape[0], -1))
-    with pytest.raises(mx.base.MXNetError, match="MKLDNN"):
-        kernel()(rows, out=[rows], rows=_entry((shape[0], 1, 1), gc.MaxNorm(2.0).row_lowering()))
+    with pytest.raises(mx.base.MXNetError, match="gc_project_rows: cannot read an array in place "
+                                                 r"\(MKL-DNN may hold it in its blocked layout\)"):
+        kernel().project([rows], _entry((shape[0], 1, 1), gc.MaxNorm(2.0).row_lowering()))
         rows.wait_to_read()
     weight = evaluated_layer().weight.data()
     project_in_place([(weight, gc.MaxNorm(2.0), gc.Reduction(axes))])

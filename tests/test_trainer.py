@@ -185,22 +185,25 @@ def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeyp
     # step in one call and updates and projects every parameter in one fused kernel call. SGD
     # without momentum and AdaGrad keep MXNet's update, then one kernel call projects the two
     # constrained weights. A local kvstore that updates (2 contexts, uokv) runs one update per
-    # push: the fused updates (or the projections) wait until every push is done, then run in
-    # one call. Without the kvstore update, each device's updater makes one call.
+    # push: the fused updates (or the projections) are queued and run in one call per 2^20
+    # elements, so this small network's in one. Without the kvstore update, each device's
+    # updater makes one call.
     from gluon_constraints.kernels import projection
 
     data, _ = reference_run
-    kernels = {"project": projection.kernel(), "update": projection.update_kernel()}
+    loaded = projection.kernel()
     calls = []
 
-    def counted(name):
-        def call(*arrays, **attributes):
-            calls.append((name, len(attributes["rows"].split(";"))))
-            return kernels[name](*arrays, **attributes)
-        return lambda: call
+    class Counted:
+        def project(self, weights, rows, stats=()):
+            calls.append(("project", len(rows.split(";"))))
+            loaded.project(weights, rows, stats)
 
-    monkeypatch.setattr(projection, "kernel", counted("project"))
-    monkeypatch.setattr(projection, "update_kernel", counted("update"))
+        def update(self, rule, numbers, rows, arrays, stats=()):
+            calls.append(("update", len(rows.split(";"))))
+            loaded.update(rule, numbers, rows, arrays, stats)
+
+    monkeypatch.setattr(projection, "kernel", Counted)
     net = build_net(ctx)
     trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(params), update_on_kvstore=uokv)
     train_steps(net, trainer, ctx, data[:3])
@@ -214,6 +217,50 @@ def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeyp
         train_steps(reference, plain, [mx.cpu(0)], [batch])
         gc.apply_constraints(reference)
     assert_matches_reference(net, weights_of(reference, prefix="reference_"), rtol=1e-4)
+
+
+def test_kvstore_pushes_update_in_groups_of_2_20_elements_last_layers_first(monkeypatch):
+    # The backward pass computes the last layers' gradients first: pushed last layer first, the
+    # queued updates run once 2^20 elements are queued, so the first calls can run while the
+    # backward pass still computes the first layers' gradients.
+    from gluon_constraints.kernels import projection
+
+    loaded = projection.kernel()
+    calls = []
+
+    class Recorded:
+        def update(self, rule, numbers, rows, arrays, stats=()):
+            calls.append([a.size for a in arrays[::3]])  # per weight: (w, grad, momentum)
+            loaded.update(rule, numbers, rows, arrays, stats)
+
+    monkeypatch.setattr(projection, "kernel", Recorded)
+
+    def build(ctx, prefix):
+        net = nn.HybridSequential(prefix=prefix)
+        with net.name_scope():
+            for _ in range(3):
+                net.add(nn.Dense(1024, in_units=1024, weight_constraint=gc.MaxNorm(0.5)))
+        mx.random.seed(3)
+        net.initialize(mx.init.Normal(0.05), ctx=ctx)
+        return net
+
+    rng = np.random.default_rng(5)
+    data = [(rng.normal(size=(4, 1024)).astype(np.float32), rng.normal(size=(4, 1024)).astype(np.float32))
+            for _ in range(2)]
+    net = build(TWO, "grouped_")
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    train_steps(net, trainer, TWO, data)
+    assert calls == [[1024, 1024 * 1024]] * 3 * len(data)  # (bias, weight) of dense2, then 1, then 0
+    monkeypatch.undo()
+    reference = build([mx.cpu(0)], "reference_")
+    plain = gluon.Trainer(reference.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    for batch in data:
+        train_steps(reference, plain, [mx.cpu(0)], [batch])
+        gc.apply_constraints(reference)
+    for (name, ours), theirs in zip(net.collect_params().items(), reference.collect_params().values()):
+        copies = [a.asnumpy() for a in ours.list_data()]
+        assert copies[0].tobytes() == copies[1].tobytes(), name
+        np.testing.assert_allclose(copies[0], theirs.data().asnumpy(), rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), (TWO, True), (TWO, False)],

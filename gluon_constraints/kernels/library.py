@@ -1,12 +1,15 @@
 """The fused kernels' shared library: compiled on first use, cached, verified, loaded.
 
-``project_rows.cc`` holds two custom CPU operators written against the ``lib_api.h`` the mxnet
-wheel ships: ``gc_project_rows`` (a one-pass projection of row slices) and
-``gc_update_project_rows`` (MXNet's SGD-momentum, NAG-momentum, Adam or RMSProp update with that
-projection fused in).
+``project_rows.cc`` holds two CPU kernels: ``gc_project_rows`` (a one-pass projection of
+row slices) and ``gc_update_project_rows`` (MXNet's SGD-momentum, NAG-momentum, Adam or RMSProp
+update with that projection fused in). :class:`Kernel` queues them on MXNet's engine through
+its public C API (``MXEnginePushSyncND``), like an operator that reads and writes exactly its
+arrays: MXNet gives every operator loaded from a library a temporary-space and a random-number
+resource that all CPU operators share, so each call would also wait for the backward pass still
+queued, and a multi-context step would lose the overlap of its updates with that pass.
 The library is built with the system's C++ compiler the first time it is needed (about 10
 seconds), cached under ``~/.cache/gluon_constraints`` (or ``$GLUON_CONSTRAINTS_CACHE``), and
-loaded with ``mx.library.load``.
+loaded with ``ctypes``.
 
 The cache never hands back a damaged file: each build is stored under the name of its own
 SHA-256 (``lib-<sha256>.so``, written to a temporary name and renamed, never rewritten), a small
@@ -26,6 +29,7 @@ with ``logging.getLogger("gluon_constraints").setLevel(logging.ERROR)``).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -38,14 +42,15 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mxnet
-from mxnet import ndarray
+from mxnet.base import MXNetError
 
+from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning
 
-__all__ = ["kernel", "update_kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
+__all__ = ["Kernel", "kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
@@ -55,12 +60,15 @@ _EXPORTS = _SOURCE.with_name("exports.map")
 # loops vectorise (4 times faster; the square root is the same correctly rounded one).
 _FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-ffp-contract=off",
           "-fno-math-errno", "-fopenmp", "-Wl,-Bsymbolic", f"-Wl,--version-script={_EXPORTS}"]
-_OP_NAME = "gc_project_rows"
-_UPDATE_OP_NAME = "gc_update_project_rows"
 _POINTER = "current"
+# MXNet's C API functions the library calls, in gc_bind's order.
+_MXNET_FUNCTIONS = ("MXEnginePushSyncND", "MXNDArrayToDLPack", "MXNDArrayDetach", "MXNDArrayFree",
+                    "MXNDArrayGetContext", "MXGetLastError")
+_BIND_VERSION = 1
+_MESSAGE_SIZE = 1024
 _log = logging.getLogger("gluon_constraints.kernels")
 _lock = threading.Lock()
-_loaded: Optional[Callable[..., Any]] = None
+_loaded: Optional["Kernel"] = None
 _tried = False
 _unavailable = ""  # why the kernel could not be had in this process, once tried
 
@@ -80,8 +88,52 @@ class KernelStatus(NamedTuple):
     compiler: Optional[str]
 
 
-def kernel() -> Optional[Callable[..., Any]]:
-    """The loaded operator (``ndarray.gc_project_rows``), or None where it cannot be had.
+class Kernel:
+    """The loaded library's two calls, each queued on MXNet's engine without waiting.
+
+    Both compute in place on float32 arrays of CPU contexts (several contexts may be mixed),
+    described by ``rows``: one ``"G/A/U,mode,lo,hi,rate,rtol,ord"`` entry per weight (see
+    ``project_rows.cc``). A malformed call raises ``MXNetError`` at once and queues nothing; an
+    array that cannot be read in place when the call runs (MKL-DNN's blocked layout) fails it
+    there, and MXNet raises that at the next wait on its arrays.
+    """
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._project = library.gc_project
+        self._update = library.gc_update
+
+    def project(self, weights: Sequence[Any], rows: str, stats: Sequence[Any] = ()) -> None:
+        """Queue ``gc_project_rows`` on ``weights`` (with ``stats``: one float32 array of 3 per
+        weight, receiving its statistics)."""
+        arrays = [*weights, *stats]
+        message = ctypes.create_string_buffer(_MESSAGE_SIZE)
+        _check(self._project(rows.encode(), int(bool(stats)), _handles(arrays), len(arrays),
+                             message, _MESSAGE_SIZE), message)
+
+    def update(self, rule: str, numbers: Sequence[float], rows: str, arrays: Sequence[Any],
+               stats: Sequence[Any] = ()) -> None:
+        """Queue ``gc_update_project_rows``: ``arrays`` per weight ``(w, grad, states...)``,
+        ``numbers`` ``[rescale_grad, clip_gradient, h1, h2, h3, lr_1, wd_1, ...]``."""
+        listed = [*arrays, *stats]
+        message = ctypes.create_string_buffer(_MESSAGE_SIZE)
+        _check(self._update(rule.encode(), ",".join(map(repr, numbers)).encode(), rows.encode(),
+                            int(bool(stats)), _handles(listed), len(listed), message, _MESSAGE_SIZE),
+               message)
+
+
+def _check(result: int, message: Any) -> None:
+    """Raise the library's message if a call was refused."""
+    if result != 0:
+        raise MXNetError(message.value.decode())
+
+
+def _handles(arrays: Sequence[Any]) -> Any:
+    """The arrays' NDArray handles, as a C array."""
+    return (ctypes.c_void_p * len(arrays))(*[a.handle for a in arrays])
+
+
+def kernel() -> Optional[Kernel]:
+    """The loaded library's :class:`Kernel`, or None where it cannot be had.
 
     Decided once per process. It is never loaded inside a parameter-server process (mxnet is
     still importing there) or when ``GLUON_CONSTRAINTS_FUSED=0``.
@@ -142,11 +194,6 @@ def status() -> KernelStatus:
                         "python -m gluon_constraints build-kernel", cache, None, compiler)
 
 
-def update_kernel() -> Optional[Callable[..., Any]]:
-    """The fused update and projection (``ndarray.gc_update_project_rows``), or None."""
-    return getattr(ndarray, _UPDATE_OP_NAME) if kernel() is not None else None
-
-
 def cache_directory() -> Path:
     """Where the compiled library for this source, this mxnet and this processor is cached."""
     key = _SOURCE.read_bytes() + _EXPORTS.read_bytes() + " ".join(_FLAGS[:-1]).encode()
@@ -165,18 +212,20 @@ def _processor_features() -> bytes:
     return (platform.machine() + flags).encode()
 
 
-def _load() -> Union[Callable[..., Any], str]:
-    """The loaded operator, or why it cannot be had (the warning's text)."""
-    from mxnet import library  # a full mxnet import is complete on this process
-
+def _load() -> Union[Kernel, str]:
+    """The loaded library, or why it cannot be had (the warning's text)."""
     path, failure = prepared_library(build=True)
     if path is None:
         return failure
     try:
-        library.load(str(path), False)
-    except Exception as error:  # noqa: BLE001 - MXNet raises MXNetError or OSError; either way: stock
+        library = ctypes.CDLL(str(path))
+        functions = [compat.c_function(name) for name in _MXNET_FUNCTIONS]
+        library.gc_bind.argtypes = [ctypes.c_void_p] * len(functions)
+        if library.gc_bind(*functions) != _BIND_VERSION:
+            return f"{path} is not this version's library."
+    except (OSError, AttributeError) as error:
         return f"loading {path} failed ({error})."
-    return getattr(ndarray, _OP_NAME)
+    return Kernel(library)
 
 
 def prepared_library(build: bool = True) -> Tuple[Optional[Path], str]:
@@ -225,8 +274,7 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         built = Path(scratch) / "lib.so"
-        command = [compiler, *_FLAGS, str(_SOURCE), str(mxnet_dir / "src" / "lib_api.cc"),
-                   "-I", str(mxnet_dir / "include"), "-o", str(built)]
+        command = [compiler, *_FLAGS, str(_SOURCE), "-I", str(mxnet_dir / "include"), "-o", str(built)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             return None, f"{compiler} could not build it:\n{result.stderr[-2000:]}"

@@ -11,11 +11,17 @@
 // maps w to w * (w >= 0) elementwise, mode "clip" to min(max(w, lo), hi); mode "none" leaves
 // the weight alone.
 //
-// gc_project_rows: inputs w_1..w_k, outputs o_1..o_k of the same shapes. Per unit, one pass
-//   while the unit is in cache: the sum of squares (in double), then the rescale. Called in place
-//   (out= the inputs), units already inside the band are not written at all.
-// gc_update_project_rows: the projection fused into one of MXNet's updates ("rule"). Inputs
-//   (w_i, grad_i, state_i...), outputs (w_i, state_i...), in place only; the states are
+// Two calls, queued on MXNet's engine (gc_project and gc_update below) rather than registered
+// as MXNet operators: MXNet gives every library operator a temporary-space and a random-number
+// resource, shared by all CPU operators, so each call would wait for the backward pass still
+// queued (and the engine would order all calls one after another), which costs a multi-context
+// step its overlap of updates with the backward pass. A queued call waits only for its arrays.
+//
+// gc_project_rows: weights w_1..w_k, projected in place. Per unit, one pass while the unit is in
+//   cache: the sum of squares (in double), then the rescale; units already inside the band are
+//   not written at all.
+// gc_update_project_rows: the projection fused into one of MXNet's updates ("rule"). Per weight
+//   (w_i, grad_i, state_i...), updated in place; the states are
 //   sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Elementwise, with
 //     g = rescale_grad * grad (+ wd * w for adam and rmsprop), clipped to +-clip_gradient if
 //         clip_gradient >= 0 (for sgd_mom and nag_mom before the wd term is added)
@@ -30,35 +36,40 @@
 //   each in MXNet's own float32 operation order (built with -ffp-contract=off), accumulating the
 //   new unit's sum of squares, then the projection while the unit is in cache.
 //
-// Attributes (few: MXNet marshals every attribute on every call): "rows" holds one
-// "G/A/U,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the max norm),
-// separated by ";". Weights under 65536 elements run one per thread (several at once from 2^20
-// elements in all); larger ones spread their units over the threads. The update operator adds "rule" and
-// "update" = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,lr_2,wd_2,..." with the rule's
-// hyperparameters h (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon; rmsprop: gamma1,
-// epsilon, clip_weights; unused ones 0).
-// With "stats" = "1" both operators have one more output per weight, after the others: a
-// float32 array of 3, (fraction of units the projection changed, largest and mean unit norm
-// after it). The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
+// "rows" holds one "G/A/U,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the
+// max norm), separated by ";". Weights under 65536 elements run one per thread (several at once
+// from 2^20 elements in all); larger ones spread their units over the threads. The update adds
+// "rule" and "update" = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,lr_2,wd_2,..." with the
+// rule's hyperparameters h (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon; rmsprop:
+// gamma1, epsilon, clip_weights; unused ones 0).
+// With stats, each weight has one more array, after all the others: a float32 array of 3
+// receiving (fraction of units the projection changed, largest and mean unit norm after it).
+// The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
+// A malformed call fails when it is queued, and queues nothing; an array that cannot be read in
+// place when the call runs (MKL-DNN's blocked layout) fails the call there, and MXNet raises
+// the failure at the next wait on its arrays.
 // Build (gluon_constraints/kernels/library.py does it): g++ -shared -fPIC -std=c++17 -O3
 //   -march=native -ffp-contract=off -fno-math-errno -fopenmp -Wl,-Bsymbolic
-//   -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc
-//   -I <mxnet>/include -o libgc_project_rows.so
+//   -Wl,--version-script=exports.map project_rows.cc -I <mxnet>/include -o libgc_project_rows.so
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "mxnet/lib_api.h"
-
-using namespace mxnet::ext;
+#include "dlpack/dlpack.h"
 
 namespace {
 
-using Attributes = std::unordered_map<std::string, std::string>;
+// A call that cannot run: its message names what is wrong.
+struct Failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 // `text` cut at every `separator`, as views into it (no copies: attributes are parsed at every
 // call). A trailing separator ends the last part; an empty text has no parts.
@@ -76,8 +87,6 @@ std::vector<std::string_view> split(std::string_view text, char separator) {
 // The number a field starts with (fields are views into a NUL-terminated attribute string, so
 // strtod stops at the separator after them).
 double number(std::string_view field) { return std::strtod(field.data(), nullptr); }
-
-int weight_count(const Attributes& attrs) { return static_cast<int>(split(attrs.at("rows"), ';').size()); }
 
 double sum_of_squares(const float* row, int64_t length) {
   double sum = 0.0;
@@ -111,18 +120,6 @@ struct UnitProjection {
   Mode mode;
   double lo, hi, rate, rtol;
   int ord;  // 1, 2, or 0 for the max norm
-
-  // The layout on a weight of `size` elements, or false (with an error message) if it does not split.
-  bool layout(const char* op, int64_t size, Layout* l) const {
-    const int64_t cells = groups * segments * interleave;
-    if (cells <= 0 || size % cells != 0) {
-      MX_ERROR_MSG << op << ": " << size << " elements do not split into " << groups << " x "
-                   << segments << " x " << interleave << " runs";
-      return false;
-    }
-    *l = {groups, segments, interleave, size / cells};
-    return true;
-  }
 
   // The run's contribution to its unit's norm (by ord), given its sum of squares for ord 2.
   double measure(const float* run, int64_t length, double squares) const {
@@ -290,43 +287,6 @@ Totals project_weight(const UnitProjection& p, float* w, const Layout& l, int64_
   return Totals{moved, total, largest};
 }
 
-bool with_stats(const Attributes& attrs) {
-  const auto found = attrs.find("stats");
-  return found != attrs.end() && found->second == "1";
-}
-
-// One weight's stats output: (moved units / units, largest norm, total norm / units).
-void write_stats(MXTensor* out, double moved, double total, double largest, int64_t units) {
-  float* o = out->data<float>();
-  o[0] = static_cast<float>(moved / units);
-  o[1] = static_cast<float>(largest);
-  o[2] = static_cast<float>(total / units);
-}
-
-bool parse_projections(const char* op, const Attributes& attrs, std::vector<UnitProjection>* out) {
-  for (const auto& entry : split(attrs.at("rows"), ';')) {
-    const auto f = split(entry, ',');
-    const auto shape = split(f.empty() ? entry : f[0], '/');
-    UnitProjection::Mode mode;
-    if (f.size() != 7 || shape.size() != 3) {
-      MX_ERROR_MSG << op << ": malformed rows entry '" << entry << "'";
-      return false;
-    }
-    if (f[1] == "norm") mode = UnitProjection::kNorm;
-    else if (f[1] == "nonneg") mode = UnitProjection::kNonNeg;
-    else if (f[1] == "clip") mode = UnitProjection::kClip;
-    else if (f[1] == "none") mode = UnitProjection::kNone;
-    else {
-      MX_ERROR_MSG << op << ": unknown mode '" << f[1] << "'";
-      return false;
-    }
-    out->push_back({static_cast<int64_t>(number(shape[0])), static_cast<int64_t>(number(shape[1])),
-                    static_cast<int64_t>(number(shape[2])), mode, number(f[2]), number(f[3]),
-                    number(f[4]), number(f[5]), static_cast<int>(number(f[6]))});
-  }
-  return true;
-}
-
 // Calls `project(i)` for every weight i: the small ones spread over threads, the large ones after.
 template <typename Project>
 void for_each_weight(const std::vector<int64_t>& sizes, const Project& project) {
@@ -409,178 +369,287 @@ struct Update {
   }
 };
 
-bool parse_rule(const Attributes& attrs, Update::Rule* rule) {
-  const auto found = attrs.find("rule");
-  const std::string name = found == attrs.end() ? "" : found->second;
-  if (name == "sgd_mom") *rule = Update::kSGDMom;
-  else if (name == "nag_mom") *rule = Update::kNAGMom;
-  else if (name == "adam") *rule = Update::kAdam;
-  else if (name == "rmsprop") *rule = Update::kRMSProp;
-  else {
-    MX_ERROR_MSG << "gc_update_project_rows: unknown rule '" << name << "'";
-    return false;
+
+// -- parsing (when a call is queued: a malformed call fails at once and queues nothing) --------
+
+std::string text(std::string_view view) { return std::string(view.data(), view.size()); }
+
+std::vector<UnitProjection> parse_projections(const char* rows) {
+  std::vector<UnitProjection> out;
+  for (const auto& entry : split(rows, ';')) {
+    const auto f = split(entry, ',');
+    const auto shape = split(f.empty() ? entry : f[0], '/');
+    UnitProjection::Mode mode;
+    if (f.size() != 7 || shape.size() != 3) throw Failure("malformed rows entry '" + text(entry) + "'");
+    if (f[1] == "norm") mode = UnitProjection::kNorm;
+    else if (f[1] == "nonneg") mode = UnitProjection::kNonNeg;
+    else if (f[1] == "clip") mode = UnitProjection::kClip;
+    else if (f[1] == "none") mode = UnitProjection::kNone;
+    else throw Failure("unknown mode '" + text(f[1]) + "'");
+    out.push_back({static_cast<int64_t>(number(shape[0])), static_cast<int64_t>(number(shape[1])),
+                   static_cast<int64_t>(number(shape[2])), mode, number(f[2]), number(f[3]),
+                   number(f[4]), number(f[5]), static_cast<int>(number(f[6]))});
   }
-  return true;
+  return out;
 }
 
-MXReturnValue all_float32(const char* op, const std::vector<int>& types) {
-  for (size_t i = 0; i < types.size(); ++i) {
-    if (types[i] != kFloat32) {
-      MX_ERROR_MSG << op << ": input " << i << " must be float32";
-      return MX_FAIL;
+Update::Rule parse_rule(const std::string& name) {
+  if (name == "sgd_mom") return Update::kSGDMom;
+  if (name == "nag_mom") return Update::kNAGMom;
+  if (name == "adam") return Update::kAdam;
+  if (name == "rmsprop") return Update::kRMSProp;
+  throw Failure("unknown rule '" + name + "'");
+}
+
+// -- MXNet's C API, as handed over by gc_bind ------------------------------------------------
+
+struct Context {  // mxnet::Context
+  int32_t dev_type, dev_id;
+};
+using SyncFunction = void (*)(void*, void*);
+using Deleter = void (*)(void*);
+struct MXNet {
+  int (*push_sync)(SyncFunction, void*, Deleter, const Context*, void**, int, void**, int,
+                   const void*, int, const char*);  // MXEnginePushSyncND
+  int (*to_dlpack)(void*, DLManagedTensor**);          // MXNDArrayToDLPack
+  int (*detach)(void*, void**);                        // MXNDArrayDetach
+  int (*free)(void*);                                  // MXNDArrayFree
+  int (*context)(void*, int*, int*);                   // MXNDArrayGetContext
+  const char* (*last_error)();                         // MXGetLastError
+} mxnet_api;
+
+// Device types of MXNet's CPU contexts: cpu, cpu_pinned, cpu_shared.
+bool on_cpu(int dev_type) { return dev_type == 1 || dev_type == 3 || dev_type == 5; }
+
+// One array's memory while a queued call runs. MXNet hands it over only in the plain layout:
+// an array MKL-DNN holds in its blocked layout fails (it is never read as if it were plain).
+class Memory {
+ public:
+  explicit Memory(void* handle) {
+    if (mxnet_api.to_dlpack(handle, &tensor_) != 0)
+      throw Failure(std::string("cannot read an array in place (MKL-DNN may hold it in its blocked "
+                                "layout): ") + mxnet_api.last_error());
+    const DLTensor& t = tensor_->dl_tensor;
+    if (t.dtype.code != kDLFloat || t.dtype.bits != 32 || t.dtype.lanes != 1 || t.strides != nullptr) {
+      tensor_->deleter(tensor_);
+      throw Failure("its arrays must be compact float32");
     }
+    size_ = 1;
+    for (int d = 0; d < t.ndim; ++d) size_ *= t.shape[d];
   }
-  return MX_SUCCESS;
-}
+  ~Memory() { tensor_->deleter(tensor_); }
+  Memory(const Memory&) = delete;
+  Memory& operator=(const Memory&) = delete;
 
-// -- gc_project_rows -------------------------------------------------------------------------
+  float* data() const {
+    return reinterpret_cast<float*>(static_cast<char*>(tensor_->dl_tensor.data) +
+                                    tensor_->dl_tensor.byte_offset);
+  }
+  int64_t size() const { return size_; }
 
-MXReturnValue project_parse(const Attributes& attrs, int* num_in, int* num_out) {
-  *num_in = *num_out = weight_count(attrs);
-  if (with_stats(attrs)) *num_out += *num_in;
-  return MX_SUCCESS;
-}
+ private:
+  DLManagedTensor* tensor_ = nullptr;
+  int64_t size_ = 0;
+};
 
-MXReturnValue project_type(const Attributes& attrs, std::vector<int>* in_types,
-                           std::vector<int>* out_types) {
-  for (auto& t : *out_types) t = kFloat32;
-  return all_float32("gc_project_rows", *in_types);
-}
+// A queued call: its parsed attributes and its own references to the arrays (so they outlive
+// the caller's), released when MXNet drops the call.
+struct Call {
+  Call(const char* name, bool update, bool stats) : name(name), update(update), stats(stats) {}
 
-MXReturnValue project_shape(const Attributes& attrs,
-                            std::vector<std::vector<unsigned int>>* in_shapes,
-                            std::vector<std::vector<unsigned int>>* out_shapes) {
-  for (size_t i = 0; i < out_shapes->size(); ++i)
-    (*out_shapes)[i] = i < in_shapes->size() ? (*in_shapes)[i] : std::vector<unsigned int>{3};
-  return MX_SUCCESS;
-}
-
-MXReturnValue project_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
-                              std::vector<MXTensor>* outputs, const OpResource& res) {
-  const char* op = "gc_project_rows";
+  const char* name;
+  bool update, stats;
+  Update::Rule rule = Update::kSGDMom;
   std::vector<UnitProjection> projections;
-  if (!parse_projections(op, attrs, &projections)) return MX_FAIL;
-  const bool stats = with_stats(attrs);
-  const size_t count = projections.size();
-  std::vector<Layout> layouts(count);
-  std::vector<int64_t> sizes(count);
-  for (size_t i = 0; i < count; ++i) {
-    sizes[i] = (*inputs)[i].size();
-    if (!projections[i].layout(op, sizes[i], &layouts[i])) return MX_FAIL;
+  std::vector<double> numbers;  // rescale_grad, clip_gradient, h1, h2, h3, lr_1, wd_1, ...
+  int per_weight = 1;           // arrays per weight: 1, or (w, grad, states...)
+  std::vector<void*> arrays;    // per weight its arrays, then one stats array per weight
+
+  ~Call() {
+    for (void* a : arrays) mxnet_api.free(a);
   }
+
+  size_t count() const { return projections.size(); }
+  void* stats_array(size_t i) const { return arrays[per_weight * count() + i]; }
+};
+
+// One weight's stats output: (moved units / units, largest norm, total norm / units).
+void write_stats(void* handle, double moved, double total, double largest, int64_t units) {
+  Memory out(handle);
+  if (out.size() != 3) throw Failure("a stats array must have 3 elements");
+  float* o = out.data();
+  o[0] = static_cast<float>(moved / units);
+  o[1] = static_cast<float>(largest);
+  o[2] = static_cast<float>(total / units);
+}
+
+Layout layout_of(const UnitProjection& p, int64_t size) {
+  const int64_t cells = p.groups * p.segments * p.interleave;
+  if (cells <= 0 || size % cells != 0)
+    throw Failure(std::to_string(size) + " elements do not split into " + std::to_string(p.groups) +
+                  " x " + std::to_string(p.segments) + " x " + std::to_string(p.interleave) + " runs");
+  return {p.groups, p.segments, p.interleave, size / cells};
+}
+
+void run_projection(const Call& call) {
+  const size_t count = call.count();
+  std::vector<std::unique_ptr<Memory>> weights;
+  std::vector<Layout> layouts;
+  std::vector<int64_t> sizes;
+  for (size_t i = 0; i < count; ++i) {
+    weights.emplace_back(new Memory(call.arrays[i]));
+    sizes.push_back(weights.back()->size());
+    layouts.push_back(layout_of(call.projections[i], sizes.back()));
+  }
+  std::vector<Totals> totals(count);
   for_each_weight(sizes, [&](int64_t i) {
-    const UnitProjection& p = projections[i];
-    const Layout& l = layouts[i];
-    const float* in = (*inputs)[i].data<float>();
-    float* out = (*outputs)[i].data<float>();
-    if (in != out)
-      for (int64_t j = 0; j < sizes[i]; ++j) out[j] = in[j];
-    if (p.mode == UnitProjection::kNone && !stats) return;
-    const bool read = p.mode == UnitProjection::kNorm || stats;
-    const Totals t = project_weight<false>(p, out, l, sizes[i], stats, read,
-                                           [](int64_t, int64_t) { return 0.0; });
-    if (stats) write_stats(&(*outputs)[count + i], t.moved, t.total, t.largest, l.units());
+    const UnitProjection& p = call.projections[i];
+    if (p.mode == UnitProjection::kNone && !call.stats) return;
+    const bool read = p.mode == UnitProjection::kNorm || call.stats;
+    totals[i] = project_weight<false>(p, weights[i]->data(), layouts[i], sizes[i], call.stats, read,
+                                      [](int64_t, int64_t) { return 0.0; });
   });
-  return MX_SUCCESS;
+  if (call.stats)
+    for (size_t i = 0; i < count; ++i)
+      write_stats(call.stats_array(i), totals[i].moved, totals[i].total, totals[i].largest, layouts[i].units());
 }
 
-// -- gc_update_project_rows ------------------------------------------------------------------
-
-// Arrays per weight: inputs (w, grad, states...), outputs (w, states...).
-int inputs_per_weight(Update::Rule rule) { return 2 + Update::state_count(rule); }
-
-MXReturnValue update_parse(const Attributes& attrs, int* num_in, int* num_out) {
-  Update::Rule rule;
-  if (!parse_rule(attrs, &rule)) return MX_FAIL;
-  const auto count = weight_count(attrs);
-  *num_in = inputs_per_weight(rule) * count;
-  *num_out = (inputs_per_weight(rule) - 1 + (with_stats(attrs) ? 1 : 0)) * count;
-  return MX_SUCCESS;
-}
-
-MXReturnValue update_type(const Attributes& attrs, std::vector<int>* in_types,
-                          std::vector<int>* out_types) {
-  for (auto& t : *out_types) t = kFloat32;
-  return all_float32("gc_update_project_rows", *in_types);
-}
-
-MXReturnValue update_shape(const Attributes& attrs,
-                           std::vector<std::vector<unsigned int>>* in_shapes,
-                           std::vector<std::vector<unsigned int>>* out_shapes) {
-  Update::Rule rule;
-  if (!parse_rule(attrs, &rule)) return MX_FAIL;
-  const size_t per_in = inputs_per_weight(rule), per_out = per_in - 1;
-  const size_t count = in_shapes->size() / per_in;
+void run_update(const Call& call) {
+  const size_t count = call.count(), per = call.per_weight;
+  std::vector<std::unique_ptr<Memory>> arrays;
+  std::vector<Layout> layouts;
+  std::vector<int64_t> sizes;
   for (size_t i = 0; i < count; ++i) {
-    (*out_shapes)[per_out * i] = (*in_shapes)[per_in * i];
-    for (size_t k = 1; k < per_out; ++k) (*out_shapes)[per_out * i + k] = (*in_shapes)[per_in * i + 1 + k];
-  }
-  for (size_t i = per_out * count; i < out_shapes->size(); ++i) (*out_shapes)[i] = {3};
-  return MX_SUCCESS;
-}
-
-MXReturnValue update_forward(const Attributes& attrs, std::vector<MXTensor>* inputs,
-                             std::vector<MXTensor>* outputs, const OpResource& res) {
-  const char* op = "gc_update_project_rows";
-  Update::Rule rule;
-  if (!parse_rule(attrs, &rule)) return MX_FAIL;
-  std::vector<UnitProjection> projections;
-  if (!parse_projections(op, attrs, &projections)) return MX_FAIL;
-  const auto update = split(attrs.at("update"), ',');
-  const size_t per_in = inputs_per_weight(rule), per_out = per_in - 1;
-  const bool stats = with_stats(attrs);
-  const size_t count = projections.size();
-  if (update.size() != 5 + 2 * count) {
-    MX_ERROR_MSG << op << ": \"update\" has " << update.size() << " numbers, not " << 5 + 2 * count;
-    return MX_FAIL;
-  }
-  std::vector<Layout> layouts(count);
-  std::vector<int64_t> sizes(count);
-  for (size_t i = 0; i < count; ++i) {
-    bool in_place = (*outputs)[per_out * i].data<float>() == (*inputs)[per_in * i].data<float>();
-    for (size_t k = 1; k < per_out; ++k)
-      in_place = in_place && (*outputs)[per_out * i + k].data<float>() == (*inputs)[per_in * i + 1 + k].data<float>();
-    if (!in_place) {
-      MX_ERROR_MSG << op << " runs in place only (out= its weights and states)";
-      return MX_FAIL;
+    for (size_t k = 0; k < per; ++k) {
+      arrays.emplace_back(new Memory(call.arrays[per * i + k]));
+      if (arrays.back()->size() != arrays[per * i]->size())
+        throw Failure("a weight's gradient and states must have its size");
     }
-    sizes[i] = (*inputs)[per_in * i].size();
-    if (!projections[i].layout(op, sizes[i], &layouts[i])) return MX_FAIL;
+    sizes.push_back(arrays[per * i]->size());
+    layouts.push_back(layout_of(call.projections[i], sizes.back()));
   }
+  const auto& n = call.numbers;
+  std::vector<Totals> totals(count);
   for_each_weight(sizes, [&](int64_t i) {
-    const UnitProjection& p = projections[i];
-    const Layout& l = layouts[i];
-    float* w = (*outputs)[per_out * i].data<float>();
-    const float* grad = (*inputs)[per_in * i + 1].data<float>();
-    float* s1 = (*outputs)[per_out * i + 1].data<float>();
-    float* s2 = per_out > 2 ? (*outputs)[per_out * i + 2].data<float>() : nullptr;
-    const Update step{rule, static_cast<float>(number(update[5 + 2 * i])),
-                      static_cast<float>(number(update[6 + 2 * i])),
-                      static_cast<float>(number(update[0])), static_cast<float>(number(update[1])),
-                      static_cast<float>(number(update[2])), static_cast<float>(number(update[3])),
-                      static_cast<float>(number(update[4]))};
-    const Totals t = project_weight<true>(p, w, l, sizes[i], stats, true, [&](int64_t at, int64_t length) {
+    float* w = arrays[per * i]->data();
+    const float* grad = arrays[per * i + 1]->data();
+    float* s1 = arrays[per * i + 2]->data();
+    float* s2 = per > 3 ? arrays[per * i + 3]->data() : nullptr;
+    const Update step{call.rule, static_cast<float>(n[5 + 2 * i]), static_cast<float>(n[6 + 2 * i]),
+                      static_cast<float>(n[0]), static_cast<float>(n[1]), static_cast<float>(n[2]),
+                      static_cast<float>(n[3]), static_cast<float>(n[4])};
+    totals[i] = project_weight<true>(call.projections[i], w, layouts[i], sizes[i], call.stats, true,
+                                     [&](int64_t at, int64_t length) {
       return step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
     });
-    if (stats) write_stats(&(*outputs)[per_out * count + i], t.moved, t.total, t.largest, l.units());
   });
-  return MX_SUCCESS;
+  if (call.stats)
+    for (size_t i = 0; i < count; ++i)
+      write_stats(call.stats_array(i), totals[i].moved, totals[i].total, totals[i].largest, layouts[i].units());
+}
+
+// What MXNet's engine runs. A failure is thrown to the engine, which keeps it with the call's
+// written arrays and raises it (an MXNetError) at the next wait on them, as for its own operators.
+void run(void* /* run_context */, void* queued) {
+  const Call& call = *static_cast<Call*>(queued);
+  try {
+    if (call.update) run_update(call);
+    else run_projection(call);
+  } catch (const Failure& failure) {
+    throw Failure(std::string(call.name) + ": " + failure.what());
+  }
+}
+
+void release(void* queued) { delete static_cast<Call*>(queued); }
+
+// Takes the call's own references to `handles` and queues it on the first array's context; the
+// arrays at the `read_only` positions are read, all others written.
+void queue(std::unique_ptr<Call> call, void** handles, int count, const std::vector<bool>& read_only) {
+  int dev_type = 0, dev_id = 0;
+  if (count == 0) return;
+  if (mxnet_api.context(handles[0], &dev_type, &dev_id) != 0) throw Failure(mxnet_api.last_error());
+  if (!on_cpu(dev_type)) throw Failure("the fused kernels run on CPU contexts only");
+  for (int i = 0; i < count; ++i) {
+    void* own = nullptr;
+    if (mxnet_api.detach(handles[i], &own) != 0) throw Failure(mxnet_api.last_error());
+    call->arrays.push_back(own);
+  }
+  std::vector<void*> read, written;
+  for (int i = 0; i < count; ++i) (read_only[i] ? read : written).push_back(call->arrays[i]);
+  const Context context{dev_type, dev_id};
+  const char* name = call->name;
+  Call* queued = call.release();  // MXNet owns it from here: `release` deletes it, even on failure
+  if (mxnet_api.push_sync(run, queued, release, &context, read.data(), static_cast<int>(read.size()),
+                          written.data(), static_cast<int>(written.size()), nullptr, 0, name) != 0)
+    throw Failure(mxnet_api.last_error());
+}
+
+// Writes the reason a call was refused, named after the kernel (a call that ran at once, as on
+// MXNet's NaiveEngine, has named it already).
+int failed(const std::exception& error, const char* name, char* message, int size) {
+  const std::string what = error.what(), prefix = std::string(name) + ": ";
+  std::snprintf(message, static_cast<size_t>(size), "%s%s", what.rfind(prefix, 0) == 0 ? "" : prefix.c_str(),
+                what.c_str());
+  return -1;
 }
 
 }  // namespace
 
-REGISTER_OP(gc_project_rows)
-    .setParseAttrs(project_parse)
-    .setInferType(project_type)
-    .setInferShape(project_shape)
-    .setForward(project_forward, "cpu");
+extern "C" {
 
-REGISTER_OP(gc_update_project_rows)
-    .setParseAttrs(update_parse)
-    .setInferType(update_type)
-    .setInferShape(update_shape)
-    .setForward(update_forward, "cpu");
-
-MXReturnValue initialize(int version) {
-  return version >= 10900 ? MX_SUCCESS : MX_FAIL;
+// Hands over MXNet's C API functions (the library does not link against libmxnet). Returns the
+// interface version.
+int gc_bind(void* push_sync, void* to_dlpack, void* detach, void* free, void* context, void* last_error) {
+  mxnet_api.push_sync = reinterpret_cast<decltype(mxnet_api.push_sync)>(push_sync);
+  mxnet_api.to_dlpack = reinterpret_cast<decltype(mxnet_api.to_dlpack)>(to_dlpack);
+  mxnet_api.detach = reinterpret_cast<decltype(mxnet_api.detach)>(detach);
+  mxnet_api.free = reinterpret_cast<decltype(mxnet_api.free)>(free);
+  mxnet_api.context = reinterpret_cast<decltype(mxnet_api.context)>(context);
+  mxnet_api.last_error = reinterpret_cast<decltype(mxnet_api.last_error)>(last_error);
+  return 1;
 }
+
+// Queues gc_project_rows on `weights` (one per "rows" entry, then one stats array per weight
+// if `stats`). Returns 0, or -1 with the reason in `message` (nothing queued).
+int gc_project(const char* rows, int stats, void** arrays, int count, char* message, int size) {
+  try {
+    std::unique_ptr<Call> call(new Call("gc_project_rows", false, stats != 0));
+    call->projections = parse_projections(rows);
+    const int expected = static_cast<int>(call->count()) * (stats ? 2 : 1);
+    if (count != expected)
+      throw Failure(std::to_string(count) + " arrays for " + std::to_string(call->count()) + " rows entries");
+    queue(std::move(call), arrays, count, std::vector<bool>(count, false));
+    return 0;
+  } catch (const std::exception& error) {
+    return failed(error, "gc_project_rows", message, size);
+  }
+}
+
+// Queues gc_update_project_rows: per weight (w, grad, states...) in `arrays`, then one stats
+// array per weight if `stats`; `numbers` = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,...".
+// Returns 0, or -1 with the reason in `message` (nothing queued).
+int gc_update(const char* rule, const char* numbers, const char* rows, int stats, void** arrays,
+              int count, char* message, int size) {
+  try {
+    std::unique_ptr<Call> call(new Call("gc_update_project_rows", true, stats != 0));
+    call->rule = parse_rule(rule);
+    call->projections = parse_projections(rows);
+    call->per_weight = 2 + Update::state_count(call->rule);
+    for (const auto& field : split(numbers, ',')) call->numbers.push_back(number(field));
+    const size_t weights = call->count();
+    if (call->numbers.size() != 5 + 2 * weights)
+      throw Failure("\"update\" has " + std::to_string(call->numbers.size()) + " numbers, not " +
+                    std::to_string(5 + 2 * weights));
+    const int expected = static_cast<int>(weights) * (call->per_weight + (stats ? 1 : 0));
+    if (count != expected)
+      throw Failure(std::to_string(count) + " arrays for " + std::to_string(weights) + " weights");
+    std::vector<bool> read_only(count, false);
+    for (size_t i = 0; i < weights; ++i) read_only[call->per_weight * i + 1] = true;  // the gradients
+    queue(std::move(call), arrays, count, read_only);
+    return 0;
+  } catch (const std::exception& error) {
+    return failed(error, "gc_update_project_rows", message, size);
+  }
+}
+
+}  // extern "C"

@@ -9,7 +9,7 @@ projection. No host synchronisation: every path only queues operators on MXNet's
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .. import _mxnet_compat as compat
 from ..catalogue import BOUNDARY_RTOL, Compose, Constraint, Reduction, RowLowering
 from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
-from .library import kernel, update_kernel
+from .library import kernel
 
 __all__ = ["lowering_of", "project_in_place", "KernelItem", "kernel_item", "project_kernel_items",
            "unit_layout", "measured", "fused_rule", "FusedPlan",
@@ -72,8 +72,8 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
     -----
     A weight of more than two dimensions (a convolution filter bank) reaches the kernel after a
     multiplication by 1 of its first filter (:func:`_first_filter`): after an inference-mode
-    forward MKL-DNN may hold the weight in its blocked layout, which library operators cannot
-    read, and that stock operator leaves it in the plain layout when it runs.
+    forward MKL-DNN may hold the weight in its blocked layout, which the kernel does not read
+    (its call fails), and that stock operator leaves it in the plain layout when it runs.
     """
     kernel_items: List[KernelItem] = []
     outputs: List[Any] = []
@@ -134,11 +134,8 @@ def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ())
         first *= 1.0
     for depth in range(max((len(item.entries) for item in items), default=0)):
         calls = [item for item in items if len(item.entries) > depth]
-        arrays = [item.array for item in calls]
-        attributes = {"rows": ";".join(item.entries[depth] for item in calls)}
-        if stats:
-            attributes["stats"] = "1"
-        kernel()(*arrays, out=arrays + list(stats), **attributes)
+        kernel().project([item.array for item in calls], ";".join(item.entries[depth] for item in calls),
+                         stats)
 
 
 def measured(array: Any, reduction: Optional[Reduction], order: float, project: Any,
@@ -198,14 +195,15 @@ class FusedPlan(NamedTuple):
 class FusedCall(NamedTuple):
     """One fused update call for a set of arrays.
 
-    ``attributes`` are the kernel's fixed attributes, ``inputs`` and ``outputs`` its arrays in
-    order, ``first_filters`` one-filter views of the filter banks to multiply by 1 before each
-    call (:func:`_first_filter`).
+    ``rule`` and ``rows`` are the kernel's (see :class:`~.library.Kernel`), ``arrays`` its
+    arrays in order (per weight: the weight, its gradient, its states), ``first_filters``
+    one-filter views of the filter banks to multiply by 1 before each call
+    (:func:`_first_filter`).
     """
 
-    attributes: Dict[str, str]
-    inputs: List[Any]
-    outputs: List[Any]
+    rule: str
+    rows: str
+    arrays: List[Any]
     first_filters: List[Any]
 
 
@@ -231,7 +229,7 @@ def plan_fused_update(rule: str, weight: Any, grad: Any, state: Any,
         Whether the call also writes the weight's statistics (as :func:`measured`).
     """
     kept = _states(rule, state)
-    if update_kernel() is None or grad.stype != "default" or not _fusable(weight) or kept is None:
+    if kernel() is None or grad.stype != "default" or not _fusable(weight) or kept is None:
         return None
     layout, step = _leading_rows(weight.shape), RowLowering("none")
     if projection is not None:
@@ -243,24 +241,20 @@ def plan_fused_update(rule: str, weight: Any, grad: Any, state: Any,
 
 
 def assemble_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any],
-                          plans: Sequence[FusedPlan], monitored: bool = False,
-                          plain: bool = False) -> FusedCall:
+                          plans: Sequence[FusedPlan], plain: bool = False) -> FusedCall:
     """The fused update call of ``weights`` and ``grads``, planned by :func:`plan_fused_update`.
 
     ``plain``: the weights are known to be in the plain layout, so filter banks need no
     conversion: a local kvstore's own copies are, since only copies and updates write them
     (MXNet's copy into a plain array reorders a blocked source). Were one blocked after all, the
-    kernel call would fail (MXNet refuses a blocked output), never compute on it.
+    kernel call would fail (it reads only plain arrays), never compute on it.
     """
-    inputs, outputs, first_filters = [], [], []
+    arrays, first_filters = [], []
     for weight, grad, plan in zip(weights, grads, plans):
         if plan.bank and not plain:
             first_filters.append(_first_filter(weight))
-        inputs += [weight, grad, *plan.states]
-        outputs += [weight, *plan.states]
-    attributes = {"rows": ";".join(plan.entry for plan in plans), "rule": rule,
-                  **({"stats": "1"} if monitored else {})}
-    return FusedCall(attributes, inputs, outputs, first_filters)
+        arrays += [weight, grad, *plan.states]
+    return FusedCall(rule, ";".join(plan.entry for plan in plans), arrays, first_filters)
 
 
 def fused_rates(optimizer: Any, indices: Sequence[Any]) -> List[float]:
@@ -296,8 +290,7 @@ def fused_update(optimizer: Any, call: FusedCall, rates: Sequence[float],
     numbers = [float(optimizer.rescale_grad), clip, *hyperparameters, *rates]
     for first in call.first_filters:
         first *= 1.0
-    update_kernel()(*call.inputs, out=call.outputs + list(stats),
-                    update=",".join(map(repr, numbers)), **call.attributes)
+    kernel().update(call.rule, numbers, call.rows, call.arrays, stats)
 
 
 def _states(rule: str, state: Any) -> Optional[List[Any]]:

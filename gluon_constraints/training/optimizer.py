@@ -43,6 +43,10 @@ class Projection(NamedTuple):
 
 # Parameters per update call while the kernel is loaded (MXNet's own SGD takes 4).
 _FUSED_AGGREGATION = 256
+# During a local kvstore's pushes, the queued updates run once this many elements are queued:
+# the trainer pushes the last layers first, whose gradients the backward pass computes first,
+# so the first groups update while it goes on; smaller groups would cost more calls.
+_DEFERRED_SIZE = 1 << 20
 # Where Optimizer.create_state_multi_precision puts the float32 master copy, by the class that
 # defines it: the base class returns (master, state); SGD, NAG and LARS return (state, master).
 _MASTER_SLOT_BY_CREATOR = {Optimizer: 0, SGD: 1, NAG: 1, LARS: 1}
@@ -117,7 +121,7 @@ class ConstrainedOptimizer(Optimizer):
 
     _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "monitor",
             "stats", "_cache", "_resolved", "_fused_plans", "_fused_calls", "_deferred",
-            "_deferred_updates")
+            "_deferred_updates", "_deferred_size")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
                  every: int = 1, monitor: bool = False) -> None:
@@ -135,7 +139,7 @@ class ConstrainedOptimizer(Optimizer):
                             ("iterates", dict(iterates)), ("every", every), ("monitor", monitor),
                             ("stats", {}), ("_cache", {}), ("_resolved", {}),
                             ("_fused_plans", {}), ("_fused_calls", {}), ("_deferred", None),
-                            ("_deferred_updates", None)):
+                            ("_deferred_updates", None), ("_deferred_size", 0)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -226,6 +230,15 @@ class ConstrainedOptimizer(Optimizer):
         return self.failure
 
     def _update(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
+        """One update call; while deferring, the queue runs once it holds 2^20 elements."""
+        self._update_or_queue(index, weight, grad, state, multi_precision)
+        if self._deferred is not None:
+            self._deferred_size += sum(w.size for w in _listed(index, weight, grad, state)[1])
+            if self._deferred_size >= _DEFERRED_SIZE:
+                self._run_deferred()
+
+    def _update_or_queue(self, index: Any, weight: Any, grad: Any, state: Any,
+                         multi_precision: bool) -> None:
         indices, weights, grads, states = _listed(index, weight, grad, state)
         if self.param_dict and self.inner.param_dict is not self.param_dict:
             raise EnforcementError(
@@ -297,8 +310,7 @@ class ConstrainedOptimizer(Optimizer):
         signature = tuple(tuple(map(id, column)) for column in (plans, weights, grads))
         cached = self._fused_calls.get(key)
         if cached is None or cached[0] != signature:
-            cached = (signature, assemble_fused_update(fused_rule(self.inner)[0], weights, grads,
-                                                       plans, self.monitor),
+            cached = (signature, assemble_fused_update(fused_rule(self.inner)[0], weights, grads, plans),
                       tuple(plans), tuple(weights), tuple(grads))
             self._fused_calls[key] = cached
         return cached[1]
@@ -355,20 +367,30 @@ class ConstrainedOptimizer(Optimizer):
         :meth:`flush_projections`.
 
         The trainer calls this before a local kvstore's pushes (each push runs one parameter's
-        update) and flushes before the weights are pulled back: one kernel call instead of one
-        per parameter. Stateful constraints are not deferred.
+        update) and flushes before the weights are pulled back: one kernel call per 2^20
+        elements pushed (and one at the flush) instead of one per parameter. Stateful
+        constraints are not deferred.
         """
-        self._deferred, self._deferred_updates = [], []
+        self._deferred, self._deferred_updates, self._deferred_size = [], [], 0
 
     def flush_projections(self) -> None:
-        """Run the queued updates and projections of every update since :meth:`defer_projections`.
+        """Run the queued updates and projections of every update since :meth:`defer_projections`,
+        and stop deferring."""
+        try:
+            self._run_deferred()
+        finally:
+            self._deferred = self._deferred_updates = None
+
+    def _run_deferred(self) -> None:
+        """Run the queued updates and projections, and keep deferring.
 
         The queued fused updates run in one kernel call (each counted on the device the kvstore
         updated it on: MXNet keeps update counts per device), then the other updates'
         projections in one.
         """
-        deferred, self._deferred = self._deferred, None
-        updates, self._deferred_updates = self._deferred_updates, None
+        deferred, self._deferred = self._deferred, []
+        updates, self._deferred_updates = self._deferred_updates, []
+        self._deferred_size = 0
         indices: List[Any] = []
         try:
             if updates:
@@ -382,8 +404,7 @@ class ConstrainedOptimizer(Optimizer):
                 indices += queued
                 # The kvstore hands the updater new array objects at every push, so there is no
                 # call to keep; its own copies are plain, never blocked by a forward pass.
-                call = assemble_fused_update(fused_rule(self.inner)[0], weights, grads, plans,
-                                             self.monitor, plain=True)
+                call = assemble_fused_update(fused_rule(self.inner)[0], weights, grads, plans, plain=True)
                 self._fused_update(queued, weights, projections, call, rates)
             if deferred:
                 items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])

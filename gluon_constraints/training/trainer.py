@@ -110,6 +110,18 @@ class EnforcedTraining(compat.TrainerHooks):
         """Settle the initial weights of a distributed job."""
         settle_initial_weights(self)
 
+    def ordered_for_pushes(self, updated: List[Tuple[int, Any]]) -> List[Tuple[int, Any]]:
+        """Last layer first: the order in which the backward pass computes the gradients, so the
+        updates queued first (one kernel call per 2^20 elements) can run while it goes on.
+
+        A :class:`ConstrainedTrainer` knows the order its parameters were given in (a network's
+        ``collect_params()``: registration order, which is the order of the forward pass in
+        most networks); a trainer given enforcement by :func:`enforce` pushes by reversed index
+        (Gluon sorts its parameters by name).
+        """
+        given = getattr(self, "_gc_given_order", {})
+        return sorted(updated, key=lambda pair: -given.get(pair[1].name, pair[0]))
+
     def before_pushes(self) -> None:
         """Let the kvstore's updates queue their projections (a local kvstore updates one
         parameter per call: one kernel call per parameter would cost more than the update)."""
@@ -209,9 +221,11 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
                  update_on_kvstore: Optional[bool] = None, every: int = 1,
                  monitor: bool = False) -> None:
         every = cadence(every)
-        check_parameters(_listed_parameters(params), optimizer, optimizer_params)
+        listed = _listed_parameters(params)
+        check_parameters(listed, optimizer, optimizer_params)
         super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
                          compression_params=compression_params, update_on_kvstore=update_on_kvstore)
+        self._gc_given_order = {p.name: position for position, p in enumerate(listed)}
         _install(self, every, monitor)
 
 
