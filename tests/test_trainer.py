@@ -219,10 +219,18 @@ def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeyp
     assert_matches_reference(net, weights_of(reference, prefix="reference_"), rtol=1e-4)
 
 
-def test_kvstore_pushes_update_in_groups_of_2_20_elements_last_layers_first(monkeypatch):
+@pytest.mark.parametrize("make,groups", [
+    (lambda params: gc.ConstrainedTrainer(params, "sgd", {"learning_rate": 0.05, "momentum": 0.9}),
+     [[1024, 1024 * 1024]] * 3),  # (bias, weight) of dense2, then 1, then 0
+    (lambda params: gc.enforce(gluon.Trainer(params, "sgd", {"learning_rate": 0.05, "momentum": 0.9})),
+     [[1024 * 1024], [1024, 1024 * 1024], [1024, 1024 * 1024], [1024]]),  # by name: weight before bias
+], ids=["ConstrainedTrainer", "enforce"])
+def test_kvstore_pushes_update_in_groups_of_2_20_elements_last_layers_first(make, groups, monkeypatch):
     # The backward pass computes the last layers' gradients first: pushed last layer first, the
     # queued updates run once 2^20 elements are queued, so the first calls can run while the
-    # backward pass still computes the first layers' gradients.
+    # backward pass still computes the first layers' gradients. A ConstrainedTrainer pushes in
+    # the reverse of the order it was given the parameters in; a trainer given enforcement
+    # later, in the reverse of Gluon's order by name.
     from gluon_constraints.kernels import projection
 
     loaded = projection.kernel()
@@ -248,9 +256,9 @@ def test_kvstore_pushes_update_in_groups_of_2_20_elements_last_layers_first(monk
     data = [(rng.normal(size=(4, 1024)).astype(np.float32), rng.normal(size=(4, 1024)).astype(np.float32))
             for _ in range(2)]
     net = build(TWO, "grouped_")
-    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    trainer = make(net.collect_params())
     train_steps(net, trainer, TWO, data)
-    assert calls == [[1024, 1024 * 1024]] * 3 * len(data)  # (bias, weight) of dense2, then 1, then 0
+    assert calls == groups * len(data)
     monkeypatch.undo()
     reference = build([mx.cpu(0)], "reference_")
     plain = gluon.Trainer(reference.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})

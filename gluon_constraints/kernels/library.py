@@ -64,7 +64,6 @@ _POINTER = "current"
 # MXNet's C API functions the library calls, in gc_bind's order.
 _MXNET_FUNCTIONS = ("MXEnginePushSyncND", "MXNDArrayToDLPack", "MXNDArrayDetach", "MXNDArrayFree",
                     "MXNDArrayGetContext", "MXGetLastError")
-_BIND_VERSION = 1
 _MESSAGE_SIZE = 1024
 _log = logging.getLogger("gluon_constraints.kernels")
 _lock = threading.Lock()
@@ -221,8 +220,7 @@ def _load() -> Union[Kernel, str]:
         library = ctypes.CDLL(str(path))
         functions = [compat.c_function(name) for name in _MXNET_FUNCTIONS]
         library.gc_bind.argtypes = [ctypes.c_void_p] * len(functions)
-        if library.gc_bind(*functions) != _BIND_VERSION:
-            return f"{path} is not this version's library."
+        library.gc_bind(*functions)
     except (OSError, AttributeError) as error:
         return f"loading {path} failed ({error})."
     return Kernel(library)

@@ -597,16 +597,14 @@ int failed(const std::exception& error, const char* name, char* message, int siz
 
 extern "C" {
 
-// Hands over MXNet's C API functions (the library does not link against libmxnet). Returns the
-// interface version.
-int gc_bind(void* push_sync, void* to_dlpack, void* detach, void* free, void* context, void* last_error) {
+// Hands over MXNet's C API functions (the library does not link against libmxnet).
+void gc_bind(void* push_sync, void* to_dlpack, void* detach, void* free, void* context, void* last_error) {
   mxnet_api.push_sync = reinterpret_cast<decltype(mxnet_api.push_sync)>(push_sync);
   mxnet_api.to_dlpack = reinterpret_cast<decltype(mxnet_api.to_dlpack)>(to_dlpack);
   mxnet_api.detach = reinterpret_cast<decltype(mxnet_api.detach)>(detach);
   mxnet_api.free = reinterpret_cast<decltype(mxnet_api.free)>(free);
   mxnet_api.context = reinterpret_cast<decltype(mxnet_api.context)>(context);
   mxnet_api.last_error = reinterpret_cast<decltype(mxnet_api.last_error)>(last_error);
-  return 1;
 }
 
 // Queues gc_project_rows on `weights` (one per "rows" entry, then one stats array per weight
