@@ -105,24 +105,21 @@ class Kernel:
         """Queue ``gc_project_rows`` on ``weights`` (with ``stats``: one float32 array of 3 per
         weight, receiving its statistics)."""
         arrays = [*weights, *stats]
-        message = ctypes.create_string_buffer(_MESSAGE_SIZE)
-        _check(self._project(rows.encode(), int(bool(stats)), _handles(arrays), len(arrays),
-                             message, _MESSAGE_SIZE), message)
+        _queue(self._project, rows.encode(), int(bool(stats)), _handles(arrays), len(arrays))
 
     def update(self, rule: str, numbers: Sequence[float], rows: str, arrays: Sequence[Any],
                stats: Sequence[Any] = ()) -> None:
         """Queue ``gc_update_project_rows``: ``arrays`` per weight ``(w, grad, states...)``,
         ``numbers`` ``[rescale_grad, clip_gradient, h1, h2, h3, lr_1, wd_1, ...]``."""
         listed = [*arrays, *stats]
-        message = ctypes.create_string_buffer(_MESSAGE_SIZE)
-        _check(self._update(rule.encode(), ",".join(map(repr, numbers)).encode(), rows.encode(),
-                            int(bool(stats)), _handles(listed), len(listed), message, _MESSAGE_SIZE),
-               message)
+        _queue(self._update, rule.encode(), ",".join(map(repr, numbers)).encode(), rows.encode(),
+               int(bool(stats)), _handles(listed), len(listed))
 
 
-def _check(result: int, message: Any) -> None:
-    """Raise the library's message if a call was refused."""
-    if result != 0:
+def _queue(function: Any, *arguments: Any) -> None:
+    """Call one of the library's queuing functions; raise its message if it refused the call."""
+    message = ctypes.create_string_buffer(_MESSAGE_SIZE)
+    if function(*arguments, message, _MESSAGE_SIZE) != 0:
         raise MXNetError(message.value.decode())
 
 

@@ -491,30 +491,9 @@ Layout layout_of(const UnitProjection& p, int64_t size) {
   return {p.groups, p.segments, p.interleave, size / cells};
 }
 
-void run_projection(const Call& call) {
-  const size_t count = call.count();
-  std::vector<std::unique_ptr<Memory>> weights;
-  std::vector<Layout> layouts;
-  std::vector<int64_t> sizes;
-  for (size_t i = 0; i < count; ++i) {
-    weights.emplace_back(new Memory(call.arrays[i]));
-    sizes.push_back(weights.back()->size());
-    layouts.push_back(layout_of(call.projections[i], sizes.back()));
-  }
-  std::vector<Totals> totals(count);
-  for_each_weight(sizes, [&](int64_t i) {
-    const UnitProjection& p = call.projections[i];
-    if (p.mode == UnitProjection::kNone && !call.stats) return;
-    const bool read = p.mode == UnitProjection::kNorm || call.stats;
-    totals[i] = project_weight<false>(p, weights[i]->data(), layouts[i], sizes[i], call.stats, read,
-                                      [](int64_t, int64_t) { return 0.0; });
-  });
-  if (call.stats)
-    for (size_t i = 0; i < count; ++i)
-      write_stats(call.stats_array(i), totals[i].moved, totals[i].total, totals[i].largest, layouts[i].units());
-}
-
-void run_update(const Call& call) {
+// Runs a queued call: per weight its arrays (the weight alone, or with its gradient and states
+// for an update), then its statistics.
+void run_call(const Call& call) {
   const size_t count = call.count(), per = call.per_weight;
   std::vector<std::unique_ptr<Memory>> arrays;
   std::vector<Layout> layouts;
@@ -531,14 +510,22 @@ void run_update(const Call& call) {
   const auto& n = call.numbers;
   std::vector<Totals> totals(count);
   for_each_weight(sizes, [&](int64_t i) {
+    const UnitProjection& p = call.projections[i];
     float* w = arrays[per * i]->data();
+    if (!call.update) {
+      if (p.mode == UnitProjection::kNone && !call.stats) return;
+      const bool read = p.mode == UnitProjection::kNorm || call.stats;
+      totals[i] = project_weight<false>(p, w, layouts[i], sizes[i], call.stats, read,
+                                        [](int64_t, int64_t) { return 0.0; });
+      return;
+    }
     const float* grad = arrays[per * i + 1]->data();
     float* s1 = arrays[per * i + 2]->data();
     float* s2 = per > 3 ? arrays[per * i + 3]->data() : nullptr;
     const Update step{call.rule, static_cast<float>(n[5 + 2 * i]), static_cast<float>(n[6 + 2 * i]),
                       static_cast<float>(n[0]), static_cast<float>(n[1]), static_cast<float>(n[2]),
                       static_cast<float>(n[3]), static_cast<float>(n[4])};
-    totals[i] = project_weight<true>(call.projections[i], w, layouts[i], sizes[i], call.stats, true,
+    totals[i] = project_weight<true>(p, w, layouts[i], sizes[i], call.stats, true,
                                      [&](int64_t at, int64_t length) {
       return step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
     });
@@ -553,8 +540,7 @@ void run_update(const Call& call) {
 void run(void* /* run_context */, void* queued) {
   const Call& call = *static_cast<Call*>(queued);
   try {
-    if (call.update) run_update(call);
-    else run_projection(call);
+    run_call(call);
   } catch (const Failure& failure) {
     throw Failure(std::string(call.name) + ": " + failure.what());
   }

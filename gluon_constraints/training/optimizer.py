@@ -231,15 +231,15 @@ class ConstrainedOptimizer(Optimizer):
 
     def _update(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
         """One update call; while deferring, the queue runs once it holds 2^20 elements."""
-        self._update_or_queue(index, weight, grad, state, multi_precision)
+        indices, weights, grads, states = _listed(index, weight, grad, state)
+        self._update_or_queue(index, indices, weights, grads, states, multi_precision)
         if self._deferred is not None:
-            self._deferred_size += sum(w.size for w in _listed(index, weight, grad, state)[1])
+            self._deferred_size += sum(w.size for w in weights)
             if self._deferred_size >= _DEFERRED_SIZE:
                 self._run_deferred()
 
-    def _update_or_queue(self, index: Any, weight: Any, grad: Any, state: Any,
-                         multi_precision: bool) -> None:
-        indices, weights, grads, states = _listed(index, weight, grad, state)
+    def _update_or_queue(self, index: Any, indices: Sequence[Any], weights: Sequence[Any],
+                         grads: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
         if self.param_dict and self.inner.param_dict is not self.param_dict:
             raise EnforcementError(
                 f"The optimizer {type(self.inner).__name__} was given to another trainer after "
@@ -262,7 +262,7 @@ class ConstrainedOptimizer(Optimizer):
                                        self._fused_call(device, indices, weights, grads, plans))
                 return
         if not isinstance(index, (list, tuple)):
-            inner_update(index, weight, grad, state)
+            inner_update(index, weights[0], grads[0], states[0])
             self._project_updated(indices, projections, weights, states, multi_precision)
             return
         # In the wrapped optimizer's own call sizes, then every projection of the call at once.
