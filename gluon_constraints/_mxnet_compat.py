@@ -250,33 +250,76 @@ def own_parameters(block: Any) -> Dict[str, Any]:
     return dict(block._reg_params)
 
 
+class _Walk:
+    """What :func:`block_parameters` found under a block, kept on it: every visited block's
+    parameter and child tables, each with its contents then, and the parameters found. It is
+    valid while every table still holds the same objects (Gluon creates a block's tables once
+    and only adds to, or replaces in, them).
+
+    Not a tuple, which Gluon's check for unregistered child blocks would search. A copy or
+    pickle of the block gets None (``__reduce__``): its tables are other objects.
+    """
+
+    __slots__ = ("tables", "parameters")
+
+    def __init__(self, tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...], parameters: Tuple[Any, ...]) -> None:
+        self.tables, self.parameters = tables, parameters
+
+    def __reduce__(self) -> Tuple[Any, Tuple[()]]:
+        return type(None), ()
+
+
+_WALK_ATTRIBUTE = "_gluon_constraints_parameter_walk"
+
+
 def block_parameters(block: Any) -> List[Any]:
     """``block.collect_params().values()``, in the same order, without building a ParameterDict
     per block (which costs tens of microseconds per block).
 
-    Blocks whose class overrides ``collect_params``, and names that occur twice (a shared
-    parameter, or two parameters of one name), are left to ``collect_params`` itself (which
-    keeps a shared one once and raises on a clash).
+    The walk is kept on the block and reused while no table it read has changed (checking them
+    costs about a third of walking again). Blocks whose class overrides ``collect_params``, and
+    names that occur twice (a shared parameter, or two parameters of one name), are left to
+    ``collect_params`` itself (which keeps a shared one once and raises on a clash).
     """
+    kept = block.__dict__.get(_WALK_ATTRIBUTE)
+    if kept is not None and _unchanged(kept.tables):
+        return list(kept.parameters)
+    walk = _walk(block)
+    if walk is None:
+        block.__dict__.pop(_WALK_ATTRIBUTE, None)
+        return list(block.collect_params().values())
+    block.__dict__[_WALK_ATTRIBUTE] = walk
+    return list(walk.parameters)
+
+
+def _unchanged(tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]) -> bool:
+    """Whether every table still holds exactly ``contents`` (the same objects, in order)."""
+    for table, contents in tables:
+        if (tuple(table.values()) != contents) if contents else table:  # most tables are empty
+            return False
+    return True
+
+
+def _walk(block: Any) -> Optional[_Walk]:
+    """The parameters under ``block`` in ``collect_params`` order with the tables read, or None
+    where ``collect_params`` itself must decide (see :func:`block_parameters`)."""
     from mxnet.gluon.block import Block
 
     found: Dict[str, Any] = {}
-    count = 0
+    tables: List[Tuple[Any, Tuple[Any, ...]]] = []
     pending = [block]
     while pending:
         b = pending.pop()
         if type(b).collect_params is not Block.collect_params:
-            return list(block.collect_params().values())
-        table = b._params._params
-        if table:  # dict.update from an OrderedDict takes its slow path, even when empty
-            count += len(table)
-            for name, param in table.items():
-                found[name] = param
-        if b._children:
-            pending.extend(reversed(b._children.values()))
-    if len(found) != count:
-        return list(block.collect_params().values())
-    return list(found.values())
+            return None
+        params, children = b._params._params, b._children
+        tables += [(params, tuple(params.values())), (children, tuple(children.values()))]
+        found.update(params)
+        pending.extend(reversed(tables[-1][1]))
+    parameters = tuple(found.values())
+    if len(parameters) != sum(len(contents) for table, contents in tables[::2]):
+        return None
+    return _Walk(tuple(tables), parameters)
 
 
 def structural_parameters(block: Any) -> Dict[str, Any]:

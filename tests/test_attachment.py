@@ -1,5 +1,7 @@
 """attach, constrain and apply_constraints on existing networks (docs/layers.md)."""
 
+from copy import deepcopy
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -241,14 +243,12 @@ def test_apply_constraints_reuses_its_checks_and_follows_every_change(monkeypatc
 
 
 def test_apply_constraints_on_a_deep_copy_projects_the_copy_not_the_original():
-    import copy
-
     net = gluon_nn.HybridSequential()
     net.add(gluon_nn.Dense(4, in_units=3), gluon_nn.Conv2DTranspose(3, 2, in_channels=2))
     net.initialize(mx.init.Normal(2.0))
     gc.constrain(net, {"weight": gc.MaxNorm(0.3)})
     gc.apply_constraints(net)                      # plans made for the original
-    twin = copy.deepcopy(net)
+    twin = deepcopy(net)
     rng = np.random.default_rng(2)
     originals = [p.data().asnumpy() for p in net.collect_params().values()]
     for p in twin.collect_params().values():
@@ -298,8 +298,49 @@ def test_parameters_of_a_block_follow_collect_params_order_and_structure_changes
     chosen.add(gluon_nn.Dense(2, in_units=2))
     for net in (resnet, Tied(), chosen):
         assert parameters_of(net) == list(net.collect_params().values())
+    # The walk is kept on the block and reused while every table it read holds the same
+    # objects: each change below is followed.
     before = parameters_of(resnet)
     resnet.output = gluon_nn.Dense(7, in_units=512)  # replaced in place in its parent's table
     after = parameters_of(resnet)
     assert after == list(resnet.collect_params().values()) and after != before
     assert resnet.output.weight in after
+    resnet.features[4].add(gluon_nn.Dense(3, in_units=3))  # a child added deep in the tree
+    extra = resnet.features[0].params.get("extra", shape=(2,))  # a parameter added to a table
+    after = parameters_of(resnet)
+    assert after == list(resnet.collect_params().values())
+    assert resnet.features[4][-1].weight in after and extra in after
+    twin = deepcopy(resnet)  # the copy walks its own tree
+    assert parameters_of(twin) == list(twin.collect_params().values())
+    assert not set(map(id, parameters_of(twin))) & set(map(id, after))
+
+
+def test_apply_constraints_follows_layers_added_reinitialized_and_released_after_a_call():
+    # The kernel work of a Block's last call is reused while its parameters keep their plans.
+    rng = np.random.default_rng(4)
+    net = gluon_nn.HybridSequential()
+    net.add(gluon_nn.Dense(4, in_units=3))
+    net.initialize(mx.init.Normal(2.0))
+    gc.constrain(net, {"weight": gc.MaxNorm(0.3)})
+    assert gc.apply_constraints(net) == [net[0].weight.name]
+
+    extra = gluon_nn.Dense(5, in_units=4)
+    extra.initialize()
+    gc.attach(extra.weight, gc.MaxNorm(0.4), layer=extra)
+    net.add(extra)
+    w = rng.normal(0, 2, (5, 4)).astype(np.float32)
+    extra.weight.set_data(mx.nd.array(w))
+    assert gc.apply_constraints(net) == [net[0].weight.name, extra.weight.name]
+    np.testing.assert_allclose(extra.weight.data().asnumpy(), max_norm_rows(w, 0.4), rtol=2e-6)
+
+    net.initialize(mx.init.Normal(2.0), force_reinit=True)  # new arrays
+    drawn = [net[0].weight.data().asnumpy(), extra.weight.data().asnumpy()]
+    gc.apply_constraints(net)
+    for layer, before, bound in zip(net, drawn, (0.3, 0.4)):
+        assert np.sqrt((before.astype(np.float64) ** 2).sum(1)).max() > bound  # needs projecting
+        np.testing.assert_allclose(layer.weight.data().asnumpy(), max_norm_rows(before, bound), rtol=2e-6)
+
+    gc.attach(extra.weight, None)
+    extra.weight.set_data(mx.nd.array(w))
+    assert gc.apply_constraints(net) == [net[0].weight.name]
+    assert extra.weight.data().asnumpy().tobytes() == w.tobytes()

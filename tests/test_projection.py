@@ -396,7 +396,7 @@ def test_a_kernel_call_waits_only_for_its_own_arrays():
         assert not _finishes(mx.nd.sort(mx.nd.ones((8,))), 0.5)  # what a library operator met
         w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
         weight = mx.nd.array(w)
-        library.kernel().project([weight], _entry((8, 1, 1), gc.MaxNorm(1.0).row_lowering()))
+        library.kernel().projection([weight], _entry((8, 1, 1), gc.MaxNorm(1.0).row_lowering())).queue()
         assert _finishes(weight, 60)
         np.testing.assert_allclose(weight.asnumpy(), ref.max_norm(w, 1.0, (1,)), rtol=2e-6)
     finally:
@@ -406,10 +406,10 @@ def test_a_kernel_call_waits_only_for_its_own_arrays():
 
 @requires_compiler
 @pytest.mark.parametrize("call,message", [
-    (lambda k, w, g, m: k.project([w], "8/1/1,norm,0.0,1.0,1.0,1e-06"),
+    (lambda k, w, g, m: k.projection([w], "8/1/1,norm,0.0,1.0,1.0,1e-06").queue(),
      "gc_project_rows: malformed rows entry '8/1/1,norm,0.0,1.0,1.0,1e-06'"),
-    (lambda k, w, g, m: k.project([w], "8/1/1,cap,0.0,1.0,1.0,1e-06,2"), "gc_project_rows: unknown mode 'cap'"),
-    (lambda k, w, g, m: k.project([w, g], "8/1/1,norm,0.0,1.0,1.0,1e-06,2"),
+    (lambda k, w, g, m: k.projection([w], "8/1/1,cap,0.0,1.0,1.0,1e-06,2").queue(), "gc_project_rows: unknown mode 'cap'"),
+    (lambda k, w, g, m: k.projection([w, g], "8/1/1,norm,0.0,1.0,1.0,1e-06,2").queue(),
      "gc_project_rows: 2 arrays for 1 rows entries"),
     (lambda k, w, g, m: k.update("adagrad", [1, -1, 0.9, 0, 0, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
      "gc_update_project_rows: unknown rule 'adagrad'"),
@@ -451,7 +451,7 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
     rows = evaluated_layer().weight.data().reshape((shape[0], -1))
     with pytest.raises(mx.base.MXNetError, match="gc_project_rows: cannot read an array in place "
                                                  r"\(MKL-DNN may hold it in its blocked layout\)"):
-        kernel().project([rows], _entry((shape[0], 1, 1), gc.MaxNorm(2.0).row_lowering()))
+        kernel().projection([rows], _entry((shape[0], 1, 1), gc.MaxNorm(2.0).row_lowering())).queue()
         rows.wait_to_read()
     weight = evaluated_layer().weight.data()
     project_in_place([(weight, gc.MaxNorm(2.0), gc.Reduction(axes))])

@@ -1,6 +1,7 @@
 """ConstrainedTrainer in every single-machine configuration (docs/training.md)."""
 
 import warnings
+from types import SimpleNamespace
 
 import mxnet as mx
 import numpy as np
@@ -195,9 +196,13 @@ def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeyp
     calls = []
 
     class Counted:
-        def project(self, weights, rows, stats=()):
-            calls.append(("project", len(rows.split(";"))))
-            loaded.project(weights, rows, stats)
+        def projection(self, weights, rows, stats=()):
+            prepared = loaded.projection(weights, rows, stats)
+
+            def queue():
+                calls.append(("project", len(rows.split(";"))))
+                prepared.queue()
+            return SimpleNamespace(queue=queue)
 
         def update(self, rule, numbers, rows, arrays, stats=()):
             calls.append(("update", len(rows.split(";"))))

@@ -42,7 +42,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mxnet
 from mxnet.base import MXNetError
@@ -50,7 +50,7 @@ from mxnet.base import MXNetError
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning
 
-__all__ = ["Kernel", "kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
+__all__ = ["Kernel", "PreparedCall", "kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
@@ -101,11 +101,12 @@ class Kernel:
         self._project = library.gc_project
         self._update = library.gc_update
 
-    def project(self, weights: Sequence[Any], rows: str, stats: Sequence[Any] = ()) -> None:
-        """Queue ``gc_project_rows`` on ``weights`` (with ``stats``: one float32 array of 3 per
-        weight, receiving its statistics)."""
+    def projection(self, weights: Sequence[Any], rows: str, stats: Sequence[Any] = ()) -> "PreparedCall":
+        """``gc_project_rows`` on ``weights`` (with ``stats``: one float32 array of 3 per weight,
+        receiving its statistics), prepared to be queued any number of times."""
         arrays = [*weights, *stats]
-        _queue(self._project, rows.encode(), int(bool(stats)), _handles(arrays), len(arrays))
+        return PreparedCall(self._project, (rows.encode(), int(bool(stats)), _handles(arrays),
+                                            len(arrays)), arrays)
 
     def update(self, rule: str, numbers: Sequence[float], rows: str, arrays: Sequence[Any],
                stats: Sequence[Any] = ()) -> None:
@@ -114,6 +115,22 @@ class Kernel:
         listed = [*arrays, *stats]
         _queue(self._update, rule.encode(), ",".join(map(repr, numbers)).encode(), rows.encode(),
                int(bool(stats)), _handles(listed), len(listed))
+
+
+class PreparedCall(NamedTuple):
+    """A kernel call with its arguments converted for C once (:meth:`Kernel.projection`).
+
+    It holds its arrays, so their handles stay valid while it lives; each :meth:`queue` queues
+    the call on them as they are then.
+    """
+
+    function: Any
+    arguments: Tuple[Any, ...]
+    arrays: List[Any]
+
+    def queue(self) -> None:
+        """Queue the call (``MXNetError`` if the library refuses it; nothing is queued then)."""
+        _queue(self.function, *self.arguments)
 
 
 def _queue(function: Any, *arguments: Any) -> None:

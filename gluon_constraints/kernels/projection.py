@@ -20,9 +20,10 @@ from .. import _mxnet_compat as compat
 from ..catalogue import BOUNDARY_RTOL, Compose, Constraint, Reduction, RowLowering
 from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
-from .library import kernel
+from .library import PreparedCall, kernel
 
 __all__ = ["lowering_of", "project_in_place", "KernelItem", "kernel_item", "project_kernel_items",
+           "ProjectionBatch", "prepared_projection",
            "unit_layout", "measured", "fused_rule", "FusedPlan",
            "FusedCall", "plan_fused_update", "assemble_fused_update", "fused_rates", "fused_update"]
 
@@ -123,19 +124,37 @@ def kernel_item(array: Any, constraint: Constraint, reduction: Reduction,
     return KernelItem(array, tuple(_entry(layout, step) for step in steps), first)
 
 
-def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> None:
-    """Project ``items`` in place with the kernel: one call per step depth, all items at once.
+class ProjectionBatch(NamedTuple):
+    """The kernel work that projects a fixed list of items (:func:`prepared_projection`): the
+    filter banks' one-filter views to multiply by 1 first (:func:`_first_filter`), then one
+    prepared call per step depth. :meth:`run` queues it, as often as wanted."""
 
-    Filter banks are first put in the plain layout (:func:`_first_filter`).
-    ``stats``: one float32 array of 3 per item to receive its statistics (monitored items have
-    one step). The items' arrays may live on different CPU contexts.
-    """
-    for first in (item.first_filter for item in items if item.first_filter is not None):
-        first *= 1.0
+    first_filters: List[Any]
+    calls: List[PreparedCall]
+
+    def run(self) -> None:
+        """Queue the projection of the items' arrays as they are now."""
+        for first in self.first_filters:
+            first *= 1.0
+        for call in self.calls:
+            call.queue()
+
+
+def prepared_projection(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> ProjectionBatch:
+    """The kernel work that projects ``items`` in place: one call per step depth, all items at
+    once. ``stats``: one float32 array of 3 per item to receive its statistics (monitored items
+    have one step). The items' arrays may live on different CPU contexts."""
+    calls = []
     for depth in range(max((len(item.entries) for item in items), default=0)):
-        calls = [item for item in items if len(item.entries) > depth]
-        kernel().project([item.array for item in calls], ";".join(item.entries[depth] for item in calls),
-                         stats)
+        stepped = [item for item in items if len(item.entries) > depth]
+        calls.append(kernel().projection([item.array for item in stepped],
+                                         ";".join(item.entries[depth] for item in stepped), stats))
+    return ProjectionBatch([item.first_filter for item in items if item.first_filter is not None], calls)
+
+
+def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> None:
+    """Project ``items`` in place with the kernel (see :func:`prepared_projection`)."""
+    prepared_projection(items, stats).run()
 
 
 def measured(array: Any, reduction: Optional[Reduction], order: float, project: Any,

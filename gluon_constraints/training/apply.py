@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from mxnet.gluon.block import Block
@@ -12,11 +13,13 @@ from ..catalogue import Constraint, Reduction
 from ..gluon.attachment import (PLAN_ATTRIBUTE, Owner, check_parameter, constraint_of, owner_of,
                                 reduction_of)
 from ..kernels.library import kernel
-from ..kernels.projection import KernelItem, kernel_item, project_in_place, project_kernel_items
+from ..kernels.projection import (KernelItem, ProjectionBatch, kernel_item, prepared_projection,
+                                  project_in_place)
 
 __all__ = ["apply_constraints", "parameters_of"]
 
 Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
+_WORK_ATTRIBUTE = "_gluon_constraints_kernel_work"
 
 
 class _Plan(NamedTuple):
@@ -49,8 +52,10 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     synchronisation happens: the work is queued on MXNet's engine like any other operator.
 
     Each parameter's checks and plan are kept with it and reused while its constraint, owning
-    layer and device copies stay the same objects, so a repeated call costs about one read of
-    the weights.
+    layer and device copies stay the same objects. A Block ``target`` also keeps its list of
+    parameters (while every child and parameter table in its tree holds the same objects) and
+    the prepared kernel call (while every parameter keeps its plan), so a repeated call costs
+    about one read of the weights and a check of the tree.
 
     Parameters
     ----------
@@ -74,12 +79,13 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
         If a constrained parameter's dtype is not floating point.
     """
     planned: List[Tuple[Parameter, _Plan]] = []
+    loaded = kernel()
     for param in parameters_of(target):
-        constraint = constraint_of(param)
+        constraint = getattr(param, "constraint", None)
         if constraint is None or (param.grad_req == "null" and not include_frozen):
             continue
-        planned.append((param, _plan_of(param, constraint)))
-    project_kernel_items([item for _, plan in planned if plan.items for item in plan.items])
+        planned.append((param, _plan_of(param, constraint, loaded)))
+    _kernel_work(target, [plan for _, plan in planned]).run()
     for _, plan in planned:
         if plan.items is None:
             first, *others = [_classic(a) for a in plan.copies]
@@ -106,13 +112,14 @@ def parameters_of(target: Target) -> List[Parameter]:
     return params
 
 
-def _plan_of(param: Parameter, constraint: Constraint) -> _Plan:
-    """The parameter's checked plan: kept from an earlier call while still valid, else made."""
-    owner, copies, loaded = owner_of(param), compat.data_arrays(param), kernel()
+def _plan_of(param: Parameter, constraint: Any, loaded: Any) -> _Plan:
+    """The parameter's checked plan with kernel ``loaded``: kept from an earlier call while
+    still valid, else made (checking that ``constraint`` is a Constraint that fits)."""
     plan = param.__dict__.get(PLAN_ATTRIBUTE)
-    if plan is not None and plan.constraint is constraint and plan.owner is owner \
-            and plan.copies is copies and plan.kernel is loaded:
+    if plan is not None and plan.constraint is constraint and plan.owner is owner_of(param) \
+            and plan.copies is compat.data_arrays(param) and plan.kernel is loaded:
         return plan
+    constraint, owner, copies = constraint_of(param), owner_of(param), compat.data_arrays(param)
     if copies is None:
         raise ValueError(
             f"Parameter '{param.name}' is not initialized yet (its shape {param.shape} is "
@@ -125,6 +132,33 @@ def _plan_of(param: Parameter, constraint: Constraint) -> _Plan:
                  items if all(item is not None for item in items) else None)
     param.__dict__[PLAN_ATTRIBUTE] = plan
     return plan
+
+
+class _KeptWork:
+    """The kernel work of a Block's last projection and the plans it was prepared from, kept
+    on the Block and reused while its constrained parameters have the same plans (it holds their
+    arrays until then). Not a tuple, which Gluon's check for unregistered child blocks would
+    search; a copy or pickle gets None (``__reduce__``), as for :class:`_Plan`."""
+
+    __slots__ = ("plans", "work")
+
+    def __init__(self, plans: List[_Plan], work: ProjectionBatch) -> None:
+        self.plans, self.work = plans, work
+
+    def __reduce__(self) -> Tuple[Any, Tuple[()]]:
+        return type(None), ()
+
+
+def _kernel_work(target: Target, plans: List[_Plan]) -> ProjectionBatch:
+    """The prepared kernel work of ``plans``: kept on a Block ``target`` from its last call while
+    its plans are the same objects, else prepared (once per change)."""
+    kept = target.__dict__.get(_WORK_ATTRIBUTE) if isinstance(target, Block) else None
+    if kept is not None and len(kept.plans) == len(plans) and all(map(operator.is_, kept.plans, plans)):
+        return kept.work
+    work = prepared_projection([item for plan in plans if plan.items for item in plan.items])
+    if isinstance(target, Block):
+        target.__dict__[_WORK_ATTRIBUTE] = _KeptWork(plans, work)
+    return work
 
 
 def _classic(array: Any) -> Any:
