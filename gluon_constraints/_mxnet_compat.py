@@ -14,6 +14,7 @@ function that needs them is called.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 try:
@@ -295,7 +296,10 @@ def block_parameters(block: Any) -> List[Any]:
 def _unchanged(tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]) -> bool:
     """Whether every table still holds exactly ``contents`` (the same objects, in order)."""
     for table, contents in tables:
-        if (tuple(table.values()) != contents) if contents else table:  # most tables are empty
+        if contents:
+            if len(table) != len(contents) or not all(map(operator.is_, table.values(), contents)):
+                return False
+        elif table:  # most tables are empty
             return False
     return True
 

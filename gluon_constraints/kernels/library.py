@@ -92,7 +92,7 @@ class Kernel:
 
     Both compute in place on float32 arrays of CPU contexts (several contexts may be mixed),
     described by ``rows``: one ``"G/A/U,mode,lo,hi,rate,rtol,ord"`` entry per weight (see
-    ``project_rows.cc``). A malformed call raises ``MXNetError`` at once and queues nothing; an
+    ``project_rows.cc``). A malformed call raises ``MXNetError`` when queued and queues nothing; an
     array that cannot be read in place when the call runs (MKL-DNN's blocked layout) fails it
     there, and MXNet raises that at the next wait on its arrays.
     """
