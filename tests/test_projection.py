@@ -411,13 +411,15 @@ def test_a_kernel_call_waits_only_for_its_own_arrays():
     (lambda k, w, g, m: k.projection([w], "8/1/1,cap,0.0,1.0,1.0,1e-06,2").queue(), "gc_project_rows: unknown mode 'cap'"),
     (lambda k, w, g, m: k.projection([w, g], "8/1/1,norm,0.0,1.0,1.0,1e-06,2").queue(),
      "gc_project_rows: 2 arrays for 1 rows entries"),
+    (lambda k, w, g, m: k.projection([w], "8/1/1,norm,0.0,1.0x,1.0,1e-06,2").queue(),
+     "gc_project_rows: malformed number '1.0x'"),
     (lambda k, w, g, m: k.update("adagrad", [1, -1, 0.9, 0, 0, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
      "gc_update_project_rows: unknown rule 'adagrad'"),
     (lambda k, w, g, m: k.update("sgd_mom", [1, -1, 0.9, 0, 0, 0.1], "8/1/1,none,0,0,0,0,2", [w, g, m]),
      "gc_update_project_rows: \"update\" has 6 numbers, not 7"),
     (lambda k, w, g, m: k.update("adam", [1, -1, 0.9, 0.999, 1e-8, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
      "gc_update_project_rows: 3 arrays for 1 weights"),
-], ids=["short-entry", "mode", "array-count", "rule", "numbers", "adam-states"])
+], ids=["short-entry", "mode", "array-count", "number", "rule", "numbers", "adam-states"])
 def test_a_malformed_kernel_call_raises_at_once_and_queues_nothing(call, message):
     w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
     weight, grad, mom = mx.nd.array(w), mx.nd.ones((8, 5)), mx.nd.ones((8, 5))
