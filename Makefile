@@ -22,7 +22,7 @@ test: $(WITH_HOROVOD)
 
 benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.enforcement
-	$(VENV)/bin/python -m benchmarks.enforcement --optimizers --models paper-mlp resnet18 dense50 \
+	$(VENV)/bin/python -m benchmarks.enforcement --optimizers --models paper-mlp resnet18 dense50 dcgan \
 		--plot docs/benchmark-ratios.png
 	$(VENV)/bin/python -m benchmarks.enforcement --monitoring --models paper-mlp resnet18
 
