@@ -15,7 +15,7 @@ function that needs them is called.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 try:
     import mxnet
@@ -32,6 +32,7 @@ __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_opt
            "kvstore_setting", "set_update_on_kvstore", "has_sparse_gradients", "is_distributed",
            "broadcast_initial_weights", "check_before_allocation", "storage_type", "trainer_of",
            "is_allocated", "data_arrays", "data_shape", "own_parameters", "block_parameters",
+           "keep_on_block", "kept_on_block",
            "structural_parameters",
            "convolution_settings", "convolution_base",
            "recurrent_layer_base", "optimizer_rates", "count_update", "c_function"]
@@ -251,23 +252,44 @@ def own_parameters(block: Any) -> Dict[str, Any]:
     return dict(block._reg_params)
 
 
-class _Walk:
-    """What :func:`block_parameters` found under a block, kept on it: every visited block's
-    parameter and child tables, each with its contents then, and the parameters found. It is
-    valid while every table still holds the same objects (Gluon creates a block's tables once
-    and only adds to, or replaces in, them).
+class _Kept:
+    """A value kept in a block's ``__dict__`` (:func:`keep_on_block`). Not a list, tuple or
+    dict, which Gluon's check for unregistered child blocks (``_check_container_with_block``)
+    would search and warn about. A copy or pickle of the block gets None (``__reduce__``): the
+    value describes this block's own objects."""
 
-    Not a tuple, which Gluon's check for unregistered child blocks would search. A copy or
-    pickle of the block gets None (``__reduce__``): its tables are other objects.
-    """
+    __slots__ = ("value",)
 
-    __slots__ = ("tables", "parameters")
-
-    def __init__(self, tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...], parameters: Tuple[Any, ...]) -> None:
-        self.tables, self.parameters = tables, parameters
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
     def __reduce__(self) -> Tuple[Any, Tuple[()]]:
         return type(None), ()
+
+
+def keep_on_block(block: Any, name: str, value: Any) -> None:
+    """Keep ``value`` on ``block`` under ``name`` (None: forget it), out of Gluon's way and
+    dropped by copies and pickles of the block; :func:`kept_on_block` reads it back."""
+    if value is None:
+        block.__dict__.pop(name, None)
+    else:
+        block.__dict__[name] = _Kept(value)
+
+
+def kept_on_block(block: Any, name: str) -> Any:
+    """The value kept on ``block`` under ``name`` by :func:`keep_on_block`, or None."""
+    kept = block.__dict__.get(name)
+    return None if kept is None else kept.value
+
+
+class _Walk(NamedTuple):
+    """What :func:`block_parameters` found under a block: every visited block's parameter and
+    child tables, each with its contents then, and the parameters found. It is valid while every
+    table still holds the same objects (Gluon creates a block's tables once and only adds to,
+    or replaces in, them)."""
+
+    tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]
+    parameters: Tuple[Any, ...]
 
 
 _WALK_ATTRIBUTE = "_gluon_constraints_parameter_walk"
@@ -282,15 +304,12 @@ def block_parameters(block: Any) -> List[Any]:
     names that occur twice (a shared parameter, or two parameters of one name), are left to
     ``collect_params`` itself (which keeps a shared one once and raises on a clash).
     """
-    kept = block.__dict__.get(_WALK_ATTRIBUTE)
+    kept = kept_on_block(block, _WALK_ATTRIBUTE)
     if kept is not None and _unchanged(kept.tables):
         return list(kept.parameters)
     walk = _walk(block)
-    if walk is None:
-        block.__dict__.pop(_WALK_ATTRIBUTE, None)
-        return list(block.collect_params().values())
-    block.__dict__[_WALK_ATTRIBUTE] = walk
-    return list(walk.parameters)
+    keep_on_block(block, _WALK_ATTRIBUTE, walk)
+    return list(block.collect_params().values() if walk is None else walk.parameters)
 
 
 def _unchanged(tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]) -> bool:

@@ -22,8 +22,8 @@ from ..catalogue.norms import slice_norms
 from ..catalogue.reduction import per_output_unit, unit_rows
 from .library import PreparedCall, kernel
 
-__all__ = ["lowering_of", "project_in_place", "KernelItem", "kernel_item", "project_kernel_items",
-           "ProjectionBatch", "prepared_projection",
+__all__ = ["lowering_of", "project_in_place", "KernelItem", "kernel_item", "ProjectionBatch",
+           "prepared_projection",
            "unit_layout", "measured", "fused_rule", "FusedPlan",
            "FusedCall", "plan_fused_update", "assemble_fused_update", "fused_rates", "fused_update"]
 
@@ -91,7 +91,7 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
         kernel_items.append(item)
         if out is not None:
             outputs.append(out)
-    project_kernel_items(kernel_items, outputs)
+    prepared_projection(kernel_items, outputs).run()
 
 
 class KernelItem(NamedTuple):
@@ -150,11 +150,6 @@ def prepared_projection(items: Sequence[KernelItem], stats: Sequence[Any] = ()) 
         calls.append(kernel().projection([item.array for item in stepped],
                                          ";".join(item.entries[depth] for item in stepped), stats))
     return ProjectionBatch([item.first_filter for item in items if item.first_filter is not None], calls)
-
-
-def project_kernel_items(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> None:
-    """Project ``items`` in place with the kernel (see :func:`prepared_projection`)."""
-    prepared_projection(items, stats).run()
 
 
 def measured(array: Any, reduction: Optional[Reduction], order: float, project: Any,

@@ -134,30 +134,24 @@ def _plan_of(param: Parameter, constraint: Any, loaded: Any) -> _Plan:
     return plan
 
 
-class _KeptWork:
+class _KeptWork(NamedTuple):
     """The kernel work of a Block's last projection and the plans it was prepared from, kept
-    on the Block and reused while its constrained parameters have the same plans (it holds their
-    arrays until then). Not a tuple, which Gluon's check for unregistered child blocks would
-    search; a copy or pickle gets None (``__reduce__``), as for :class:`_Plan`."""
+    on the Block (``compat.keep_on_block``) and reused while its constrained parameters have the
+    same plans (it holds their arrays until then)."""
 
-    __slots__ = ("plans", "work")
-
-    def __init__(self, plans: List[_Plan], work: ProjectionBatch) -> None:
-        self.plans, self.work = plans, work
-
-    def __reduce__(self) -> Tuple[Any, Tuple[()]]:
-        return type(None), ()
+    plans: List[_Plan]
+    work: ProjectionBatch
 
 
 def _kernel_work(target: Target, plans: List[_Plan]) -> ProjectionBatch:
     """The prepared kernel work of ``plans``: kept on a Block ``target`` from its last call while
     its plans are the same objects, else prepared (once per change)."""
-    kept = target.__dict__.get(_WORK_ATTRIBUTE) if isinstance(target, Block) else None
+    kept = compat.kept_on_block(target, _WORK_ATTRIBUTE) if isinstance(target, Block) else None
     if kept is not None and len(kept.plans) == len(plans) and all(map(operator.is_, kept.plans, plans)):
         return kept.work
     work = prepared_projection([item for plan in plans if plan.items for item in plan.items])
     if isinstance(target, Block):
-        target.__dict__[_WORK_ATTRIBUTE] = _KeptWork(plans, work)
+        compat.keep_on_block(target, _WORK_ATTRIBUTE, _KeptWork(plans, work))
     return work
 
 
