@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 __all__ = ["Cluster", "StopSignals", "free_port", "main"]
 
@@ -49,25 +49,41 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class StopSignals:
-    """SIGINT and SIGTERM recorded as a flag, for a wait loop to read, instead of exceptions.
+    """SIGINT and SIGTERM recorded, for a wait loop to read, instead of exceptions.
 
-    While installed, the first of these signals is kept in :attr:`received` and later ones are
-    ignored; nothing is raised, so no code can be interrupted half way.
+    While installed, the handlers only note which of these signals arrived; nothing is raised, so
+    no code can be interrupted half way. :meth:`check` keeps the first signal it sees in
+    :attr:`received` and ignores later ones. Signals that arrive between two checks are taken
+    lower number first (SIGINT before SIGTERM): their order cannot be known, since the handlers
+    of two signals delivered together run in either order (the kernel stacks both frames, and
+    Python runs a handler nested in another one that has just started).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self._arrived: Set[int] = set()
 
     def install(self) -> None:
         """Record these signals from now on (in the main thread)."""
         for sig in self.SIGNALS:
-            signal.signal(sig, self._record)
+            signal.signal(sig, self._note)
 
-    def _record(self, signum: int, frame: object) -> None:
-        if self.received is None:
-            self.received = signum
+    def _note(self, signum: int, frame: object) -> None:
+        self._arrived.add(signum)
+
+    def check(self) -> Optional[int]:
+        """The first of these signals received so far, or None.
+
+        Returns
+        -------
+        int or None
+            The signal number, which stays the same once set.
+        """
+        if self.received is None and self._arrived:
+            self.received = min(self._arrived)
+        return self.received
 
 
 class Cluster:
@@ -154,7 +170,7 @@ class Cluster:
         workers = [p for n, p in self.processes.items() if n.startswith("worker")]
         try:
             while True:
-                if signals is not None and signals.received is not None:
+                if signals is not None and signals.check() is not None:
                     name = signal.Signals(signals.received).name
                     print(f"gluon_constraints.launch: received {name}; stopping the job.",
                           file=sys.stderr)
