@@ -99,15 +99,31 @@ def test_a_stop_signal_tears_the_job_down_with_its_exit_code(tmp_path, monkeypat
     assert_all_gone(tmp_path)
 
 
+STUBBORN_WORKER = """import os, pathlib, signal, time
+ready = pathlib.Path(os.environ["READY_DIR"])
+signal.signal(signal.SIGTERM, lambda *_: (ready / f"terminated-{os.getpid()}").touch())
+(ready / str(os.getpid())).touch()
+while True:  # outlives SIGTERM: the teardown waits its grace period, then kills
+    time.sleep(1)
+"""
+
+
 def test_repeated_signals_cannot_interrupt_the_teardown(tmp_path, monkeypatch):
-    (tmp_path / "ready").mkdir()
-    monkeypatch.setenv("READY_DIR", str(tmp_path / "ready"))
-    process = launch(tmp_path, READY_WORKER)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    monkeypatch.setenv("READY_DIR", str(ready))
+    process = launch(tmp_path, STUBBORN_WORKER)
     wait_until_workers_run(tmp_path)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+    process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 180
+    while len(list(ready.glob("terminated-*"))) < 2:  # the teardown has begun
+        assert time.monotonic() < deadline, "the teardown never signalled the workers"
+        time.sleep(0.05)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGINT, signal.SIGTERM):
         process.send_signal(sig)
     output = finish(process, timeout=180)
     assert process.returncode == 130  # the first signal decides
+    assert output.count("stopping the job") == 1 and "received SIGINT" in output
     assert "Traceback" not in output
     assert_all_gone(tmp_path)
 
