@@ -32,7 +32,7 @@ __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_opt
            "kvstore_setting", "set_update_on_kvstore", "has_sparse_gradients", "is_distributed",
            "broadcast_initial_weights", "check_before_allocation", "storage_type", "trainer_of",
            "is_allocated", "data_arrays", "data_shape", "own_parameters", "block_parameters",
-           "keep_on_block", "kept_on_block",
+           "keep_on_block", "kept_on_block", "same_objects",
            "structural_parameters",
            "convolution_settings", "convolution_base",
            "recurrent_layer_base", "optimizer_rates", "count_update", "c_function"]
@@ -312,11 +312,17 @@ def block_parameters(block: Any) -> List[Any]:
     return list(block.collect_params().values() if walk is None else walk.parameters)
 
 
+def same_objects(now: Any, kept: Any) -> bool:
+    """Whether the sized iterable ``now`` holds exactly the objects of ``kept``, in order (by
+    identity: what a kept record was made from is unchanged)."""
+    return len(now) == len(kept) and all(map(operator.is_, now, kept))
+
+
 def _unchanged(tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]) -> bool:
-    """Whether every table still holds exactly ``contents`` (the same objects, in order)."""
+    """Whether every table still holds exactly ``contents``."""
     for table, contents in tables:
         if contents:
-            if len(table) != len(contents) or not all(map(operator.is_, table.values(), contents)):
+            if not same_objects(table.values(), contents):
                 return False
         elif table:  # most tables are empty
             return False

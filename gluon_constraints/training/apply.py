@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from mxnet.gluon.block import Block
@@ -147,7 +146,7 @@ def _kernel_work(target: Target, plans: List[_Plan]) -> ProjectionBatch:
     """The prepared kernel work of ``plans``: kept on a Block ``target`` from its last call while
     its plans are the same objects, else prepared (once per change)."""
     kept = compat.kept_on_block(target, _WORK_ATTRIBUTE) if isinstance(target, Block) else None
-    if kept is not None and len(kept.plans) == len(plans) and all(map(operator.is_, kept.plans, plans)):
+    if kept is not None and compat.same_objects(plans, kept.plans):
         return kept.work
     work = prepared_projection([item for plan in plans if plan.items for item in plan.items])
     if isinstance(target, Block):
