@@ -30,12 +30,13 @@ except ModuleNotFoundError as missing:
 __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_optimizer",
            "replace_loaded_optimizer", "kvstore_of", "updates_on_kvstore", "kvstore_initialized",
            "kvstore_setting", "set_update_on_kvstore", "has_sparse_gradients", "is_distributed",
-           "broadcast_initial_weights", "check_before_allocation", "storage_type", "trainer_of",
+           "broadcast_initial_weights", "check_before_allocation", "has_fresh_gradient", "storage_type", "trainer_of",
            "is_allocated", "data_arrays", "data_shape", "own_parameters", "block_parameters",
            "keep_on_block", "kept_on_block", "same_objects",
            "structural_parameters",
            "convolution_settings", "convolution_base",
-           "recurrent_layer_base", "optimizer_rates", "count_update", "c_function"]
+           "recurrent_layer_base", "optimizer_rates", "count_update", "update_count",
+           "update_counts_by_device", "c_function"]
 
 #: MXNet versions whose private attributes this module was checked against.
 SUPPORTED_MXNET = ("1.9.",)
@@ -208,6 +209,12 @@ def check_before_allocation(param: Any, check: Callable[[Any, Tuple[int, ...]], 
         installed.check = check
         return
     param._init_impl = _CheckBeforeAllocation(param, check)
+
+
+def has_fresh_gradient(array: Any) -> bool:
+    """Whether a backward pass wrote the gradient of a parameter's device copy ``array`` since
+    the last update (what ``step(..., ignore_stale_grad=True)`` reads; no host sync)."""
+    return bool(array._fresh_grad)
 
 
 def storage_type(param: Any) -> str:
@@ -387,14 +394,18 @@ def count_update(optimizer: Any, indices: List[Any]) -> None:
     optimizer._update_count(indices)
 
 
-def set_current_context(optimizer: Any, device_id: int) -> None:
-    """Make the optimizer count updates on device ``device_id`` (as MXNet's ``Updater`` does)."""
-    optimizer._set_current_context(device_id)
+def update_counts_by_device(optimizer: Any) -> List[Dict[Any, int]]:
+    """The optimizer's update counts, one ``{index: count}`` table per device it updated on
+    (MXNet counts per device; ``num_update`` is the largest count of any)."""
+    return list(optimizer._all_index_update_counts.values())
 
 
-def update_count(optimizer: Any, index: Any) -> int:
-    """How many updates ``index`` has had on the optimizer's current context (its ``num_update``)."""
-    return optimizer._index_update_count.get(index, optimizer.begin_num_update)
+def update_count(optimizer: Any, index: Any, device_id: Optional[int] = None) -> int:
+    """How many updates ``index`` has had on device ``device_id`` (None: the optimizer's current
+    one), ``begin_num_update`` if none."""
+    counts = optimizer._index_update_count if device_id is None \
+        else optimizer._all_index_update_counts.get(device_id, {})
+    return counts.get(index, optimizer.begin_num_update)
 
 
 # -- C API --------------------------------------------------------------------------------------

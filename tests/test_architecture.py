@@ -21,7 +21,7 @@ PRIVATE = re.compile(
     r"\.(_kvstore|_params|_optimizer|_reg_params|_init_impl|_update_count|_get_lrs|_get_wds|"
     r"_children|_op_name|_kwargs|_stype|_trainer|_data|_distributed|_update_on_kvstore|"
     r"_kv_initialized|_contains_sparse_grad|_kvstore_params|_updaters|_updater|_barrier|"
-    r"_init_params|_init_optimizer|_Conv|_RNNLayer|_set_current_context|_deferred_init|"
+    r"_init_params|_init_optimizer|_Conv|_RNNLayer|_set_current_context|_all_index_update_counts|_index_update_count|_fresh_grad|_deferred_init|"
     r"_collect_params_with_prefix)\b")
 
 

@@ -272,22 +272,33 @@ def assemble_fused_update(rule: str, weights: Sequence[Any], grads: Sequence[Any
 
 
 def fused_rates(optimizer: Any, indices: Sequence[Any]) -> List[float]:
-    """Count one update of each of ``indices`` on the optimizer's current device, as its own
-    update would, and return ``[lr_1, wd_1, lr_2, wd_2, ...]`` for :func:`fused_update`
-    (multipliers and schedules applied).
+    """Count one update of each of ``indices`` on the optimizer's current device, as the
+    optimizer's own update calls would, and return ``[lr_1, wd_1, lr_2, wd_2, ...]`` for
+    :func:`fused_update` (multipliers and schedules applied).
+
+    MXNet counts and asks for the rates one call at a time: a call counts its indices, which
+    may raise the optimizer-wide ``num_update``, and then every index of the call gets the
+    scheduler's rate at that ``num_update``. SGD updates ``aggregate_num`` parameters per call
+    (4 by default), NAG, Adam and RMSProp one. So the indices are counted and rated in calls of
+    the optimizer's own size, in order: when parameters have different update counts (layers
+    frozen for a while, stale gradients skipped), a learning-rate schedule gives each the rate
+    MXNet's own update would.
 
     Adam's learning rate carries its bias correction, ``lr * sqrt(1 - beta2^t) / (1 - beta1^t)``
     at the parameter's update count ``t``, as ``Adam.update`` computes it.
     """
     rule, (h1, h2, _) = fused_rule(optimizer)
     listed = list(indices)
-    compat.count_update(optimizer, listed)
+    size = optimizer.aggregate_num if optimizer.aggregate_num > 0 else 1
     rates: List[float] = []
-    for index, (lr, wd) in zip(listed, compat.optimizer_rates(optimizer, listed)):
-        if rule == "adam":
-            t = compat.update_count(optimizer, index)
-            lr *= math.sqrt(1.0 - h2 ** t) / (1.0 - h1 ** t)
-        rates += [float(lr), float(wd)]
+    for start in range(0, len(listed), size):
+        call = listed[start:start + size]
+        compat.count_update(optimizer, call)
+        for index, (lr, wd) in zip(call, compat.optimizer_rates(optimizer, call)):
+            if rule == "adam":
+                t = compat.update_count(optimizer, index)
+                lr *= math.sqrt(1.0 - h2 ** t) / (1.0 - h1 ** t)
+            rates += [float(lr), float(wd)]
     return rates
 
 

@@ -160,16 +160,20 @@ class ConstrainedOptimizer(Optimizer):
     def aggregate_num(self) -> int:
         """How many parameters an ``Updater`` passes per update call.
 
-        With the kernel loaded, one call takes every parameter of a step (up to 256): the
+        With the kernel loaded, one call takes every parameter of a step (up to 256, or the
+        next multiple of the wrapped optimizer's own number): the
         wrapper updates and projects them in one fused kernel call for the updates the kernel
         computes (:func:`~gluon_constraints.kernels.projection.fused_rule`: SGD and NAG with
         momentum, Adam, RMSProp), else updates them in the wrapped optimizer's own call sizes
         and projects all of them in one kernel call. MXNet's per-call dispatch dominates for
         many small layers. Without the kernel, the wrapped optimizer's own number.
         """
+        size = self.inner.aggregate_num
         if fused_kernel() is None:
-            return self.inner.aggregate_num
-        return max(self.inner.aggregate_num, _FUSED_AGGREGATION)
+            return size
+        # A multiple of the wrapped optimizer's own call size, so that its calls (by which it
+        # counts updates and asks for scheduled rates) split the wrapper's calls exactly.
+        return size * -(-_FUSED_AGGREGATION // size) if size > 0 else _FUSED_AGGREGATION
 
     @property
     def learning_rate(self) -> float:
@@ -256,7 +260,9 @@ class ConstrainedOptimizer(Optimizer):
             if planned is not None:
                 device, plans = planned
                 if self._deferred_updates is not None:
-                    self._deferred_updates.append((device, indices, weights, grads, plans, projections))
+                    # Counted and rated now, in push order, as the kvstore's own update would.
+                    rates = fused_rates(self.inner, indices)
+                    self._deferred_updates.append((indices, weights, grads, plans, projections, rates))
                 else:
                     self._fused_update(indices, weights, projections,
                                        self._fused_call(device, indices, weights, grads, plans))
@@ -384,9 +390,8 @@ class ConstrainedOptimizer(Optimizer):
     def _run_deferred(self) -> None:
         """Run the queued updates and projections, and keep deferring.
 
-        The queued fused updates run in one kernel call (each counted on the device the kvstore
-        updated it on: MXNet keeps update counts per device), then the other updates'
-        projections in one.
+        The queued fused updates run in one kernel call (with the rates counted when each was
+        queued), then the other updates' projections in one.
         """
         deferred, self._deferred = self._deferred, []
         updates, self._deferred_updates = self._deferred_updates, []
@@ -394,13 +399,8 @@ class ConstrainedOptimizer(Optimizer):
         indices: List[Any] = []
         try:
             if updates:
-                rates, entries = [], []
-                for device, group in _by_device(updates):
-                    compat.set_current_context(self.inner, device)
-                    rates += fused_rates(self.inner, [i for entry in group for i in entry[1]])
-                    entries += group
-                queued, weights, grads, plans, projections = (
-                    [item for entry in entries for item in entry[k]] for k in range(1, 6))
+                queued, weights, grads, plans, projections, rates = (
+                    [item for entry in updates for item in entry[k]] for k in range(6))
                 indices += queued
                 # The kvstore hands the updater new array objects at every push, so there is no
                 # call to keep; its own copies are plain, never blocked by a forward pass.
@@ -413,6 +413,25 @@ class ConstrainedOptimizer(Optimizer):
                 self._project(items, stats, casts)
         except Exception as error:
             raise self._failed(indices, error) from error
+
+    def rates_depend_on_order(self, indices: Sequence[Any]) -> bool:
+        """Whether updating ``indices`` one per call could give them other learning rates in
+        another order.
+
+        With a learning-rate schedule, each call's rate is the schedule at ``num_update``, the
+        largest update count so far, which a call raises when it counts a parameter that is
+        ahead. No order matters when no parameter is ahead: every count is the same, or none
+        would exceed ``num_update`` (MXNet counts per device; the counts of every device are
+        compared, an index counted nowhere yet as ``begin_num_update``).
+        """
+        inner = self.inner
+        if inner.lr_scheduler is None:
+            return False
+        tables = compat.update_counts_by_device(inner)
+        counts = {table[i] for table in tables for i in indices if i in table}
+        if any(all(i not in table for table in tables) for i in indices):
+            counts.add(inner.begin_num_update)
+        return len(counts) > 1 and max(counts) + 1 > inner.num_update
 
     def _project_with_state(self, index: Any, constraint: Constraint, reduction: Reduction,
                             full: Any) -> None:
@@ -527,15 +546,6 @@ def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[An
     if isinstance(index, (list, tuple)):
         return index, weight, grad, state
     return (index,), (weight,), (grad,), (state,)
-
-
-def _by_device(updates: Sequence[Tuple[Any, ...]]) -> List[Tuple[int, List[Tuple[Any, ...]]]]:
-    """Queued fused updates ``(device_id, indices, weights, grads, plans, projections)`` grouped
-    by device id, in the order each device first appears."""
-    groups: Dict[int, List[Tuple[Any, ...]]] = {}
-    for entry in updates:
-        groups.setdefault(entry[0], []).append(entry)
-    return list(groups.items())
 
 
 def _full_shape(array: Any, shape: Sequence[int]) -> Any:

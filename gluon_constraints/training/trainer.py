@@ -28,7 +28,9 @@ from mxnet.optimizer import SGLD, Nadam, Optimizer
 from .. import _mxnet_compat as compat
 from ..distributed.parameter_server import prepare_distributed, settle_initial_weights
 from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
-from ..gluon.attachment import attached_parameters, check_parameter, constraint_of, owner_of
+from ..catalogue import Scheduled
+from ..gluon.attachment import attached_parameters, check_parameter, constraint_of, owner_of, reduction_of
+from ..kernels.projection import project_in_place
 from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot
 from .monitoring import collect_stats
 from .verify import verify_constraints
@@ -64,14 +66,20 @@ class EnforcedTraining(compat.TrainerHooks):
             (checked before anything is updated).
         EnforcementError
             If an update or projection failed inside the kvstore (naming the parameters).
+
+        Notes
+        -----
+        With ``ignore_stale_grad=True``, Gluon skips the device copies whose gradient is stale
+        (where the devices update; a kvstore that updates takes every gradient). Each skipped
+        copy of a constrained parameter is projected as it is, so every constrained parameter is
+        feasible after the step, skipped or not.
         """
-        self._check_changed_constraints()
-        self._surfacing_failures(super().step, batch_size, ignore_stale_grad)  # type: ignore[misc]
+        self._stepping(super().step, batch_size, ignore_stale_grad)  # type: ignore[misc]
 
     def update(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
-        """As ``gluon.Trainer.update``; every constrained parameter is projected after its update."""
-        self._check_changed_constraints()
-        self._surfacing_failures(super().update, batch_size, ignore_stale_grad)  # type: ignore[misc]
+        """As ``gluon.Trainer.update``; every constrained parameter is projected after its update
+        (skipped copies as in :meth:`step`)."""
+        self._stepping(super().update, batch_size, ignore_stale_grad)  # type: ignore[misc]
 
     def verify_constraints(self) -> None:
         """Check every copy this trainer owns; see :func:`gluon_constraints.verify_constraints`."""
@@ -117,8 +125,12 @@ class EnforcedTraining(compat.TrainerHooks):
         A :class:`ConstrainedTrainer` knows the order its parameters were given in (a network's
         ``collect_params()``: registration order, which is the order of the forward pass in
         most networks); a trainer given enforcement by :func:`enforce` pushes by reversed index
-        (Gluon sorts its parameters by name).
+        (Gluon sorts its parameters by name). Where the order could change a scheduled learning
+        rate (some parameters are ahead in their update counts, after layers were frozen for a
+        while), Gluon's own order.
         """
+        if self.optimizer.rates_depend_on_order([index for index, _ in updated]):
+            return updated
         given = getattr(self, "_gc_given_order", {})
         return sorted(updated, key=lambda pair: -given.get(pair[1].name, pair[0]))
 
@@ -149,6 +161,35 @@ class EnforcedTraining(compat.TrainerHooks):
                 continue
             check_parameter(param, constraint_of(param), compat.data_shape(param), owner)
             self._gc_checked[index] = (constraint, owner)  # the objects: an id could be reused
+
+    def _stepping(self, run: Any, batch_size: int, ignore_stale_grad: bool) -> None:
+        """Check changed constraints, run Gluon's ``step`` or ``update``, raise what the kvstore
+        swallowed, then project the copies the update skipped."""
+        self._check_changed_constraints()
+        stale = _stale_copies(self) if ignore_stale_grad else []
+        self._warn_diverging_rates()
+        self._surfacing_failures(run, batch_size, ignore_stale_grad)
+        if stale and not compat.updates_on_kvstore(self):
+            _project_copies(self.optimizer.inner, stale)
+
+    def _warn_diverging_rates(self) -> None:
+        """Warn once where the devices' updaters will give a parameter's copies different
+        scheduled rates (MXNet's behaviour, plain Trainer too)."""
+        if self._gc_warned_rates or not compat.kvstore_initialized(self) or compat.updates_on_kvstore(self):
+            return
+        updated = [(i, p) for i, p in enumerate(compat.trainer_parameters(self)) if p.grad_req != "null"]
+        if len({c for _, p in updated for c in p.list_ctx()}) < 2:
+            return
+        if self.optimizer.rates_depend_on_order([i for i, _ in updated]):
+            self._gc_warned_rates = True
+            warnings.warn(
+                "A learning-rate schedule with update_on_kvstore=False on several contexts, while "
+                "some parameters have had fewer updates than others (layers frozen for a while, or "
+                "stale gradients skipped): MXNet's devices share one num_update, so the second "
+                "device's update of such a parameter can get a later scheduled rate than the "
+                "first's, and its device copies diverge (MXNet's behaviour, plain Trainer too; each "
+                "copy still satisfies its constraints). Leave update_on_kvstore at its default to "
+                "keep them identical.", DivergingCopiesWarning, stacklevel=4)
 
     def _surfacing_failures(self, run: Any, *arguments: Any) -> None:
         optimizer = self.optimizer
@@ -323,6 +364,7 @@ def _install(trainer: Trainer, every: int, monitor: bool) -> None:
     trainer._gc_every = every
     trainer._gc_monitor = bool(monitor)
     trainer._gc_updates = 0  # updates this trainer made (the servers count theirs)
+    trainer._gc_warned_rates = False
     _warn_diverging(trainer, type(wrapper.inner))
 
 
@@ -402,6 +444,28 @@ def _warn_unenforced(trainer: Trainer) -> None:
             f"another network that is merely still alive (an old model in a notebook), delete "
             f"it or silence this warning with warnings.simplefilter('ignore', "
             f"gc.UnenforcedConstraintWarning).", UnenforcedConstraintWarning, stacklevel=5)
+
+
+def _stale_copies(trainer: Trainer) -> List[Tuple[int, Parameter, Any]]:
+    """``(index, parameter, device copy)`` of every constrained, trained parameter's copy whose
+    gradient is stale: what ``step(..., ignore_stale_grad=True)`` skips on the devices. Read
+    before the step, which clears the flags."""
+    return [(index, param, copy)
+            for index, param in enumerate(compat.trainer_parameters(trainer))
+            if param.grad_req != "null" and constraint_of(param) is not None
+            for copy in param.list_data() if not compat.has_fresh_gradient(copy)]
+
+
+def _project_copies(optimizer: Optimizer, copies: List[Tuple[int, Parameter, Any]]) -> None:
+    """Project each ``(index, parameter, copy)`` in place (a ``Scheduled`` constraint with the
+    bound of the parameter's last update on that copy's device)."""
+    items = []
+    for index, param, copy in copies:
+        constraint = constraint_of(param)
+        if isinstance(constraint, Scheduled):
+            constraint = constraint.at(compat.update_count(optimizer, index, copy.context.device_id))
+        items.append((copy.as_nd_ndarray(), constraint, reduction_of(param)))
+    project_in_place(items)
 
 
 def _listed_parameters(params: Any) -> List[Parameter]:
