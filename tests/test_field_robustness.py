@@ -318,6 +318,56 @@ def test_dense_and_conv_layers_agree_on_extreme_magnitudes(constraint, reference
         assert np.all(np.isfinite(got.asnumpy()))
 
 
+# Rows at the edges of float32: a norm beyond float32 (squares of 3e38), subnormal entries (a
+# scale beyond float32: 1 / 1.4e-40), a row at float32's largest value, and an all-zero row.
+EDGES = np.array([[3e38, 3e38, 3e38, 0.0],
+                  [1e-40, 1e-40, 0.0, 0.0],
+                  [-3.4028235e38, 1.0, 0.0, 0.0],
+                  [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+
+
+def reference_rescale(w, order, lo, hi):
+    """float64 numpy: each row rescaled into the band [lo, hi] of its ``order``-norm (zero rows
+    stay zero), rounded once to float32."""
+    w = w.astype(np.float64)
+    n = np.linalg.norm(w, ord=order, axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(n > 0, w * np.clip(n, lo, hi) / n, w)
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("order", [1, 2, np.inf], ids=["ord1", "ord2", "ordinf"])
+@pytest.mark.parametrize("family", ["MaxNorm", "UnitNorm", "MinMaxNorm"])
+def test_finite_rows_at_the_edges_of_float32_stay_finite_on_every_path(family, order):
+    # docs/constraints.md "Finite input, finite output": c(w), apply_constraints (the kernel),
+    # and a training step at lr=0 (the fused SGD-momentum and Adam updates, and SGD's update
+    # followed by the projection kernel) give the float64 reference rounded once.
+    ord_ = "inf" if order == np.inf else order
+    constraint, lo, hi = {"MaxNorm": (gc.MaxNorm(2.0, ord=ord_), 0.0, 2.0),
+                          "UnitNorm": (gc.UnitNorm(ord=ord_), 1.0, 1.0),
+                          "MinMaxNorm": (gc.MinMaxNorm(1.0, 2.0, ord=ord_), 1.0, 2.0)}[family]
+    expected = reference_rescale(EDGES, order, lo, hi)
+    got = {"call": constraint(mx.nd.array(EDGES)).asnumpy()}
+    layer = nn.Dense(4, in_units=4, weight_constraint=constraint)
+    layer.initialize()
+    layer.weight.set_data(mx.nd.array(EDGES))
+    gc.apply_constraints(layer)
+    got["apply_constraints"] = layer.weight.data().asnumpy()
+    for optimizer, options in (("sgd", {"momentum": 0.9}), ("adam", {}), ("sgd", {})):
+        layer.weight.set_data(mx.nd.array(EDGES))
+        trainer = gc.ConstrainedTrainer([layer.weight], optimizer, {"learning_rate": 0.0, **options})
+        with autograd.record():
+            loss = layer(mx.nd.ones((1, 4))).sum()
+        loss.backward()
+        trainer.step(1)
+        got[f"{optimizer}{options}"] = layer.weight.data().asnumpy()
+    for path, value in got.items():
+        assert np.isfinite(value).all(), path
+        assert not value[3].any(), path
+        # Norm and scale in float64, one rounding to float32: within one float32 ulp.
+        assert (np.abs(value - expected) <= np.spacing(np.abs(expected))).all(), (path, value, expected)
+
+
 # -- 8. integer weights --------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["int32", "uint8"])
 def test_integer_arrays_and_parameters_are_refused(dtype):

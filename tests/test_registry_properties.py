@@ -143,3 +143,70 @@ def test_float16_float32_and_float64_agree(case):
         scale = max(1.0, float(np.abs(exact).max(initial=0.0)))
         got = constraint(mx.nd.array(rounded, dtype=dtype)).asnumpy().astype(np.float64)
         np.testing.assert_allclose(got, exact, rtol=rtol, atol=rtol * scale, err_msg=repr(constraint))
+
+
+# Powers of ten a case's entries are scaled to, per dtype: from subnormal numbers to the largest
+# finite ones (docs/constraints.md, "Finite input, finite output").
+EXPONENTS = {dtype: st.sampled_from([low, high]) | st.integers(low, high)  # the edges, often
+             for dtype, (low, high) in ((np.float16, (-7, 4)), (np.float32, (-44, 38)))}
+# Families whose set excludes an all-zero slice, so their projection must move it.
+MOVE_ZERO = ("Simplex", "Orthogonal")
+
+
+@st.composite
+def scaled_cases(draw):
+    """A family, an instance, float16 or float32 entries scaled by a power of ten up to the
+    dtype's largest finite value, with the first unit's slice zero."""
+    name = draw(st.sampled_from(sorted(FAMILIES)))
+    instances, arrays = FAMILIES[name]
+    dtype = draw(st.sampled_from(sorted(EXPONENTS, key=str)))
+    values = draw(arrays) / 40.0 * 3.4 * 10.0 ** draw(EXPONENTS[dtype])  # |entries| <= 3.4 10^e
+    values[0] = 0
+    return name, draw(instances), values.astype(dtype)
+
+
+def zero_kept(name, constraint):
+    """Whether an all-zero slice must stay zero: the set holds it, or (UnitNorm, MinMaxNorm) it
+    has no direction to move along."""
+    if name in MOVE_ZERO:
+        return False
+    if isinstance(constraint, gc.Clip):
+        low, high = constraint.min_value, constraint.max_value
+        return (low is None or low <= 0) and (high is None or high >= 0)
+    return True
+
+
+@given(scaled_cases())
+def test_finite_input_gives_finite_output_and_zero_slices_stay_zero(case):
+    name, constraint, values = case
+    assert np.isfinite(values).all()
+    out = constraint(mx.nd.array(values, dtype=values.dtype)).asnumpy()
+    assert np.isfinite(out).all(), (repr(constraint), values)
+    if zero_kept(name, constraint) and values.ndim > 1:
+        assert not out[0].any(), repr(constraint)
+
+
+def lowered(case):
+    """float32 cases of families the kernel computes (the others take the stock path twice)."""
+    from gluon_constraints.kernels.projection import lowering_of
+
+    _, constraint, values = case
+    members = constraint.constraints if isinstance(constraint, gc.Compose) else [constraint]
+    return values.dtype == np.float32 and all(lowering_of(m) is not None for m in members)
+
+
+@given(scaled_cases().filter(lowered))
+def test_stock_operators_agree_with_the_kernel_on_every_finite_input(case):
+    # Both compute norms and scales in float64 and round each entry once to float32, so they
+    # differ at most where the two float64 norms (summed in different orders) round a product to
+    # neighbouring float32 numbers: one ulp.
+    from gluon_constraints.kernels.projection import project_in_place
+
+    _, constraint, values = case
+    reduction = gc.Reduction(tuple(range(1, values.ndim)) if values.ndim > 1 else (0,))
+    fused, stock = mx.nd.array(values), mx.nd.array(values)
+    project_in_place([(fused, constraint, reduction)], use_fused=True)
+    project_in_place([(stock, constraint, reduction)], use_fused=False)
+    a, b = fused.asnumpy(), stock.asnumpy()
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    assert (np.abs(a - b) <= np.spacing(np.abs(b))).all(), repr(constraint)

@@ -2,10 +2,10 @@
 
 Each bounds the p-norm ``n_j = ||w_j||_p`` (p = ``ord``: 1, 2 or inf) of every slice ``w_j``
 (the weights feeding output unit ``j``) and rescales only the slices outside the allowed set, so
-feasible slices come back bit-for-bit. L2 norms are computed with MXNet's scaled L2 reduction
-(``nd.norm``), which neither overflows for entries around 1e19 nor underflows for entries around
-1e-23 in float32, as the fused kernel's float64 accumulation does not; the rescale is one
-multiplication of each slice by a scale computed from its norm. For p = 2 the rescale is the
+feasible slices come back bit-for-bit. Norms, scales and the rescaled entries are computed in
+float64 and rounded once to the weight's dtype, as the fused kernel does: a finite slice never
+overflows or underflows on the way (a float32 row of entries 3e38 has a norm beyond float32,
+one of entries 1e-40 a scale beyond it), so finite input gives finite output. For p = 2 the rescale is the
 Euclidean projection onto the ball; for p = 1 and inf it is PyTorch's ``renorm`` (the nearest
 point of the L1 ball is :class:`~gluon_constraints.L1Ball`).
 """
@@ -23,7 +23,7 @@ from ..errors import ConstraintArgumentError
 from .base import PER_UNIT, Constraint, RowLowering, axis_config, bound_argument, real_argument
 from .reduction import Axis, canonical_axis
 
-__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm", "as_rows", "slice_norms", "rescaled", "norm_order",
+__all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm", "as_rows", "slice_norms", "widened", "rescaled", "norm_order",
            "order_config"]
 
 
@@ -72,10 +72,10 @@ class MaxNorm(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * max_value / max(n, max_value)`` per slice, as a new array."""
-        rows, axes = as_rows(w, axes)
+        rows, axes = as_rows(widened(w), axes)
         norms = slice_norms(rows, axes, self.ord)
         outside = norms > self.max_value * (1.0 + boundary_rtol)
-        return rescaled(rows, norms, outside, self.max_value).reshape(w.shape)
+        return rescaled(rows, norms, outside, self.max_value).astype(w.dtype, copy=False).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[0, max_value]``."""
@@ -136,13 +136,13 @@ class MinMaxNorm(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n`` per slice."""
-        rows, axes = as_rows(w, axes)
+        rows, axes = as_rows(widened(w), axes)
         norms = slice_norms(rows, axes, self.ord)
         above = norms > self.max_value * (1.0 + boundary_rtol)
         below = (norms < self.min_value * (1.0 - boundary_rtol)) * (norms > 0)
         target = nd.where(above, nd.full(norms.shape, self.max_value, norms.context, norms.dtype),
                           nd.full(norms.shape, self.min_value, norms.context, norms.dtype))
-        return rescaled(rows, norms, above + below, target, self.rate).reshape(w.shape)
+        return rescaled(rows, norms, above + below, target, self.rate).astype(w.dtype, copy=False).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[min_value, max_value]`` and ``rate``."""
@@ -179,10 +179,10 @@ class UnitNorm(Constraint):
 
     def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
         """``w / n`` per slice (zero slices stay zero)."""
-        rows, axes = as_rows(w, axes)
+        rows, axes = as_rows(widened(w), axes)
         norms = slice_norms(rows, axes, self.ord)
         off_sphere = (nd.abs(norms - 1.0) > boundary_rtol) * (norms > 0)
-        return rescaled(rows, norms, off_sphere, 1.0).reshape(w.shape)
+        return rescaled(rows, norms, off_sphere, 1.0).astype(w.dtype, copy=False).reshape(w.shape)
 
     def row_lowering(self) -> Optional[RowLowering]:
         """The kernel's band ``[1, 1]``."""
@@ -244,20 +244,21 @@ def order_config(order: float) -> Any:
     return "inf" if order == math.inf else int(order)
 
 
+def widened(w: NDArray) -> NDArray:
+    """``w`` in float64 (a copy; float64 ``w`` itself): what norms and rescales compute in."""
+    return w if w.dtype == np.float64 else w.astype(np.float64)
+
+
 def rescaled(w: NDArray, norms: NDArray, active: NDArray, target: Any, rate: float = 1.0) -> NDArray:
     """``w`` with each active slice moved to norm ``target`` (``rate`` of the way); others as is.
 
     One pass over ``w``: each slice is multiplied by ``rate * target / n + (1 - rate)``, computed
     on the small array of norms, and inactive slices by exactly 1.0, so they come back
-    bit-for-bit. A norm below float32's smallest normal number (1.2e-38) is taken as that
-    number, so the scale stays finite.
+    bit-for-bit. Active slices have ``n > 0``. In float64 (:func:`widened`) a finite slice's
+    scale and result are finite.
     """
     ones = nd.ones_like(norms)
-    safe = nd.where(active, nd.maximum(norms, _TINY[np.dtype(norms.dtype)]), ones)
+    safe = nd.where(active, norms, ones)
     scale = nd.where(active, rate * nd.broadcast_div(target if isinstance(target, NDArray) else
                                                      target * ones, safe) + (1.0 - rate), ones)
     return nd.broadcast_mul(w, scale)
-
-
-_TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny),
-         np.dtype(np.float64): float(np.finfo(np.float64).tiny)}

@@ -6,7 +6,9 @@
 // convolution's output channels (in, out, *kernel) are (1, in, out). A unit is rescaled only if
 // its norm n (L1, L2 or max, by "ord") lies outside the band
 //   [lo * (1 - rtol), hi * (1 + rtol)]      (n = 0 is never rescaled)
-// by  scale = rate * t / n + (1 - rate),  t = hi above the band, lo below it.
+// by  scale = rate * t / n + (1 - rate),  t = hi above the band, lo below it, each entry
+// multiplied in double and rounded once to float (norms accumulate in double too), so every
+// finite unit stays finite, however small or large.
 // MaxNorm(c) is lo=0, hi=c, rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. Mode "nonneg"
 // maps w to w * (w >= 0) elementwise, mode "clip" to min(max(w, lo), hi); mode "none" leaves
 // the weight alone.
@@ -166,6 +168,14 @@ struct UnitProjection {
   }
 };
 
+// run[j] * factor in double, rounded once to float. The factor of a finite unit is finite in
+// double (a norm of 1e-45 and a bound of 3e38 give 3e83) but not always in float, and the
+// product is at most the bound in magnitude: finite input, finite output.
+void rescale(float* run, int64_t length, double factor) {
+#pragma omp simd
+  for (int64_t j = 0; j < length; ++j) run[j] = static_cast<float>(static_cast<double>(run[j]) * factor);
+}
+
 // Statistics of a weight's projection: units moved, sum and largest of the norms after it.
 struct Totals {
   double moved = 0.0, total = 0.0, largest = 0.0;
@@ -253,21 +263,20 @@ void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b
   double measured[kBlock] = {0.0}, squares[kBlock] = {0.0};
   if (read) measure_block<kUpdate>(p, w, l, first, count, update, measured, squares);
   if (p.mode == UnitProjection::kNorm) {
-    float factors[kBlock];
+    double factors[kBlock];
     bool any = false;
     for (int64_t k = 0; k < count; ++k) {
       const double n = p.ord == 2 ? std::sqrt(measured[k]) : measured[k];
       const double s = p.scale(n);
-      factors[k] = static_cast<float>(s);
+      factors[k] = s;
       any = any || s != 1.0;
       if (stats) totals->add(s != 1.0, n * s);
     }
     if (!any) return;
     for (int64_t a = 0; a < l.segments; ++a) {
       for (int64_t k = 0; k < count; ++k) {
-        if (factors[k] == 1.0f) continue;
-        float* run = w + l.offset(first + k, a);
-        for (int64_t j = 0; j < l.length; ++j) run[j] *= factors[k];
+        if (factors[k] == 1.0) continue;
+        rescale(w + l.offset(first + k, a), l.length, factors[k]);
       }
     }
     return;

@@ -18,7 +18,7 @@ from mxnet.optimizer import NAG, SGD, Adam, RMSProp
 
 from .. import _mxnet_compat as compat
 from ..catalogue import BOUNDARY_RTOL, Compose, Constraint, Reduction, RowLowering
-from ..catalogue.norms import slice_norms
+from ..catalogue.norms import slice_norms, widened
 from ..catalogue.reduction import per_output_unit, unit_rows
 from .library import PreparedCall, kernel
 
@@ -164,9 +164,7 @@ def measured(array: Any, reduction: Optional[Reduction], order: float, project: 
     view = array.reshape(resolved.view_shape) if resolved.view_shape is not None else array
 
     def norms() -> Any:
-        rows = unit_rows(view, resolved.axes)[0]
-        rows = rows.astype(np.float32) if rows.dtype == np.float16 else rows
-        return slice_norms(rows, (1,), order).reshape((-1,))
+        return slice_norms(widened(unit_rows(view, resolved.axes)[0]), (1,), order).reshape((-1,))
 
     before = norms()
     project()
