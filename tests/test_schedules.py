@@ -2,6 +2,7 @@
 plain trainer followed by numpy projections, and exact on resume from save_states."""
 
 import json
+import re
 
 import mxnet as mx
 import numpy as np
@@ -56,7 +57,14 @@ def test_scheduled_moves_the_argument_linearly_then_is_the_constraint():
 
 
 @pytest.mark.parametrize("arguments,message", [
-    ((gc.MaxNorm(3.0), 10.0, 4, "radius"), r"Scheduled argument must be a numeric argument of MaxNorm: got 'radius'; expected one of \['max_value', 'ord'\]"),
+    ((gc.MaxNorm(3.0), 10.0, 4, "radius"), r"Scheduled cannot move argument 'radius' of MaxNorm: a schedule "
+                                           r"moves a float argument linearly, and MaxNorm's are \['max_value'\]"),
+    ((gc.MaxNorm(3.0), 10.0, 4, "ord"), r"Scheduled cannot move argument 'ord' of MaxNorm: .* MaxNorm's are "
+                                        r"\['max_value'\]\. Got MaxNorm\(max_value=3\.0, axis=None, ord=2\)"),
+    ((gc.SpectralNorm(1.0), 3, 4, "power_iterations"), r"Scheduled cannot move argument 'power_iterations' of "
+                                                       r"SpectralNorm: .* SpectralNorm's are \['max_value'\]"),
+    ((gc.Orthogonal(), 0.5, 4, "beta"), r"Scheduled cannot move argument 'beta' of Orthogonal: .* Orthogonal's "
+                                        r"are \(none\)"),
     ((gc.MaxNorm(3.0), -1.0, 4), r"MaxNorm max_value must be > 0: got -1.0"),
     ((gc.MaxNorm(3.0), 10.0, 0), r"Scheduled steps must be an int >= 1: got 0"),
     ((gc.Compose([gc.NonNeg()]), 1.0, 4), r"Scheduled wraps one constraint"),
@@ -64,6 +72,25 @@ def test_scheduled_moves_the_argument_linearly_then_is_the_constraint():
 def test_bad_schedules_are_refused(arguments, message):
     with pytest.raises(gc.ConstraintArgumentError, match=message):
         gc.Scheduled(*arguments)
+
+
+@pytest.mark.parametrize("start", [None, "10", [1.0]])
+def test_a_start_that_is_not_a_number_is_refused_naming_it(start):
+    with pytest.raises(TypeError, match=r"Scheduled\(MaxNorm\) start must be a real number: got " + re.escape(repr(start))):
+        gc.Scheduled(gc.MaxNorm(3.0), start, 4)
+
+
+def test_every_float_argument_of_the_catalogue_can_be_scheduled_through_a_step():
+    # A schedule accepted at construction works at every update (docs/constraints.md, "Schedules").
+    for constraint, argument, start in [(gc.MinMaxNorm(0.5, 1.0), "min_value", 0.0), (gc.MinMaxNorm(0.5, 1.0), "rate", 0.0),
+                                        (gc.Clip(-1.0, 1.0), "max_value", 3.0), (gc.Simplex(2.0), "radius", 1.0),
+                                        (gc.L1Ball(2.0), "radius", 5.0), (gc.SpectralNorm(1.0), "max_value", 4.0),
+                                        (gc.Orthogonal(beta=0.5), "beta", 0.1)]:
+        scheduled = gc.Scheduled(constraint, start, 3, argument=argument)
+        for update in range(5):
+            resolved = scheduled.at(update)
+            expected = start + (getattr(constraint, argument) - start) * min(update, 3) / 3
+            assert getattr(resolved, argument) == pytest.approx(expected, rel=1e-12), (constraint, update)
 
 
 def test_a_schedule_cannot_go_into_a_compose():

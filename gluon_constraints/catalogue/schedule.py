@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-from numbers import Real
 from typing import Any, Dict, Optional, Tuple
 
 from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError
-from .base import Constraint
+from .base import Constraint, real_argument
 from .reduction import Reduction
 
 __all__ = ["Scheduled"]
@@ -41,8 +40,19 @@ class Scheduled(Constraint):
     steps : int
         Length of the ramp in updates, >= 1.
     argument : str, default "max_value"
-        Which constructor argument the schedule moves (``"radius"`` for ``Simplex`` and
-        ``L1Ball``, ``"min_value"`` or ``"max_value"`` for ``MinMaxNorm`` and ``Clip``).
+        Which constructor argument the schedule moves: one whose value is a float (a bound, a
+        radius, a rate), such as ``"radius"`` for ``Simplex`` and ``L1Ball`` or ``"min_value"``
+        and ``"max_value"`` for ``MinMaxNorm`` and ``Clip``. Integer and categorical arguments
+        (``ord``, ``power_iterations``) cannot move linearly and are refused.
+
+    Raises
+    ------
+    ConstraintArgumentError
+        If ``constraint`` is not one constraint, ``argument`` is not one of its float
+        arguments, ``steps`` is not an int >= 1, or the constraint rebuilt with ``start`` is
+        not valid (its own error).
+    TypeError
+        If ``start`` is not a real number.
     """
 
     def __init__(self, constraint: Constraint, start: float, steps: int,
@@ -52,17 +62,19 @@ class Scheduled(Constraint):
         if not isinstance(constraint, Constraint) or isinstance(constraint, (Compose, Scheduled)):
             raise ConstraintArgumentError(
                 f"Scheduled wraps one constraint (not a Compose or a Scheduled): got {constraint!r}.")
+        name = type(constraint).__name__
         config = constraint.get_config()
-        value = config.get(argument)
-        if isinstance(value, bool) or not isinstance(value, Real):
-            numeric = sorted(k for k, v in config.items() if isinstance(v, Real) and not isinstance(v, bool))
+        schedulable = sorted(k for k, v in config.items() if isinstance(v, float))
+        if argument not in schedulable:
             raise ConstraintArgumentError(
-                f"Scheduled argument must be a numeric argument of {type(constraint).__name__}: "
-                f"got {argument!r}; expected one of {numeric}.")
+                f"Scheduled cannot move argument {argument!r} of {name}: a schedule moves a float "
+                f"argument linearly, and {name}'s are {schedulable or '(none)'}. Got "
+                f"{name}({', '.join(f'{k}={v!r}' for k, v in config.items())}).")
+        start = real_argument(f"Scheduled({name})", "start", start)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConstraintArgumentError(f"Scheduled steps must be an int >= 1: got {steps!r}.")
         _rebuilt(type(constraint), json.dumps({**config, argument: start}, sort_keys=True))  # validates start
-        self.constraint, self.start, self.steps, self.argument = constraint, float(start), steps, argument
+        self.constraint, self.start, self.steps, self.argument = constraint, start, steps, argument
         self.locality = constraint.locality
         self.convex = constraint.convex  # outside a trainer it is the constraint itself
         self.axis = getattr(constraint, "axis", None)

@@ -9,6 +9,7 @@ network copies them with it (the copy's owner is the copied layer).
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 import weakref
@@ -20,13 +21,14 @@ from mxnet.gluon.parameter import Parameter
 from .. import _mxnet_compat as compat
 from ..catalogue import Compose, Constraint, Reduction, get
 from ..catalogue.base import check_dtype
-from ..errors import AmbiguousLayoutWarning
+from ..errors import AmbiguousLayoutWarning, ConstraintShapeError
 from .layouts import fan_in
 
-__all__ = ["attach", "constrain", "constraint_of", "owner_of", "reduction_of", "owned_parameters",
+__all__ = ["attach", "constrain", "constraint_of", "owner_of", "layout_of", "reduction_of", "owned_parameters",
            "attached_parameters", "check_parameter", "PLAN_ATTRIBUTE"]
 
 _OWNER = "_gluon_constraints_owner"
+_LAYOUT = "_gluon_constraints_layout"
 #: Where ``apply_constraints`` keeps a parameter's checked projection plan; dropped whenever
 #: MXNet (re)allocates the parameter (``initialize``, ``reset_ctx``, loading), so the plan does
 #: not hold on to released device copies (after ``cast``, only until the next call).
@@ -40,7 +42,8 @@ _WARNED_LAYOUT: "weakref.WeakKeyDictionary[Parameter, Constraint]" = weakref.Wea
 Owner = Optional[Tuple[Block, str]]
 
 
-def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> Optional[Constraint]:
+def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None,
+           layout: Optional[Reduction] = None) -> Optional[Constraint]:
     """Set ``param.constraint``, validating it against the parameter's dtype and shape.
 
     Attaching again replaces the previous constraint; attaching None removes it. The check runs
@@ -59,6 +62,11 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> 
         uses the bare-array default (every axis but 0): then a per-unit constraint on a weight
         of 3 or more dimensions gets an :class:`~gluon_constraints.AmbiguousLayoutWarning`,
         because for a transposed convolution that default reduces over the output channels.
+    layout : Reduction or None, default None
+        For a parameter no layer owns (a network loaded with ``SymbolBlock.imports``): its
+        per-output-unit reduction, as :func:`gluon_constraints.constraints_config` records it
+        from the layer it had. None keeps a previously recorded layout. Giving a ``layer``
+        drops it.
 
     Returns
     -------
@@ -68,21 +76,30 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None) -> 
     Raises
     ------
     TypeError
-        If ``param`` is not a Parameter or ``constraint`` is not a constraint.
+        If ``param`` is not a Parameter, ``constraint`` is not a constraint, ``layout`` is not
+        a Reduction, or both ``layer`` and ``layout`` are given.
     ConstraintTypeError
         If the parameter's dtype is not floating point.
     ConstraintShapeError
-        If an explicit axis does not fit the known shape. Nothing is attached when anything fails.
+        If an explicit axis or the layout does not fit the known shape. Nothing is attached
+        when anything fails.
     """
     if not isinstance(param, Parameter):
         raise TypeError(f"attach expects an mxnet.gluon.Parameter: got {param!r}.")
+    if layout is not None and (layer is not None or not isinstance(layout, Reduction)):
+        raise TypeError(f"attach layout= expects a gluon_constraints.Reduction for a parameter no "
+                        f"layer owns (and no layer=): got layout={layout!r}, layer={layer!r} for "
+                        f"parameter '{param.name}'.")
     resolved = get(constraint)
     owner = _owner_entry(param, layer) if layer is not None else owner_of(param)
+    if layer is None and layout is None:
+        layout = layout_of(param)
     if resolved is not None:
         shape = compat.data_shape(param)
-        check_parameter(param, resolved, shape, owner)
+        check_parameter(param, resolved, shape, owner, layout)
     param.constraint = resolved
     setattr(param, _OWNER, owner)
+    setattr(param, _LAYOUT, layout)
     if resolved is not None:
         compat.check_before_allocation(param, _check_on_allocation)
         _ATTACHED.add(param)
@@ -208,8 +225,15 @@ def owner_of(param: Parameter) -> Owner:
     return getattr(param, _OWNER, None)
 
 
+def layout_of(param: Parameter) -> Optional[Reduction]:
+    """The per-output-unit reduction recorded for a parameter no layer owns (``attach(...,
+    layout=...)``), or None."""
+    return getattr(param, _LAYOUT, None)
+
+
 def reduction_of(param: Parameter, shape: Optional[Sequence[int]] = None) -> Reduction:
-    """The per-output-unit reduction of ``param`` (from its owning layer) for a known shape.
+    """The per-output-unit reduction of ``param`` (from its owning layer, else its recorded
+    layout) for a known shape.
 
     Parameters
     ----------
@@ -219,31 +243,43 @@ def reduction_of(param: Parameter, shape: Optional[Sequence[int]] = None) -> Red
         The shape to resolve for; None means the parameter's shape (from its data if the
         declared shape is unknown, as after ``SymbolBlock.imports``).
     """
-    block, attr = owner_of(param) or (None, None)
-    return fan_in(block, attr, tuple(compat.data_shape(param) if shape is None else shape))
+    return _per_unit(owner_of(param), layout_of(param),
+                     tuple(compat.data_shape(param) if shape is None else shape))
+
+
+def _per_unit(owner: Owner, layout: Optional[Reduction], shape: Tuple[int, ...]) -> Reduction:
+    """The owning layer's fan-in, else the recorded layout, else the bare-array default."""
+    if owner is None and layout is not None:
+        return layout
+    block, attr = owner or (None, None)
+    return fan_in(block, attr, shape)
 
 
 def check_parameter(param: Parameter, constraint: Constraint, shape: Optional[Sequence[int]],
-                    owner: Owner) -> None:
+                    owner: Owner, layout: Optional[Reduction] = None) -> None:
     """Check that ``constraint`` can run on ``param``: its dtype, and its axes if ``shape`` is known.
 
-    Warns with :class:`~gluon_constraints.AmbiguousLayoutWarning` when the constraint uses
-    per-unit axes, no owning layer is known, and the weight has 3 or more dimensions (where a
-    transposed convolution's output channels are not axis 0); once per parameter and constraint.
+    ``layout`` is the recorded reduction of a parameter no layer owns (None: the one recorded
+    on ``param``, if any). Warns with :class:`~gluon_constraints.AmbiguousLayoutWarning` when
+    the constraint uses per-unit axes, neither an owning layer nor a layout is known, and the
+    weight has 3 or more dimensions (where a transposed convolution's output channels are not
+    axis 0); once per parameter and constraint.
 
     Raises
     ------
     ConstraintTypeError
         If the parameter's dtype is not floating point.
     ConstraintShapeError
-        If the constraint's axes do not fit ``shape``.
+        If the constraint's axes or the layout do not fit ``shape``.
     """
     check_dtype(param.dtype, type(constraint).__name__, f"parameter '{param.name}'")
     if shape is None:
         return
-    block, attr = owner or (None, None)
-    constraint.validate(tuple(shape), fan_in(block, attr, shape), name=param.name)
-    if owner is None and len(shape) >= 3 and constraint.uses_layer_layout() \
+    layout = layout if layout is not None else layout_of(param)
+    if owner is None and layout is not None:
+        _check_layout(param, layout, tuple(shape))
+    constraint.validate(tuple(shape), _per_unit(owner, layout, tuple(shape)), name=param.name)
+    if owner is None and layout is None and len(shape) >= 3 and constraint.uses_layer_layout() \
             and _WARNED_LAYOUT.get(param) is not constraint:
         _WARNED_LAYOUT[param] = constraint
         warnings.warn(
@@ -253,6 +289,18 @@ def check_parameter(param: Parameter, constraint: Constraint, shape: Optional[Se
             f"channels on axis 1). Pass the layer: gc.attach(param, c, layer=block), or use "
             f"gc.constrain(net, ...) or the gluon_constraints.nn layers, or give an explicit "
             f"axis.", AmbiguousLayoutWarning, stacklevel=3)
+
+
+def _check_layout(param: Parameter, layout: Reduction, shape: Tuple[int, ...]) -> None:
+    """Refuse a recorded layout whose view or axes do not fit the parameter's shape."""
+    viewed = layout.view_shape if layout.view_shape is not None else shape
+    kernel = layout.kernel_axes or ()
+    if math.prod(viewed) != math.prod(shape) or any(not 0 <= a < len(viewed) for a in layout.axes) \
+            or any(not 0 <= a < len(shape) for a in kernel):
+        raise ConstraintShapeError(
+            f"The layout {layout!r} recorded for parameter '{param.name}' does not fit its shape "
+            f"{shape}: the view must have the parameter's size and the axes must lie within it. "
+            f"Record it from a parameter of this shape (gc.constraints_config).")
 
 
 def _check_on_allocation(param: Parameter, shape: Tuple[int, ...]) -> None:

@@ -7,7 +7,8 @@ parameter, its serialized constraint, its structural name (``"0.weight"``, as
 ``save_parameters`` names it), the type of its owning layer and the per-output-unit axes that
 layer gives it; :func:`constrain_from_config` attaches them again, to a rebuilt network (matched
 by full name, then by structural name) or to one loaded with ``SymbolBlock.imports`` (which has
-no layers: the recorded axes are given to the constraint explicitly).
+no layers: each parameter gets the recorded layout, ``attach(..., layout=...)``, and the
+constraint comes back as it was saved).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mxnet import gluon
 from mxnet.gluon.block import Block
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Compose, Constraint, deserialize, serialize
+from ..catalogue import Constraint, Reduction, deserialize, serialize
 from ..catalogue.feasibility import violation
 from ..errors import InfeasibleWeightsWarning
 from .attachment import attach, check_parameter, constraint_of, owned_parameters, owner_of, reduction_of
@@ -49,8 +50,8 @@ def constraints_config(net: Block) -> Dict[str, Any]:
         ``{"format": CONFIG_FORMAT, "parameters": {name: entry}}`` with one entry per constrained
         parameter: ``"constraint"`` (as :func:`gluon_constraints.serialize` writes it),
         ``"path"`` (the structural name, or None), ``"layer"`` (the owning layer's class name,
-        or None) and, when the constraint uses the layer's per-unit axes and the shape is known,
-        ``"axes"`` and ``"view_shape"`` (the resolved reduction).
+        or None) and, when the shape is known, ``"axes"``, ``"view_shape"`` and
+        ``"kernel_axes"`` (the parameter's per-unit layout, from its layer).
 
     Examples
     --------
@@ -65,10 +66,11 @@ def constraints_config(net: Block) -> Dict[str, Any]:
         owner = owner_of(param)
         entry: Dict[str, Any] = {"constraint": serialize(constraint), "path": paths.get(id(param)),
                                  "layer": type(owner[0]).__name__ if owner else None}
-        if constraint.uses_layer_layout() and compat.data_shape(param) is not None:
+        if compat.data_shape(param) is not None:
             reduction = reduction_of(param)
             entry["axes"] = list(reduction.axes)
             entry["view_shape"] = list(reduction.view_shape) if reduction.view_shape else None
+            entry["kernel_axes"] = list(reduction.kernel_axes) if reduction.kernel_axes else None
         entries[param.name] = entry
     return {"format": CONFIG_FORMAT, "parameters": entries}
 
@@ -77,9 +79,10 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
     """Attach the constraints recorded by :func:`constraints_config` to ``net``.
 
     Each entry is matched to a parameter by full name, else by structural name. A parameter
-    whose layer is known gets that layer's axes (the layer type must be the recorded one); a
-    parameter without a layer (a ``SymbolBlock``) gets the recorded axes as an explicit ``axis``.
-    Everything is checked before anything is attached.
+    whose layer is known gets that layer's layout (the layer type must be the recorded one); a
+    parameter without a layer (a ``SymbolBlock``) gets the recorded layout
+    (``attach(..., layout=...)``): either way every constraint projects as it did on the saved
+    network. Everything is checked before anything is attached.
 
     Parameters
     ----------
@@ -96,15 +99,14 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
     Raises
     ------
     ValueError
-        If ``config`` is not such a dict, or entries match no parameter, a parameter of another
-        layer type, or a per-group layout that a network without layers cannot express; the
-        message names every such entry.
+        If ``config`` is not such a dict, or entries match no parameter or a parameter of
+        another layer type; the message names every such entry.
     """
     entries = _entries(config)
     owned = owned_parameters(net)
     by_name = {param.name: param for param, _ in owned}
     by_path = compat.structural_parameters(net)
-    plan: List[Tuple[Any, Any, Constraint]] = []
+    plan: List[Tuple[Any, Any, Optional[Reduction], Constraint]] = []
     problems: List[str] = []
     for name, entry in entries.items():
         param = by_name.get(name) or by_path.get(entry.get("path") or "")
@@ -117,26 +119,16 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
         if owner is not None and entry.get("layer") not in (None, type(owner[0]).__name__):
             problems.append(f"{name}: saved for a {entry['layer']}, found in a {type(owner[0]).__name__}")
             continue
-        if owner is None and entry.get("axes") is not None:
-            if entry.get("view_shape"):
-                problems.append(f"{name}: its {entry.get('layer')} reduces over a per-group view, "
-                                f"which a network without layers cannot express; attach it with "
-                                f"gc.attach(param, constraint, layer=...)")
-                continue
-            constraint = _with_axes(constraint, tuple(entry["axes"]))
-        plan.append((param, owner, constraint))
+        plan.append((param, owner, _recorded_layout(entry) if owner is None else None, constraint))
     if problems:
         raise ValueError("constrain_from_config cannot attach these entries:\n" +
                          "\n".join(f"  {p}" for p in problems) +
                          f"\nParameter names: {', '.join(sorted(by_name))}.")
-    for param, owner, constraint in plan:
-        check_parameter(param, constraint, compat.data_shape(param), owner)
-    for param, owner, constraint in plan:
-        if owner is None:
-            attach(param, constraint)
-        else:
-            attach(param, constraint, layer=owner[0])
-    return {param.name: constraint for param, _, constraint in plan}
+    for param, owner, layout, constraint in plan:
+        check_parameter(param, constraint, compat.data_shape(param), owner, layout)
+    for param, owner, layout, constraint in plan:
+        attach(param, constraint, layer=owner[0] if owner else None, layout=layout)
+    return {param.name: constraint for param, _, _, constraint in plan}
 
 
 def export(net: Block, path: str, epoch: int = 0) -> str:
@@ -229,14 +221,13 @@ def _entries(config: Any) -> Dict[str, Any]:
     return config["parameters"]
 
 
-def _with_axes(constraint: Constraint, axes: Sequence[int]) -> Constraint:
-    """``constraint`` with every member that used the layer's axes given ``axes`` explicitly."""
-    if isinstance(constraint, Compose):
-        return Compose([_with_axes(member, axes) for member in constraint.constraints])
-    config = constraint.get_config()
-    if not constraint.uses_layer_layout() or "axis" not in config:
-        return constraint
-    return type(constraint).from_config({**config, "axis": list(axes)})
+def _recorded_layout(entry: Dict[str, Any]) -> Optional[Reduction]:
+    """The reduction an entry recorded (:func:`constraints_config`), or None if it has none."""
+    if entry.get("axes") is None:
+        return None
+    view, kernel = entry.get("view_shape"), entry.get("kernel_axes")
+    return Reduction(tuple(entry["axes"]), tuple(view) if view else None,
+                     tuple(kernel) if kernel else None)
 
 
 def _warn_infeasible(params: Sequence[Any]) -> None:

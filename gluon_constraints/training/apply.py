@@ -9,8 +9,8 @@ from mxnet.gluon.parameter import Parameter, ParameterDict
 
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction
-from ..gluon.attachment import (PLAN_ATTRIBUTE, Owner, check_parameter, constraint_of, owner_of,
-                                reduction_of)
+from ..gluon.attachment import (PLAN_ATTRIBUTE, Owner, check_parameter, constraint_of, layout_of,
+                                owner_of, reduction_of)
 from ..kernels.library import kernel
 from ..kernels.projection import (KernelItem, ProjectionBatch, kernel_item, prepared_projection,
                                   project_in_place)
@@ -23,7 +23,7 @@ _WORK_ATTRIBUTE = "_gluon_constraints_kernel_work"
 
 class _Plan(NamedTuple):
     """A constrained parameter's checked projection, valid while its constraint, owning layer,
-    device copies and the kernel are the same objects. ``items``: each copy's kernel item, or
+    recorded layout, device copies and the kernel are the same objects. ``items``: each copy's kernel item, or
     None where the stock path projects (the first copy, then copied to the others).
 
     Kept on the parameter (it lives and dies with it). A deep copy or pickle of the parameter
@@ -33,6 +33,7 @@ class _Plan(NamedTuple):
 
     constraint: Constraint
     owner: Owner
+    layout: Optional[Reduction]
     copies: List[Any]
     kernel: Any
     reduction: Reduction
@@ -116,7 +117,8 @@ def _plan_of(param: Parameter, constraint: Any, loaded: Any) -> _Plan:
     still valid, else made (checking that ``constraint`` is a Constraint that fits)."""
     plan = param.__dict__.get(PLAN_ATTRIBUTE)
     if plan is not None and plan.constraint is constraint and plan.owner is owner_of(param) \
-            and plan.copies is compat.data_arrays(param) and plan.kernel is loaded:
+            and plan.layout is layout_of(param) and plan.copies is compat.data_arrays(param) \
+            and plan.kernel is loaded:
         return plan
     constraint, owner, copies = constraint_of(param), owner_of(param), compat.data_arrays(param)
     if copies is None:
@@ -127,7 +129,7 @@ def _plan_of(param: Parameter, constraint: Any, loaded: Any) -> _Plan:
     check_parameter(param, constraint, compat.data_shape(param), owner)
     reduction = reduction_of(param)
     items = [kernel_item(_classic(a), constraint, reduction) for a in copies]
-    plan = _Plan(constraint, owner, copies, loaded, reduction,
+    plan = _Plan(constraint, owner, layout_of(param), copies, loaded, reduction,
                  items if all(item is not None for item in items) else None)
     param.__dict__[PLAN_ATTRIBUTE] = plan
     return plan

@@ -472,7 +472,7 @@ class ConstrainedOptimizer(Optimizer):
         """The projection of parameter ``index``: live from ``param_dict``, else the snapshot.
 
         The cached projection is reused while the parameter keeps the same constraint object,
-        the same owning layer and the same shape (constraints are immutable, so their values
+        the same owning layer (or recorded layout) and the same shape (constraints are immutable, so their values
         cannot change behind the cache).
 
         Parameters
@@ -483,19 +483,19 @@ class ConstrainedOptimizer(Optimizer):
         param = self.param_dict.get(index)
         if param is None:
             return self.projections.get(index)
-        from ..gluon.attachment import constraint_of, owner_of, reduction_of  # workers only
+        from ..gluon.attachment import constraint_of, layout_of, owner_of, reduction_of  # workers only
 
         constraint = constraint_of(param)
         if constraint is None:
             return None
-        owner = owner_of(param)
+        owner, layout = owner_of(param), layout_of(param)
         shape = compat.data_shape(param)
         cached = self._cache.get(index)
         if cached is not None and cached[0] is constraint and cached[1] is owner \
-                and cached[2].shape == shape:
-            return cached[2]
+                and cached[2] is layout and cached[3].shape == shape:
+            return cached[3]
         projection = Projection(constraint, reduction_of(param, shape), shape)
-        self._cache[index] = (constraint, owner, projection)
+        self._cache[index] = (constraint, owner, layout, projection)
         return projection
 
     def snapshot(self) -> Dict[int, Projection]:

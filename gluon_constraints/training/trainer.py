@@ -29,7 +29,8 @@ from .. import _mxnet_compat as compat
 from ..distributed.parameter_server import prepare_distributed, settle_initial_weights
 from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
 from ..catalogue import Scheduled
-from ..gluon.attachment import attached_parameters, check_parameter, constraint_of, owner_of, reduction_of
+from ..gluon.attachment import (attached_parameters, check_parameter, constraint_of, layout_of, owner_of,
+                                reduction_of)
 from ..kernels.projection import project_in_place
 from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot
 from .monitoring import collect_stats
@@ -54,7 +55,7 @@ class EnforcedTraining(compat.TrainerHooks):
     during the update is raised as :class:`~gluon_constraints.EnforcementError`.
     """
 
-    _gc_checked: Dict[int, Tuple[Any, Any]]
+    _gc_checked: Dict[int, Tuple[Any, Any, Any]]
 
     def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
         """As ``gluon.Trainer.step``; every constrained parameter is projected after its update.
@@ -155,12 +156,13 @@ class EnforcedTraining(compat.TrainerHooks):
     def _check_changed_constraints(self) -> None:
         """Check constraints attached or replaced since the last step (cheap when none changed)."""
         for index, param in enumerate(compat.trainer_parameters(self)):
-            constraint, owner = getattr(param, "constraint", None), owner_of(param)
+            constraint, owner, layout = getattr(param, "constraint", None), owner_of(param), layout_of(param)
             checked = self._gc_checked.get(index)
-            if constraint is None or (checked and checked[0] is constraint and checked[1] is owner):
+            if constraint is None or (checked and checked[0] is constraint and checked[1] is owner
+                                      and checked[2] is layout):
                 continue
             check_parameter(param, constraint_of(param), compat.data_shape(param), owner)
-            self._gc_checked[index] = (constraint, owner)  # the objects: an id could be reused
+            self._gc_checked[index] = (constraint, owner, layout)  # objects: an id could be reused
 
     def _stepping(self, run: Any, batch_size: int, ignore_stale_grad: bool) -> None:
         """Check changed constraints, run Gluon's ``step`` or ``update``, raise what the kvstore
