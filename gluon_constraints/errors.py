@@ -5,7 +5,8 @@ catch for the same mistake, so ``except ValueError`` keeps working:
 
 - ``ValueError``: :class:`ConstraintArgumentError` (a constructor argument out of range),
   :class:`ConstraintShapeError` (axes that do not fit a shape), :class:`UnknownConstraintError`
-  (an unregistered name) and :class:`UnsupportedOptimizerError` (a multi-precision state layout
+  (an unregistered name), :class:`ConstraintConfigError` (a malformed constraints config or
+  ``constrain`` rule) and :class:`UnsupportedOptimizerError` (a multi-precision state layout
   the library cannot read).
 - ``TypeError``: :class:`ConstraintTypeError` (an array or parameter of a kind a projection cannot
   take: integer dtype, sparse storage, not an array).
@@ -21,6 +22,7 @@ __all__ = [
     "ConstraintArgumentError",
     "ConstraintShapeError",
     "UnknownConstraintError",
+    "ConstraintConfigError",
     "UnsupportedOptimizerError",
     "ConstraintTypeError",
     "ConstraintViolationError",
@@ -43,6 +45,11 @@ class ConstraintShapeError(ValueError):
 
 class UnknownConstraintError(ValueError):
     """A constraint name or serialized class name is not registered."""
+
+
+class ConstraintConfigError(ValueError):
+    """A constraints config (``constraints_config``'s form) or a ``constrain`` rule is malformed,
+    or names parameters the network does not have."""
 
 
 class UnsupportedOptimizerError(ValueError):

@@ -94,10 +94,25 @@ def test_constrain_rule_matching_nothing_raises_and_attaches_nothing():
     net = gluon_nn.HybridSequential(prefix="m_")
     with net.name_scope():
         net.add(gluon_nn.Dense(3, in_units=4))
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(gc.ConstraintConfigError) as info:
         gc.constrain(net, {"weight": gc.MaxNorm(), "gamma": gc.NonNeg()})
     assert str(info.value) == ("constrain rule 'gamma' matched no parameter. "
                                "Parameter names: m_dense0_weight, m_dense0_bias.")
+    assert all(getattr(p, "constraint", None) is None for p in net.collect_params().values())
+
+
+@pytest.mark.parametrize("rules,error,message", [
+    ([gc.MaxNorm()], gc.ConstraintTypeError, r"constrain rules must be a dict mapping regular expressions \(searched "
+                                             r"in parameter names\) to constraints, .*: got list \[MaxNorm\("),
+    ({"weight": gc.MaxNorm(), "conv(": gc.NonNeg()}, gc.ConstraintConfigError,
+     r"constrain rule 'conv\(' is not a valid regular expression \(missing \), unterminated subpattern at "
+     r"position 4\): rules are Python regular expressions .*re\.escape"),
+    ({3: gc.MaxNorm()}, gc.ConstraintConfigError, r"constrain rule 3 must be a string, a regular expression"),
+], ids=["a-list", "a-bad-regex", "not-a-string"])
+def test_malformed_rules_are_named_and_attach_nothing(rules, error, message):
+    net = gluon_nn.Dense(3, in_units=4)
+    with pytest.raises(error, match=message):
+        gc.constrain(net, rules)
     assert all(getattr(p, "constraint", None) is None for p in net.collect_params().values())
 
 

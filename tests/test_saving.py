@@ -2,6 +2,7 @@
 "Saving and loading constraints with a model")."""
 
 import json
+import re
 import warnings
 
 import mxnet as mx
@@ -208,7 +209,7 @@ def test_imports_without_a_constraints_file_says_what_to_use(tmp_path):
 
 
 def test_a_config_of_another_kind_is_refused():
-    with pytest.raises(ValueError, match="Expected a constraints config"):
+    with pytest.raises(gc.ConstraintConfigError, match="Expected a constraints config"):
         gc.constrain_from_config(build(), {"parameters": {}})
 
 
@@ -224,3 +225,29 @@ def test_loading_a_checkpoint_that_violates_the_constraints_warns_and_apply_fixe
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gc.load_parameters(build(), str(tmp_path / "new.params"))
+
+
+@pytest.mark.parametrize("entry,shown", [
+    ({"path": "0.weight", "layer": "Dense"}, r"\{'path': '0.weight', 'layer': 'Dense'\}"),
+    ("max_norm", r"'max_norm'"),
+    ({"constraint": "max_norm"}, r"\{'constraint': 'max_norm'\}"),
+], ids=["no-constraint", "a-string", "constraint-not-serialized"])
+def test_a_malformed_config_entry_is_named_with_the_accepted_form(entry, shown):
+    net = build()
+    config = gc.constraints_config(net)
+    name = next(iter(config["parameters"]))
+    config["parameters"][name] = entry
+    with pytest.raises(gc.ConstraintConfigError, match=r"not of the form \{'constraint': \{'class_name': \.\.\., "
+                                                       r"'config': \{\.\.\.\}\}.*\n  " + re.escape(name) + ": got " + shown):
+        gc.constrain_from_config(build(constrained=False), config)
+
+
+def test_a_config_entry_whose_constraint_cannot_be_built_is_named_and_nothing_is_attached():
+    config = gc.constraints_config(build())
+    name = sorted(config["parameters"])[0]
+    config["parameters"][name]["constraint"] = {"class_name": "MaxNorn", "config": {}}
+    plain = build(constrained=False)
+    with pytest.raises(gc.ConstraintConfigError, match=re.escape(name) + r": its constraint .*MaxNorn.* cannot be "
+                                                       r"built: Unknown constraint name 'MaxNorn'. Did you mean 'MaxNorm'"):
+        gc.constrain_from_config(plain, config)
+    assert all(getattr(p, "constraint", None) is None for p in plain.collect_params().values())

@@ -21,7 +21,7 @@ from mxnet.gluon.parameter import Parameter
 from .. import _mxnet_compat as compat
 from ..catalogue import Compose, Constraint, Reduction, get
 from ..catalogue.base import check_dtype
-from ..errors import AmbiguousLayoutWarning, ConstraintShapeError
+from ..errors import AmbiguousLayoutWarning, ConstraintConfigError, ConstraintShapeError, ConstraintTypeError
 from .layouts import fan_in
 
 __all__ = ["attach", "constrain", "constraint_of", "owner_of", "layout_of", "reduction_of", "owned_parameters",
@@ -131,17 +131,26 @@ def constrain(block: Block, rules: Mapping[str, Any],
 
     Raises
     ------
-    ValueError
-        If a rule matches no parameter (the message lists the parameter names), or an axis does
-        not fit a parameter's shape. Nothing is attached when anything fails.
+    ConstraintTypeError
+        If ``rules`` is not a mapping.
+    ConstraintConfigError
+        If a rule's key is not a valid regular expression or matches no parameter (the message
+        lists the parameter names).
+    ConstraintShapeError
+        If an axis does not fit a parameter's shape. Nothing is attached when anything fails.
     """
     if not isinstance(block, Block):
         raise TypeError(f"constrain expects an mxnet.gluon.Block: got {block!r}.")
+    if not isinstance(rules, Mapping):
+        raise ConstraintTypeError(
+            f"constrain rules must be a dict mapping regular expressions (searched in parameter "
+            f"names) to constraints, e.g. {{r'weight$': gc.MaxNorm(3)}}: got {type(rules).__name__} "
+            f"{rules!r}.")
     owned = owned_parameters(block)
     chosen: Dict[str, List[Constraint]] = {}
     where: Dict[str, Tuple[Parameter, Owner]] = {}
     for pattern, spec in rules.items():
-        regex = re.compile(pattern)
+        regex = _rule_pattern(pattern)
         constraint = get(spec)
         matched = [(p, o) for p, o in owned
                    if regex.search(p.name) and (layers is None or (o and isinstance(o[0], layers)))]
@@ -149,7 +158,7 @@ def constrain(block: Block, rules: Mapping[str, Any],
             scope = "" if layers is None else f" owned by {_type_names(layers)}"
             candidates = [p.name for p, o in owned
                           if layers is None or (o and isinstance(o[0], layers))]
-            raise ValueError(
+            raise ConstraintConfigError(
                 f"constrain rule {pattern!r} matched no parameter{scope}. "
                 f"Parameter names: {', '.join(candidates) or '(none)'}.")
         for param, owner in matched:
@@ -168,6 +177,21 @@ def constrain(block: Block, rules: Mapping[str, Any],
         else:
             attach(param, constraint, layer=owner[0])
     return combined
+
+
+def _rule_pattern(pattern: Any) -> "re.Pattern[str]":
+    """A ``constrain`` rule's key compiled, or a ConstraintConfigError naming it."""
+    if not isinstance(pattern, str):
+        raise ConstraintConfigError(
+            f"constrain rule {pattern!r} must be a string, a regular expression searched in "
+            f"parameter names (r'conv\\d+_weight$'): got {type(pattern).__name__}.")
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ConstraintConfigError(
+            f"constrain rule {pattern!r} is not a valid regular expression ({error}): rules are "
+            f"Python regular expressions searched in parameter names, e.g. r'conv\\d+_weight$'; "
+            f"escape literal characters with re.escape.") from None
 
 
 def owned_parameters(block: Block) -> List[Tuple[Parameter, Owner]]:

@@ -25,7 +25,7 @@ from mxnet.gluon.block import Block
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction, deserialize, serialize
 from ..catalogue.feasibility import violation
-from ..errors import InfeasibleWeightsWarning
+from ..errors import ConstraintConfigError, InfeasibleWeightsWarning
 from .attachment import attach, check_parameter, constraint_of, owned_parameters, owner_of, reduction_of
 
 __all__ = ["constraints_config", "constrain_from_config", "export", "imports", "load_parameters",
@@ -98,9 +98,11 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
 
     Raises
     ------
-    ValueError
-        If ``config`` is not such a dict, or entries match no parameter or a parameter of
-        another layer type; the message names every such entry.
+    ConstraintConfigError
+        If ``config`` is not such a dict, or entries are malformed (not a dict, no
+        ``"constraint"``, a constraint that cannot be built) or match no parameter or a
+        parameter of another layer type; the message names every such entry and the accepted
+        form. Nothing is attached then.
     """
     entries = _entries(config)
     owned = owned_parameters(net)
@@ -115,13 +117,17 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
                             f"{entry.get('path')!r}")
             continue
         owner = owner_of(param) or next((o for p, o in owned if p is param), None)
-        constraint = deserialize(entry["constraint"])
+        try:
+            constraint = deserialize(entry["constraint"])
+        except (TypeError, ValueError) as error:
+            problems.append(f"{name}: its constraint {entry['constraint']!r} cannot be built: {error}")
+            continue
         if owner is not None and entry.get("layer") not in (None, type(owner[0]).__name__):
             problems.append(f"{name}: saved for a {entry['layer']}, found in a {type(owner[0]).__name__}")
             continue
         plan.append((param, owner, _recorded_layout(entry) if owner is None else None, constraint))
     if problems:
-        raise ValueError("constrain_from_config cannot attach these entries:\n" +
+        raise ConstraintConfigError("constrain_from_config cannot attach these entries:\n" +
                          "\n".join(f"  {p}" for p in problems) +
                          f"\nParameter names: {', '.join(sorted(by_name))}.")
     for param, owner, layout, constraint in plan:
@@ -212,12 +218,23 @@ def load_parameters(net: Block, filename: str, **kwargs: Any) -> None:
     _warn_infeasible([p for p in net.collect_params().values()])
 
 
+_ENTRY_FORM = ("{'constraint': {'class_name': ..., 'config': {...}}, 'path': ..., 'layer': ...} "
+               "(as gc.constraints_config writes it)")
+
+
 def _entries(config: Any) -> Dict[str, Any]:
+    """The config's entries by parameter name, each checked to be a dict with a constraint."""
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT \
             or not isinstance(config.get("parameters"), dict):
-        raise ValueError(f"Expected a constraints config ({{'format': {CONFIG_FORMAT!r}, "
-                         f"'parameters': {{...}}}}, as gc.constraints_config writes): got "
-                         f"{str(config)[:200]}.")
+        raise ConstraintConfigError(
+            f"Expected a constraints config ({{'format': {CONFIG_FORMAT!r}, 'parameters': "
+            f"{{name: entry}}}}, as gc.constraints_config writes): got {str(config)[:200]}.")
+    malformed = [f"  {name}: got {entry!r}" for name, entry in config["parameters"].items()
+                 if not isinstance(entry, dict) or not isinstance(entry.get("constraint"), dict)]
+    if malformed:
+        raise ConstraintConfigError(
+            "These constraints config entries are not of the form " + _ENTRY_FORM + ":\n" +
+            "\n".join(malformed))
     return config["parameters"]
 
 
