@@ -1,5 +1,6 @@
 """The local cluster launcher (docs/distributed.md): exit codes, teardown, timeouts, signals."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -200,3 +201,26 @@ def test_bad_arguments_are_refused():
         Cluster(["python"], workers=0, servers=1)
     with pytest.raises(ValueError, match="No worker command given"):
         Cluster([], workers=1, servers=1)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["-n", "0", "python"], r"argument -n/--num-workers: expected an int >= 1, got 0"),
+    (["-n", "two", "python"], r"argument -n/--num-workers: expected an int >= 1, got 'two'"),
+    (["-n", "1", "-s", "0", "python"], r"argument -s/--num-servers: expected an int >= 1, got 0"),
+    (["-n", "1", "--timeout", "-5", "python"], r"argument --timeout: expected a number of seconds > 0, got -5"),
+    (["-n", "1", "--timeout", "nan", "python"], r"argument --timeout: expected a number of seconds > 0, got nan"),
+    (["-n", "1"], r"no worker command given"),
+    (["-n", "1", "--"], r"no worker command given"),
+    (["-n", "1", "--", "no-such-command-here", "x"], r"the worker command 'no-such-command-here' was not found"),
+], ids=["no-workers", "not-a-number", "no-servers", "negative-timeout", "nan-timeout", "no-command",
+        "empty-command", "missing-command"])
+def test_bad_command_lines_are_usage_errors_that_start_nothing(arguments, message, capsys, monkeypatch):
+    from gluon_constraints.distributed import launch
+
+    monkeypatch.setattr(launch.Cluster, "start", lambda self: pytest.fail("a process was started"))
+    with pytest.raises(SystemExit) as exited:  # what argparse does: exit status 2, usage on stderr
+        launch.main(arguments)
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("usage: python -m gluon_constraints.launch")
+    assert re.search(r"python -m gluon_constraints.launch: error: " + message, stderr), stderr

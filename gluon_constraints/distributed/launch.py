@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -221,20 +222,48 @@ def _exit_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit code."""
+    """Command-line entry point; returns the exit code (2, with a usage message, for bad
+    arguments, as argparse does)."""
     parser = argparse.ArgumentParser(
         prog="python -m gluon_constraints.launch",
         description="Run an MXNet parameter-server job (scheduler, servers, workers) locally.")
-    parser.add_argument("-n", "--num-workers", type=int, required=True, help="number of workers")
-    parser.add_argument("-s", "--num-servers", type=int, default=None,
+    parser.add_argument("-n", "--num-workers", type=_at_least_one, required=True, help="number of workers")
+    parser.add_argument("-s", "--num-servers", type=_at_least_one, default=None,
                         help="number of servers (default: as many as workers)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds before the job is stopped")
+    parser.add_argument("--timeout", type=_seconds, default=None, help="seconds before the job is stopped")
     parser.add_argument("--log-dir", default=None, help="write each process's output to files here")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the worker command")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no worker command given (e.g. ... -n 2 python train.py)")
+    if shutil.which(command[0]) is None:
+        parser.error(f"the worker command {command[0]!r} was not found (not an executable file, "
+                     f"nor on PATH)")
     cluster = Cluster(command, args.num_workers, args.num_servers or args.num_workers,
                       host=args.host, log_dir=args.log_dir)
     signals = StopSignals()
