@@ -187,7 +187,8 @@ def status() -> KernelStatus:
         cached = _verified(cache)
     except OSError as error:
         cache, cached = None, None
-        failure = f"its cache could not be used ({error})"
+        failure = (f"its cache could not be used ({error}); training takes the stock operators. "
+                   f"Set GLUON_CONSTRAINTS_CACHE to a writable directory")
     if os.environ.get("GLUON_CONSTRAINTS_FUSED", "1") == "0":
         return KernelStatus("stock", "GLUON_CONSTRAINTS_FUSED=0 chooses the stock operators",
                             cache, cached, compiler)
@@ -203,8 +204,30 @@ def status() -> KernelStatus:
     if compiler is None:
         return KernelStatus("stock", "no C++ compiler to build the fused kernel (set CXX)",
                             cache, None, None)
+    blocked = _unwritable(cache)
+    if blocked is not None:
+        return KernelStatus(
+            "stock", f"the fused kernel is not built, and cannot be built into its cache: "
+            f"{blocked}; training takes the stock operators. Set GLUON_CONSTRAINTS_CACHE to a "
+            f"writable directory, or build it with python -m gluon_constraints build-kernel "
+            f"where its cache is writable", cache, None, compiler)
     return KernelStatus("fused", "not built yet: it is built on first use, or now with "
                         "python -m gluon_constraints build-kernel", cache, None, compiler)
+
+
+def _unwritable(directory: Path) -> Optional[str]:
+    """Why a build could not write into ``directory``, or None: its nearest existing ancestor
+    must be a directory that takes a new file (tried with a temporary file, removed at once)."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return None
+    except OSError as error:
+        return f"{existing} cannot be written ({error.strerror or error})"
 
 
 def cache_directory() -> Path:
@@ -289,7 +312,10 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
         command = [compiler, *_FLAGS, str(_SOURCE), "-I", str(mxnet_dir / "include"), "-o", str(built)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            return None, f"{compiler} could not build it:\n{result.stderr[-2000:]}"
+            said = (result.stderr or result.stdout).strip()
+            return None, (f"{compiler} could not build it (exit status {result.returncode}"
+                          + (f"):\n{said[-2000:]}" if said else ", and it printed nothing). Set "
+                             "CXX to a working C++17 compiler."))
         name = f"lib-{_sha256(built)}.so"
         os.replace(built, directory / name)  # atomic; a concurrent build of the same bytes is equal
         pointer = Path(scratch) / _POINTER
