@@ -84,3 +84,31 @@ def test_info_says_the_stock_path_will_be_taken_when_the_cache_cannot_be_written
     assert line.startswith("projections: stock MXNet operators (")
     assert "training takes the stock operators. Set GLUON_CONSTRAINTS_CACHE to a writable directory" in line
     assert "built on first use" not in line
+
+
+@pytest.mark.parametrize("value,fused", [("0", False), ("no", False), ("False", False), ("OFF", False),
+                                         ("1", True), ("yes", True), ("true", True), ("On", True), ("", True)])
+def test_the_usual_spellings_of_yes_and_no_choose_the_path(value, fused, monkeypatch):
+    from gluon_constraints.kernels import library
+
+    monkeypatch.setenv("GLUON_CONSTRAINTS_FUSED", value)
+    assert library.fused_chosen() is fused
+    if not fused:
+        state = library.status()
+        assert (state.path, state.reason) == ("stock", f"GLUON_CONSTRAINTS_FUSED={value} chooses the stock operators")
+
+
+def test_an_unknown_spelling_warns_once_and_keeps_the_fused_kernel(monkeypatch):
+    import warnings
+
+    from gluon_constraints.kernels import library
+
+    monkeypatch.setenv("GLUON_CONSTRAINTS_FUSED", "maybe")
+    monkeypatch.setattr(library, "_misread", set())
+    with pytest.warns(library.FusedKernelWarning, match=r"GLUON_CONSTRAINTS_FUSED='maybe' is not understood: use "
+                                                        r"1, true, yes or on .* 0, false, no or off .*The fused "
+                                                        r"kernel is used\."):
+        assert library.fused_chosen()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert library.fused_chosen()  # once

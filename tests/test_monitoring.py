@@ -2,6 +2,8 @@
 stock paths, in every multi-device configuration, without host synchronisation."""
 
 import csv
+import logging
+import re
 
 import mxnet as mx
 import numpy as np
@@ -146,7 +148,9 @@ def test_constraint_stats_needs_monitoring():
     assert trainer.optimizer.stats == {}  # off: nothing recorded
 
 
-def test_estimator_handler_logs_and_writes_every_epoch(tmp_path, caplog):
+def test_estimator_handler_logs_and_writes_every_epoch(tmp_path):
+    # Numbered as the Estimator numbers its own epochs: its "[Epoch 0] Finished" line and ours
+    # for the same epoch carry the same number.
     from mxnet.gluon.contrib.estimator import Estimator
 
     net = nn.Dense(4, in_units=3, weight_constraint=gc.MaxNorm(0.2))
@@ -155,9 +159,16 @@ def test_estimator_handler_logs_and_writes_every_epoch(tmp_path, caplog):
     est = Estimator(net, gluon.loss.L2Loss(), trainer=gluon.Trainer(net.collect_params(), "sgd"))
     writer = gc.CSVWriter(tmp_path / "stats.csv")
     handler = gc.ConstraintHandler(monitor=True, writers=[writer])
+    records = []
+    collect = logging.Handler()
+    collect.emit = records.append
+    est.logger.addHandler(collect)  # the Estimator's own logger, outside logging's hierarchy
     est.fit(data, epochs=2, event_handlers=[handler])
+    epochs = [re.match(r"\[Epoch (\d+)\] (Finished|constraints)", r.getMessage()) for r in records]
+    assert sorted((m.group(1), m.group(2)) for m in epochs if m) == [("0", "Finished"), ("0", "constraints"),
+                                                                     ("1", "Finished"), ("1", "constraints")]
     rows = list(csv.DictReader(open(tmp_path / "stats.csv")))
-    assert [r["step"] for r in rows] == ["1", "2"] and {r["parameter"] for r in rows} == {net.weight.name}
+    assert [r["step"] for r in rows] == ["0", "1"] and {r["parameter"] for r in rows} == {net.weight.name}
     n = unit_norms(net.weight.data().asnumpy(), (1,))
     assert float(rows[-1]["max_norm"]) == pytest.approx(n.max(), rel=1e-5)
     assert float(rows[-1]["mean_norm"]) == pytest.approx(n.mean(), rel=1e-5)
@@ -181,3 +192,17 @@ def test_tensorboard_writer_writes_scalars(tmp_path):
             scalars[value.tag] = (event.step, value.simple_value)
     assert scalars == {"constraints/w/moved": (3, 0.25), "constraints/w/max_norm": (3, 3.0),
                        "constraints/w/mean_norm": (3, 2.0)}
+
+
+@pytest.mark.parametrize("value", ["yes", "false", 1, 0, None], ids=repr)
+def test_monitor_takes_booleans_only(value):
+    # "false" is a true value in Python: refused, like every other non-bool, everywhere monitor is taken.
+    net = nn.Dense(2, in_units=2, weight_constraint=gc.MaxNorm(1.0))
+    net.initialize()
+    message = r"monitor must be True or False: got " + re.escape(repr(value))
+    with pytest.raises(gc.ConstraintArgumentError, match=message):
+        gc.ConstrainedTrainer(net.collect_params(), "sgd", monitor=value)
+    with pytest.raises(gc.ConstraintArgumentError, match=message):
+        gc.enforce(gluon.Trainer(net.collect_params(), "sgd"), monitor=value)
+    with pytest.raises(gc.ConstraintArgumentError, match=message):
+        gc.ConstraintHandler(monitor=value)

@@ -17,8 +17,8 @@ SHA-256 (``lib-<sha256>.so``, written to a temporary name and renamed, never rew
 would kill the process with a bus error inside ``dlopen``). A file that fails the check is built
 again. Any failure to build, cache, verify or load (no compiler, a read-only or blocked cache
 directory, a compiler error) gives one :class:`~gluon_constraints.FusedKernelWarning` per process
-and the stock operators, which compute the same projections. ``GLUON_CONSTRAINTS_FUSED=0``
-chooses the stock operators without a warning.
+and the stock operators, which compute the same projections. ``GLUON_CONSTRAINTS_FUSED=0`` (or
+``false``, ``no``, ``off``) chooses the stock operators without a warning.
 
 A build logs one line when it starts and one with its duration (logger
 ``gluon_constraints.kernels``, level WARNING so it shows without any logging set-up; silence it
@@ -50,7 +50,8 @@ from mxnet.base import MXNetError
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning
 
-__all__ = ["Kernel", "PreparedCall", "kernel", "cache_directory", "prepared_library", "status", "KernelStatus"]
+__all__ = ["Kernel", "PreparedCall", "kernel", "fused_chosen", "cache_directory", "prepared_library", "status",
+           "KernelStatus"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
@@ -149,12 +150,12 @@ def kernel() -> Optional[Kernel]:
     """The loaded library's :class:`Kernel`, or None where it cannot be had.
 
     Decided once per process. It is never loaded inside a parameter-server process (mxnet is
-    still importing there) or when ``GLUON_CONSTRAINTS_FUSED=0``.
+    still importing there) or when ``GLUON_CONSTRAINTS_FUSED`` says no (:func:`fused_chosen`).
     """
     global _loaded, _tried
     if _loaded is not None or _tried:
         return _loaded
-    if os.environ.get("GLUON_CONSTRAINTS_FUSED", "1") == "0" or "mxnet.gluon" not in sys.modules:
+    if not fused_chosen() or "mxnet.gluon" not in sys.modules:
         return None
     with _lock:
         if not _tried:
@@ -169,6 +170,27 @@ def kernel() -> Optional[Kernel]:
                 _loaded = loaded
             _tried = True
     return _loaded
+
+
+_CHOICES = {**dict.fromkeys(("", "1", "true", "yes", "on"), True),
+            **dict.fromkeys(("0", "false", "no", "off"), False)}
+_misread: set = set()  # GLUON_CONSTRAINTS_FUSED values warned about
+
+
+def fused_chosen() -> bool:
+    """Whether ``GLUON_CONSTRAINTS_FUSED`` lets the fused kernel be used: unset or 1, true,
+    yes, on (any case) say yes; 0, false, no, off say no (the stock operators). Another value
+    warns once with :class:`~gluon_constraints.FusedKernelWarning` and counts as yes."""
+    value = os.environ.get("GLUON_CONSTRAINTS_FUSED", "")
+    choice = _CHOICES.get(value.strip().lower())
+    if choice is None:
+        if value not in _misread:
+            _misread.add(value)
+            warnings.warn(f"GLUON_CONSTRAINTS_FUSED={value!r} is not understood: use 1, true, yes or "
+                          f"on for the fused kernel (the default), 0, false, no or off for the stock "
+                          f"operators. The fused kernel is used.", FusedKernelWarning, stacklevel=3)
+        return True
+    return choice
 
 
 def status() -> KernelStatus:
@@ -189,9 +211,9 @@ def status() -> KernelStatus:
         cache, cached = None, None
         failure = (f"its cache could not be used ({error}); training takes the stock operators. "
                    f"Set GLUON_CONSTRAINTS_CACHE to a writable directory")
-    if os.environ.get("GLUON_CONSTRAINTS_FUSED", "1") == "0":
-        return KernelStatus("stock", "GLUON_CONSTRAINTS_FUSED=0 chooses the stock operators",
-                            cache, cached, compiler)
+    if not fused_chosen():
+        return KernelStatus("stock", f"GLUON_CONSTRAINTS_FUSED={os.environ['GLUON_CONSTRAINTS_FUSED']} "
+                            f"chooses the stock operators", cache, cached, compiler)
     if _loaded is not None:
         return KernelStatus("fused", "the fused kernel is loaded", cache, cached, compiler)
     if _tried:

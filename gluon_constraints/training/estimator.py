@@ -11,6 +11,7 @@ from .. import _mxnet_compat as compat
 from ..errors import UnenforcedConstraintWarning
 from ..gluon.attachment import constraint_of
 from .monitoring import describe
+from .optimizer import switch
 from .trainer import enforce
 
 __all__ = ["ConstraintHandler"]
@@ -31,7 +32,8 @@ class ConstraintHandler(TrainBegin, EpochEnd, TrainEnd):
     fraction of units the last projection moved, the largest and mean unit norm) and passes them
     to each writer (:class:`~gluon_constraints.CSVWriter`,
     :class:`~gluon_constraints.TensorBoardWriter`) with the epoch number: one host
-    synchronisation per epoch.
+    synchronisation per epoch. Epochs are numbered from 0, as the Estimator's own log lines
+    (``[Epoch 0] Finished in ...``) number them.
 
     Parameters
     ----------
@@ -48,18 +50,18 @@ class ConstraintHandler(TrainBegin, EpochEnd, TrainEnd):
     """
 
     def __init__(self, monitor: bool = False, writers: Iterable[Any] = ()) -> None:
-        self.monitor = bool(monitor)
+        self.monitor = switch("monitor", monitor)
         self.writers = list(writers)
         self.epoch = 0
 
     def epoch_end(self, estimator: Any, *args: Any, **kwargs: Any) -> bool:
-        """Log and write the last projections' statistics (``monitor=True``)."""
-        self.epoch += 1
+        """Log and write the statistics of the epoch's last projections (``monitor=True``)."""
         if self.monitor:
             stats = estimator.trainer.constraint_stats()
             estimator.logger.info(describe(stats, prefix=f"[Epoch {self.epoch}] constraints: "))
             for writer in self.writers:
                 writer.write(self.epoch, stats)
+        self.epoch += 1
         return False
 
     def train_end(self, estimator: Any, *args: Any, **kwargs: Any) -> None:
@@ -70,6 +72,7 @@ class ConstraintHandler(TrainBegin, EpochEnd, TrainEnd):
 
     def train_begin(self, estimator: Any, *args: Any, **kwargs: Any) -> None:
         """Install enforcement into ``estimator.trainer`` and warn about uncovered parameters."""
+        self.epoch = 0
         trainer = enforce(estimator.trainer, monitor=self.monitor)
         owned = {id(p) for p in compat.trainer_parameters(trainer)}
         stray = sorted(p.name for p in estimator.net.collect_params().values()

@@ -30,7 +30,7 @@ from ..kernels.projection import (FusedCall, FusedPlan, assemble_fused_update, f
                                   fused_rule, fused_update, measured, plan_fused_update,
                                   project_in_place)
 
-__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence"]
+__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence", "switch"]
 
 
 class Projection(NamedTuple):
@@ -129,7 +129,7 @@ class ConstrainedOptimizer(Optimizer):
             raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
         if isinstance(inner, ConstrainedOptimizer):
             raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
-        self._own(inner, projections or {}, {}, cadence(every), bool(monitor))
+        self._own(inner, projections or {}, {}, cadence(every), switch("monitor", monitor))
 
     def _own(self, inner: Optimizer, projections: Dict[int, Projection],
              iterates: Dict[Tuple[Any, str], Any], every: int, monitor: bool) -> None:
@@ -539,6 +539,21 @@ def cadence(every: Any) -> int:
         raise ConstraintArgumentError(
             f"every must be an int >= 1 (project after every every-th update): got {every!r}.")
     return int(every)
+
+
+def switch(argument: str, value: Any) -> bool:
+    """Validate an on/off option (``monitor``): a bool.
+
+    Raises
+    ------
+    ConstraintArgumentError
+        Naming ``argument`` and the value: strings such as ``"false"`` are not taken for
+        booleans.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConstraintArgumentError(
+            f"{argument} must be True or False: got {value!r} of type {type(value).__name__}.")
+    return bool(value)
 
 
 def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[Any], ...]:

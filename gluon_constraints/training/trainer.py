@@ -32,7 +32,7 @@ from ..catalogue import Scheduled
 from ..gluon.attachment import (attached_parameters, check_parameter, constraint_of, layout_of, owner_of,
                                 reduction_of)
 from ..kernels.projection import project_in_place
-from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot
+from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot, switch
 from .monitoring import collect_stats
 from .verify import verify_constraints
 
@@ -263,7 +263,7 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
                  kvstore: Any = "device", compression_params: Optional[dict] = None,
                  update_on_kvstore: Optional[bool] = None, every: int = 1,
                  monitor: bool = False) -> None:
-        every = cadence(every)
+        every, monitor = cadence(every), switch("monitor", monitor)
         listed = _listed_parameters(params)
         check_parameters(listed, optimizer, optimizer_params)
         super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
@@ -304,7 +304,7 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
     """
     if not isinstance(trainer, Trainer):
         raise TypeError(f"enforce expects an mxnet.gluon.Trainer: got {trainer!r}.")
-    every = cadence(every)
+    every, monitor = cadence(every), switch("monitor", monitor)
     if isinstance(trainer, EnforcedTraining):
         if monitor:  # turning monitoring on is safe at any time
             trainer._gc_monitor = trainer.optimizer.monitor = True
@@ -364,7 +364,7 @@ def _install(trainer: Trainer, every: int, monitor: bool) -> None:
     _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
     trainer._gc_checked = {}
     trainer._gc_every = every
-    trainer._gc_monitor = bool(monitor)
+    trainer._gc_monitor = monitor
     trainer._gc_updates = 0  # updates this trainer made (the servers count theirs)
     trainer._gc_warned_rates = False
     _warn_diverging(trainer, type(wrapper.inner))
