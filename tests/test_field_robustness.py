@@ -489,6 +489,32 @@ def test_zero_dimensional_and_empty_arrays_are_projected(numpy_mode):
     assert out.shape == (0, 3) and isinstance(out, mx.np.ndarray)
 
 
+@pytest.mark.parametrize("path", ["fused", "stock"])
+@pytest.mark.parametrize("uokv", [None, False], ids=["kvstore-update", "device-update"])
+def test_a_zero_dimensional_parameter_trains_on_two_contexts_in_numpy_mode(numpy_mode, uokv, path, monkeypatch):
+    # The kvstore and the optimizer hand parameters over as classic arrays, of shape () here.
+    if path == "stock":
+        from gluon_constraints.kernels import library
+
+        monkeypatch.setattr(library, "_loaded", None)
+        monkeypatch.setattr(library, "_tried", True)
+    params = gluon.ParameterDict("scalar_")
+    scale = params.get("scale", shape=())
+    params.initialize(ctx=TWO)
+    for copy in scale.list_data():
+        copy[()] = 5.0
+    gc.attach(scale, gc.MaxNorm(2.0))
+    trainer = gc.ConstrainedTrainer(params, "sgd", {"learning_rate": 0.1}, update_on_kvstore=uokv)
+    with autograd.record():
+        losses = [(scale.data(c) * mx.np.ones((2,), ctx=c)).sum() for c in TWO]
+    for loss in losses:
+        loss.backward()
+    trainer.step(1)
+    # 5 - 0.1 * 4 (the summed gradient) = 4.6, then onto [-2, 2]
+    assert [float(copy.asnumpy()) for copy in scale.list_data()] == [2.0, 2.0]
+    trainer.verify_constraints()
+
+
 @pytest.mark.parametrize("array", [np.zeros((0,)), np.zeros((0, 3)), np.array(3.0)], ids=["(0,)", "(0, 3)", "()"])
 def test_empty_and_zero_dimensional_classic_arrays_get_a_clear_error(array):
     classic = mx.nd.array(array)

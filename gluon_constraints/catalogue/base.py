@@ -153,12 +153,16 @@ class Constraint(metaclass=_Immutable):
         ConstraintTypeError
             If ``w`` is not an array, not dense, or not floating point.
         ConstraintShapeError
-            If ``w`` is a classic ``mx.nd.NDArray`` with an empty or 0-d shape (MXNet reads those
-            as unknown shapes).
+            If ``w`` is a classic ``mx.nd.NDArray`` with an empty or 0-d shape while MXNet's
+            numpy shape semantics are off (MXNet reads those as unknown shapes then).
         """
         check_array(w, type(self).__name__)
         numpy_mode = _is_numpy_array(w)
         shape = tuple(w.shape)
+        if not numpy_mode and (not shape or 0 in shape) and _numpy_shapes():
+            # With numpy shape semantics on, a classic array's () or 0 is what it says (the
+            # kvstore and the optimizer hand parameters over as classic arrays).
+            return self(w.as_np_ndarray(), reduction).as_nd_ndarray()
         if not numpy_mode and (not shape or 0 in shape):
             raise ConstraintShapeError(
                 f"{type(self).__name__} cannot project a classic mx.nd.NDArray of shape {shape}: "
@@ -386,6 +390,15 @@ def bound_argument(owner: str, argument: str, value: object, allow_zero: bool = 
 def axis_config(axis: Axis) -> Any:
     """The JSON form of an axis: None, an int or a list of ints."""
     return list(axis) if isinstance(axis, tuple) else axis
+
+
+def _numpy_shapes() -> bool:
+    """Whether MXNet's numpy shape semantics are on (``mx.npx.set_np()``): then () is a scalar
+    and 0 an empty axis, for classic arrays too. Looked up at call time: servers import the
+    catalogue before ``mxnet.util`` exists."""
+    from mxnet.util import is_np_shape
+
+    return bool(is_np_shape())
 
 
 def _is_numpy_array(w: NDArray) -> bool:
