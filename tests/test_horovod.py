@@ -11,6 +11,7 @@ import pytest
 
 import training_reference as ref
 from processes import run
+from tolerances import assert_float32_close
 
 pytestmark = pytest.mark.distributed
 pytest.importorskip("horovod.mxnet", reason="Horovod is installed by `make test`")
@@ -36,6 +37,8 @@ def test_horovod_workers_keep_constraints_and_match_single_process(tmp_path):
                          batch_size=BATCH)
     for name, value in arrays[0].items():
         short = name[len("mlp_"):]
-        np.testing.assert_allclose(value, expected[short], rtol=1e-4, atol=1e-5, err_msg=name)
+        # float32 against float64: per step a gradient of 2 * BATCH examples over the widest
+        # fan-in, and about ten roundings of the update and projection (tests/tolerances.py)
+        assert_float32_close(value, expected[short], STEPS * (2 * BATCH * ref.HIDDEN + 10), err_msg=name)
         if short.endswith("weight"):
             assert np.sqrt((value.astype(np.float64) ** 2).sum(axis=1)).max() <= BOUND * (1 + 1e-5)

@@ -50,7 +50,7 @@ from mxnet.base import MXNetError
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning
 
-__all__ = ["Kernel", "PreparedCall", "kernel", "fused_chosen", "cache_directory", "prepared_library", "status",
+__all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library", "status",
            "KernelStatus"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
@@ -276,12 +276,23 @@ def _load() -> Union[Kernel, str]:
     if path is None:
         return failure
     try:
-        library = ctypes.CDLL(str(path))
-        functions = [compat.c_function(name) for name in _MXNET_FUNCTIONS]
-        library.gc_bind.argtypes = [ctypes.c_void_p] * len(functions)
-        library.gc_bind(*functions)
+        return loaded(path)
     except (OSError, AttributeError) as error:
         return f"loading {path} failed ({error})."
+
+
+def loaded(path: Path) -> Kernel:
+    """The :class:`Kernel` of the library at ``path``, loaded and handed MXNet's C functions.
+
+    Raises
+    ------
+    OSError, AttributeError
+        If the file cannot be loaded or is not this library.
+    """
+    library = ctypes.CDLL(str(path))
+    functions = [compat.c_function(name) for name in _MXNET_FUNCTIONS]
+    library.gc_bind.argtypes = [ctypes.c_void_p] * len(functions)
+    library.gc_bind(*functions)
     return Kernel(library)
 
 
