@@ -95,6 +95,16 @@ def test_simplex_is_the_nearest_point_of_the_simplex(radius):
     np.testing.assert_allclose(got.sum(axis=1), radius, rtol=1e-12)
 
 
+def test_simplex_and_l1_ball_of_rows_at_float32s_largest_magnitudes():
+    # Rows so large that a radius of 1 is absorbed by rounding in their sums: the largest entry
+    # takes the radius (the only one within the radius of the maximum), never inf or NaN.
+    w = np.array([[-8.5e34, -9.9e37, 0.0], [3e38, -3e38, 1e38]], dtype=np.float32)
+    np.testing.assert_array_equal(gc.Simplex(1.0)(mx.nd.array(w)).asnumpy(), [[0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(gc.L1Ball(2.0)(mx.nd.array(w[1:])).asnumpy(), [[1, -1, 0]])
+    for values in ([[-8.5e34]], [[3e38]]):
+        np.testing.assert_array_equal(gc.Simplex(1.0)(mx.nd.array(np.array(values, np.float32))).asnumpy(), [[1.0]])
+
+
 def test_l1_ball_soft_thresholds_only_slices_outside_it():
     w = RNG.normal(0, 1, (5, 3, 2, 2)).astype(np.float32)
     w[1] *= 0.01  # inside the ball: unchanged

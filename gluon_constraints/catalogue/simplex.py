@@ -112,7 +112,13 @@ class L1Ball(Constraint):
 
 
 def _onto_simplex(v: NDArray, radius: float) -> NDArray:
-    """Row-wise projection of the 2-D float64 ``v`` onto ``{x >= 0, sum x = radius}``."""
+    """Row-wise projection of the 2-D float64 ``v`` onto ``{x >= 0, sum x = radius}``.
+
+    Each row is first shifted by its largest entry (the projection does not change when every
+    entry of a row moves by the same amount): the sums then stay within the radius's scale, so
+    a row of entries like 1e35 is not absorbed by rounding and its largest entries share the
+    radius."""
+    v = nd.broadcast_sub(v, nd.max(v, axis=1, keepdims=True))
     u = nd.sort(v, axis=1, is_ascend=False)
     sums = nd.np.cumsum(u.as_np_ndarray(), axis=1).as_nd_ndarray()
     k = nd.arange(1, v.shape[1] + 1, ctx=v.context, dtype=v.dtype).reshape((1, -1))
