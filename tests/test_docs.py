@@ -151,3 +151,13 @@ def test_docstring_examples_of_public_names_run():
                 examples += len(test.examples)
                 runner.run(test)
     assert examples > 10 and runner.failures == 0
+
+
+def test_every_test_the_docs_cite_exists():
+    # The docs back their promises with named tests: each name must be a test of this suite.
+    defined = {m.group(1) for path in (ROOT / "tests").glob("test_*.py")
+               for m in re.finditer(r"^def (test_\w+)", path.read_text(), re.M)}
+    cited = {(page.name, name) for page in PAGES for name in re.findall(r"`(test_\w+)`", page.read_text())}
+    assert cited, "the docs cite no test"
+    missing = sorted(f"{page}: {name}" for page, name in cited if name not in defined)
+    assert not missing, missing
