@@ -12,19 +12,21 @@ from pathlib import Path
 
 import gluon_constraints as gc
 from gluon_constraints import errors
+from gluon_constraints.catalogue import FAMILIES as FAMILY_NAMES
 
 TARGET = Path(__file__).with_name("api.md")
+# The catalogue's families, as each registered itself where it is defined (a new family's
+# module adds it here), and the Keras aliases some of them declared.
+FAMILIES = [name for name, obj in FAMILY_NAMES.items() if name == obj.__name__]
+ALIASES = [name for name, obj in FAMILY_NAMES.items() if name != obj.__name__]
 SECTIONS = [
     ("Constraints", "The catalogue: each object projects a weight onto a set "
                     "([constraints.md](constraints.md)).",
-     ["Constraint", "MaxNorm", "MinMaxNorm", "UnitNorm", "NonNeg", "Clip", "Simplex", "L1Ball",
-      "SpectralNorm", "Orthogonal", "RadialConstraint", "Scheduled", "Compose", "Function", "Reduction"]),
+     ["Constraint", *FAMILIES, "Function", "Reduction"]),
     ("Names and configs", "Looking constraints up, serializing them, registering new ones; "
-                          "`max_norm`, `min_max_norm`, `unit_norm`, `non_neg` and "
-                          "`radial_constraint` are aliases of the classes, as in Keras.",
-     ["get", "serialize", "deserialize", "register_constraint", "registered_constraints",
-      "max_norm", "min_max_norm",
-      "unit_norm", "non_neg", "radial_constraint"]),
+                          + ", ".join(f"`{alias}`" for alias in ALIASES)
+                          + " are aliases of the classes, as in Keras.",
+     ["get", "serialize", "deserialize", "register_constraint", "registered_constraints", *ALIASES]),
     ("Attaching to networks", "([layers.md](layers.md))",
      ["attach", "constrain", "register_layout", "apply_constraints", "nn", "rnn"]),
     ("Saving and loading", "([layers.md](layers.md#saving-and-loading-constraints-with-a-model))",
@@ -38,9 +40,9 @@ SECTIONS = [
      ["CSVWriter", "TensorBoardWriter"]),
     ("Errors and warnings", inspect.getdoc(errors).split("\n\n")[0], list(errors.__all__)),
 ]
-ALIASES = {"max_norm", "min_max_norm", "unit_norm", "non_neg", "radial_constraint"}
-CONSTRAINT_METHODS = ["__call__", "apply_to", "project", "row_lowering", "reduction_for",
-                      "validate", "uses_layer_layout", "get_config", "from_config"]
+# The Constraint contract: what a family overrides, then what every constraint does alike.
+CONSTRAINT_METHODS = ["project", "continue_from", "check_shape", "get_config", "__call__", "apply_to",
+                      "apply_with_state", "reduction_for", "validate", "uses_layer_layout", "from_config"]
 
 
 def render():

@@ -21,13 +21,14 @@ use.
 import importlib
 
 from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
-from .catalogue import (Clip, Compose, Constraint, Function, L1Ball, MaxNorm, MinMaxNorm, NonNeg,
-                        Orthogonal, RadialConstraint, Reduction, Scheduled, Simplex, SpectralNorm,
-                        UnitNorm,
-                        deserialize, get, max_norm, min_max_norm, non_neg, radial_constraint,
-                        register_constraint, registered_constraints, serialize, unit_norm)
+from . import _moved  # noqa: F401 - lets files that name 0.1.0's module paths load
+from .catalogue import (FAMILIES, Constraint, Function, Reduction, deserialize, get, register_constraint,
+                        registered_constraints, serialize)
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
+
+# Every family of the catalogue (each registers itself where it is defined) and Keras's aliases.
+globals().update(FAMILIES)
 
 # Public names defined in modules that import mxnet.gluon, loaded lazily (PEP 562).
 _LAZY = {
@@ -56,52 +57,17 @@ _LAZY = {
 
 __all__ = [
     "Constraint",
-    "MaxNorm",
-    "MinMaxNorm",
-    "UnitNorm",
-    "NonNeg",
-    "Compose",
+    *FAMILIES,
     "Function",
-    "RadialConstraint",
-    "Clip",
-    "Simplex",
-    "L1Ball",
-    "SpectralNorm",
-    "Orthogonal",
-    "Scheduled",
-    "max_norm",
-    "min_max_norm",
-    "unit_norm",
-    "non_neg",
-    "radial_constraint",
     "Reduction",
     "get",
     "serialize",
     "deserialize",
     "register_constraint",
     "registered_constraints",
-    "attach",
-    "constrain",
-    "register_layout",
-    "apply_constraints",
-    "ConstrainedTrainer",
-    "enforce",
-    "verify_constraints",
-    "penalty",
-    "CSVWriter",
-    "TensorBoardWriter",
-    "ConstrainedOptimizer",
-    "ConstraintHandler",
-    "constraints_config",
-    "constrain_from_config",
-    "export",
-    "imports",
-    "load_parameters",
-    "from_keras",
-    "from_keras_layer",
-    "nn",
-    "rnn",
-] + _ERRORS
+    *_LAZY,
+    *_ERRORS,
+]
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,7 @@ __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_opt
            "kvstore_setting", "set_update_on_kvstore", "has_sparse_gradients", "is_distributed",
            "broadcast_initial_weights", "check_before_allocation", "has_fresh_gradient", "storage_type", "trainer_of",
            "is_allocated", "data_arrays", "data_shape", "own_parameters", "block_parameters",
-           "keep_on_block", "kept_on_block", "same_objects",
+           "BlockState", "block_state", "ParameterWalk", "same_objects",
            "structural_parameters",
            "convolution_settings", "convolution_base",
            "recurrent_layer_base", "optimizer_rates", "count_update", "update_count",
@@ -65,14 +65,14 @@ class TrainerHooks:
         self.after_kvstore()
 
     def _allreduce_grads(self) -> None:
-        """Gluon's, except with a local kvstore that updates (``update_on_kvstore``) and dense
-        gradients: :meth:`before_pushes` runs, every parameter is pushed (the kvstore runs the
+        """Gluon's, except with a local kvstore that updates (``update_on_kvstore``) where
+        :meth:`pushes_all_then_pulls` says so: :meth:`before_pushes` runs, every parameter is pushed (the kvstore runs the
         optimizer in the pushing thread) in the order :meth:`ordered_for_pushes` gives,
         :meth:`between_pushes_and_pulls` runs, then every parameter is pulled.
         Gluon pushes and pulls each parameter in turn, which gives the same weights."""
         kvstore, params = self._kvstore, self._params  # type: ignore[attr-defined]
         if not (kvstore and self._update_on_kvstore and kvstore.type in ("device", "local")  # type: ignore[attr-defined]
-                and self._dense_gradients()):
+                and self.pushes_all_then_pulls()):
             super()._allreduce_grads()  # type: ignore[misc]
             return
         updated = [(i, p) for i, p in enumerate(params) if p.grad_req != "null"]
@@ -90,13 +90,6 @@ class TrainerHooks:
         super().load_states(fname)  # type: ignore[misc]
         self.after_load_states()
 
-    def _dense_gradients(self) -> bool:
-        """Whether every updated parameter has dense gradients (decided once: it cannot change)."""
-        if getattr(self, "_gc_dense_gradients", None) is None:
-            self._gc_dense_gradients = all(p.list_grad()[0].stype == "default"
-                                           for p in self._params if p.grad_req != "null")  # type: ignore[attr-defined]
-        return self._gc_dense_gradients
-
     def before_kvstore(self) -> None:
         """Called before the kvstore is created."""
 
@@ -105,6 +98,11 @@ class TrainerHooks:
 
     def after_load_states(self) -> None:
         """Called after ``load_states``."""
+
+    def pushes_all_then_pulls(self) -> bool:
+        """Whether a local kvstore that updates may take every push before any pull (with dense
+        gradients); Gluon's own push-and-pull per parameter otherwise."""
+        return False
 
     def before_pushes(self) -> None:
         """Called before a local kvstore that updates receives a step's gradients."""
@@ -200,9 +198,15 @@ class _CheckBeforeAllocation:
 def check_before_allocation(param: Any, check: Callable[[Any, Tuple[int, ...]], None]) -> None:
     """Run ``check(param, shape)`` whenever MXNet allocates ``param`` (deferred init included).
 
-    Every allocation goes through ``Parameter._init_impl(data, ctx_list)``; ``check`` runs first,
-    so a check that raises leaves the parameter unallocated. ``check`` must be a module-level
-    function (copies and pickles refer to it by name). Installing twice keeps one check.
+    The one method this package replaces on an instance. MXNet 1.9 offers no hook, event or
+    callback when a parameter's shape becomes known and its arrays are allocated: every
+    allocation, deferred initialization's included, goes through
+    ``Parameter._init_impl(data, ctx_list)``, a method of the class. So the parameter gets an
+    instance attribute of that name, a :class:`_CheckBeforeAllocation` that runs ``check``
+    first and then the class's method: a check that raises leaves the parameter unallocated,
+    and a constraint whose axes do not fit is refused before any value is written.
+    ``check`` must be a module-level function (copies and pickles refer to it by name).
+    Installing twice keeps one check.
     """
     installed = param.__dict__.get("_init_impl")
     if isinstance(installed, _CheckBeforeAllocation):
@@ -259,37 +263,44 @@ def own_parameters(block: Any) -> Dict[str, Any]:
     return dict(block._reg_params)
 
 
-class _Kept:
-    """A value kept in a block's ``__dict__`` (:func:`keep_on_block`). Not a list, tuple or
-    dict, which Gluon's check for unregistered child blocks (``_check_container_with_block``)
-    would search and warn about. A copy or pickle of the block gets None (``__reduce__``): the
-    value describes this block's own objects."""
+class BlockState:
+    """What this package keeps on a block, under ``block._gluon_constraints``.
 
-    __slots__ = ("value",)
+    Not a list, tuple or dict, which Gluon's check for unregistered child blocks
+    (``_check_container_with_block``) would search and warn about. A copy or pickle of the
+    block gets None (``__reduce__``): everything here describes this block's own objects.
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    Attributes
+    ----------
+    parameter_walk : ParameterWalk or None
+        What :func:`block_parameters` last found under the block.
+    projection : object or None
+        ``apply_constraints``' prepared kernel work for the block's parameters.
+    """
+
+    __slots__ = ("parameter_walk", "projection")
+
+    def __init__(self) -> None:
+        self.parameter_walk: Optional[ParameterWalk] = None
+        self.projection: Any = None
 
     def __reduce__(self) -> Tuple[Any, Tuple[()]]:
         return type(None), ()
 
 
-def keep_on_block(block: Any, name: str, value: Any) -> None:
-    """Keep ``value`` on ``block`` under ``name`` (None: forget it), out of Gluon's way and
-    dropped by copies and pickles of the block; :func:`kept_on_block` reads it back."""
-    if value is None:
-        block.__dict__.pop(name, None)
-    else:
-        block.__dict__[name] = _Kept(value)
+#: The one attribute this package sets on a block.
+BLOCK_STATE = "_gluon_constraints"
 
 
-def kept_on_block(block: Any, name: str) -> Any:
-    """The value kept on ``block`` under ``name`` by :func:`keep_on_block`, or None."""
-    kept = block.__dict__.get(name)
-    return None if kept is None else kept.value
+def block_state(block: Any) -> BlockState:
+    """``block``'s :class:`BlockState` (an empty one, set on it, the first time or after a copy)."""
+    state = block.__dict__.get(BLOCK_STATE)
+    if state is None:
+        state = block.__dict__[BLOCK_STATE] = BlockState()
+    return state
 
 
-class _Walk(NamedTuple):
+class ParameterWalk(NamedTuple):
     """What :func:`block_parameters` found under a block: every visited block's parameter and
     child tables, each with its contents then, and the parameters found. It is valid while every
     table still holds the same objects (Gluon creates a block's tables once and only adds to,
@@ -297,9 +308,6 @@ class _Walk(NamedTuple):
 
     tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]
     parameters: Tuple[Any, ...]
-
-
-_WALK_ATTRIBUTE = "_gluon_constraints_parameter_walk"
 
 
 def block_parameters(block: Any) -> List[Any]:
@@ -311,11 +319,11 @@ def block_parameters(block: Any) -> List[Any]:
     names that occur twice (a shared parameter, or two parameters of one name), are left to
     ``collect_params`` itself (which keeps a shared one once and raises on a clash).
     """
-    kept = kept_on_block(block, _WALK_ATTRIBUTE)
+    state = block_state(block)
+    kept = state.parameter_walk
     if kept is not None and _unchanged(kept.tables):
         return list(kept.parameters)
-    walk = _walk(block)
-    keep_on_block(block, _WALK_ATTRIBUTE, walk)
+    state.parameter_walk = walk = _walk(block)
     return list(block.collect_params().values() if walk is None else walk.parameters)
 
 
@@ -336,7 +344,7 @@ def _unchanged(tables: Tuple[Tuple[Any, Tuple[Any, ...]], ...]) -> bool:
     return True
 
 
-def _walk(block: Any) -> Optional[_Walk]:
+def _walk(block: Any) -> Optional[ParameterWalk]:
     """The parameters under ``block`` in ``collect_params`` order with the tables read, or None
     where ``collect_params`` itself must decide (see :func:`block_parameters`)."""
     from mxnet.gluon.block import Block
@@ -355,7 +363,7 @@ def _walk(block: Any) -> Optional[_Walk]:
     parameters = tuple(found.values())
     if len(parameters) != sum(len(contents) for table, contents in tables[::2]):
         return None
-    return _Walk(tuple(tables), parameters)
+    return ParameterWalk(tuple(tables), parameters)
 
 
 def structural_parameters(block: Any) -> Dict[str, Any]:

@@ -5,8 +5,8 @@ catch for the same mistake, so ``except ValueError`` keeps working:
 
 - ``ValueError``: :class:`ConstraintArgumentError` (a constructor argument out of range),
   :class:`ConstraintShapeError` (axes that do not fit a shape), :class:`UnknownConstraintError`
-  (an unregistered name), :class:`ConstraintConfigError` (a malformed constraints config or
-  ``constrain`` rule) and :class:`UnsupportedOptimizerError` (a multi-precision state layout
+  (an unregistered name), :class:`ConstraintConfigError` (a malformed constraints config,
+  ``constrain`` rule or registration) and :class:`UnsupportedOptimizerError` (a multi-precision state layout
   the library cannot read).
 - ``TypeError``: :class:`ConstraintTypeError` (an array or parameter of a kind a projection cannot
   take: integer dtype, sparse storage, not an array).
@@ -48,8 +48,9 @@ class UnknownConstraintError(ValueError):
 
 
 class ConstraintConfigError(ValueError):
-    """A constraints config (``constraints_config``'s form) or a ``constrain`` rule is malformed,
-    or names parameters the network does not have."""
+    """A constraints config (``constraints_config``'s form), a ``constrain`` rule or a
+    registration is malformed or conflicts: it names parameters the network does not have, or a
+    name another class holds."""
 
 
 class UnsupportedOptimizerError(ValueError):

@@ -241,7 +241,7 @@ def test_apply_constraints_reuses_its_checks_and_follows_every_change(monkeypatc
     np.testing.assert_allclose(layer.weight.data(mx.cpu(1)).asnumpy(), max_norm_rows(w, 0.2), rtol=2e-6)
 
     layer.collect_params().reset_ctx([mx.cpu(2), mx.cpu(3), mx.cpu(0)])  # new copies
-    assert attachment.PLAN_ATTRIBUTE not in layer.weight.__dict__       # released at once
+    assert attachment.state_of(layer.weight).checked is None           # released at once
     layer.weight.set_data(mx.nd.array(w))
     gc.apply_constraints(layer)
     assert checks == [layer.weight.name] * 2

@@ -257,7 +257,8 @@ BAD_ARGUMENTS = [
     (lambda: gc.MinMaxNorm(max_value=float("inf")), ValueError, "MinMaxNorm max_value must be finite: got inf."),
     (lambda: gc.UnitNorm(axis="0"), TypeError, "UnitNorm axis must be None, an int or a tuple of ints: got '0'."),
     (lambda: gc.Compose([]), ValueError, "Compose needs at least one constraint: got []."),
-    (lambda: gc.Compose(gc.NonNeg()), TypeError, "Compose expects a list or tuple of constraints: got NonNeg()."),
+    (lambda: gc.Compose(gc.NonNeg()), TypeError,
+     "Compose expects a list or tuple of constraints, e.g. Compose([gc.NonNeg(), gc.MaxNorm(3)]): got NonNeg()."),
 ]
 
 

@@ -15,7 +15,8 @@ import gluon_constraints as gc
 import reference as ref
 from gluon_constraints import nn
 from gluon_constraints.kernels import library
-from gluon_constraints.kernels.projection import project_in_place
+from gluon_constraints.kernels.boundary import MODES, RULES, Rates, UnitGroup, UpdateRule, unit_group
+from gluon_constraints.kernels.projection import project_in_place, unit_groups
 from tolerances import assert_float32_close, float32_atol
 
 requires_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler")
@@ -86,9 +87,10 @@ def test_one_call_projects_several_weights_with_their_own_constraints(rng):
 
 
 class Halved(gc.MaxNorm):
-    """A subclass computing something else: the kernel must not be used for it."""
+    """A subclass computing something else: the kernel must not be used for it (a lowering is
+    registered for one exact class)."""
 
-    def project(self, w, axes, boundary_rtol):
+    def project(self, w, reduction, boundary_rtol):
         return w * 0.5
 
 
@@ -99,9 +101,7 @@ class Halved(gc.MaxNorm):
     (mx.nd.ones((4, 3)), Halved(1.0), gc.Reduction((1,))),                       # unknown arithmetic
 ], ids=["no-layout", "no-layout-view", "float16", "subclass"])
 def test_cases_the_kernel_does_not_cover_use_stock_operators(array, constraint, reduction):
-    from gluon_constraints.kernels.projection import _fused_plan
-
-    assert _fused_plan(array, constraint, reduction) is None
+    assert unit_groups(array, constraint, reduction) is None
     expected = constraint(array, reduction).asnumpy()
     project_in_place([(array, constraint, reduction)])
     np.testing.assert_array_equal(array.asnumpy(), expected)
@@ -352,13 +352,13 @@ def test_fused_and_stock_agree_on_random_weights_and_constraints(data):
 
 @pytest.mark.parametrize("shape", [(6, 3, 5), (8, 4, 3, 3), (4, 2, 2, 3, 3)], ids=["1d", "2d", "3d"])
 def test_filter_banks_take_the_kernel_as_rows_and_agree_with_numpy(shape):
-    from gluon_constraints.kernels.projection import _fused_plan
-
     rng = np.random.default_rng(len(shape))
     w = rng.normal(0, 1, shape).astype(np.float32)
     axes = tuple(range(1, len(shape)))
     array = mx.nd.array(w)
-    assert _fused_plan(array, gc.MaxNorm(2.0), gc.Reduction(axes)) == ((shape[0], 1, 1), [gc.MaxNorm(2.0).row_lowering()])
+    (group,) = unit_groups(array, gc.MaxNorm(2.0), gc.Reduction(axes))
+    assert (group.groups, group.runs, group.units_per_group) == (shape[0], 1, 1)  # one row per filter
+    assert (group.mode, group.lo, group.hi, group.rate, group.norm_order) == (MODES["norm"], 0.0, 2.0, 1.0, 2)
     project_in_place([(array, gc.MaxNorm(2.0), gc.Reduction(axes))])
     np.testing.assert_allclose(array.asnumpy(), ref.max_norm(w, 2.0, axes), rtol=2e-6)
     assert array.shape == shape
@@ -395,8 +395,6 @@ def test_a_kernel_call_waits_only_for_its_own_arrays():
     # MXNet gives operators loaded from a library a temporary-space resource shared by every CPU
     # operator, so such a call would wait behind any queued operator holding one, such as a
     # backward pass still running. The kernel's calls are queued with their arrays alone.
-    from gluon_constraints.kernels.projection import _entry
-
     _Blocker.released.clear()
     try:
         held = mx.nd.Custom(mx.nd.ones((64,)), op_type="gc_test_blocker")
@@ -405,7 +403,7 @@ def test_a_kernel_call_waits_only_for_its_own_arrays():
         assert not _finishes(mx.nd.sort(mx.nd.ones((8,))), 0.5)  # what a library operator met
         w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
         weight = mx.nd.array(w)
-        library.kernel().projection([weight], _entry((8, 1, 1), gc.MaxNorm(1.0).row_lowering())).queue()
+        library.kernel().projection([weight], unit_groups(weight, gc.MaxNorm(1.0), gc.Reduction((1,)))).queue()
         assert _finishes(weight, 60)
         np.testing.assert_allclose(weight.asnumpy(), ref.max_norm(w, 1.0, (1,)), rtol=2e-6)
     finally:
@@ -413,22 +411,24 @@ def test_a_kernel_call_waits_only_for_its_own_arrays():
         mx.nd.waitall()
 
 
+def group(mode=MODES["norm"], order=2, layout=(8, 1, 1)):
+    """A gc_unit_group of MaxNorm(1.0)'s band by default."""
+    return UnitGroup(*layout, mode, order, 0.0, 1.0, 1.0, 2.0 ** -18)
+
+
 @requires_compiler
 @pytest.mark.parametrize("call,message", [
-    (lambda k, w, g, m: k.projection([w], "8/1/1,norm,0.0,1.0,1.0,1e-06").queue(),
-     "gc_project_rows: malformed rows entry '8/1/1,norm,0.0,1.0,1.0,1e-06'"),
-    (lambda k, w, g, m: k.projection([w], "8/1/1,cap,0.0,1.0,1.0,1e-06,2").queue(), "gc_project_rows: unknown mode 'cap'"),
-    (lambda k, w, g, m: k.projection([w, g], "8/1/1,norm,0.0,1.0,1.0,1e-06,2").queue(),
-     "gc_project_rows: 2 arrays for 1 rows entries"),
-    (lambda k, w, g, m: k.projection([w], "8/1/1,norm,0.0,1.0x,1.0,1e-06,2").queue(),
-     "gc_project_rows: malformed number '1.0x'"),
-    (lambda k, w, g, m: k.update("adagrad", [1, -1, 0.9, 0, 0, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
-     "gc_update_project_rows: unknown rule 'adagrad'"),
-    (lambda k, w, g, m: k.update("sgd_mom", [1, -1, 0.9, 0, 0, 0.1], "8/1/1,none,0,0,0,0,2", [w, g, m]),
-     "gc_update_project_rows: \"update\" has 6 numbers, not 7"),
-    (lambda k, w, g, m: k.update("adam", [1, -1, 0.9, 0.999, 1e-8, 0.1, 0], "8/1/1,none,0,0,0,0,2", [w, g, m]),
-     "gc_update_project_rows: 3 arrays for 1 weights"),
-], ids=["short-entry", "mode", "array-count", "number", "rule", "numbers", "adam-states"])
+    (lambda k, w, g, m: k.projection([w], [group(mode=7)]).queue(), "gc_project_rows: gc_unit_group 0: unknown mode 7"),
+    (lambda k, w, g, m: k.projection([w], [group(order=3)]).queue(),
+     "gc_project_rows: gc_unit_group 0: norm_order must be 1, 2 or 0 (max): got 3"),
+    (lambda k, w, g, m: k.projection([w], [group(layout=(8, 0, 1))]).queue(),
+     "gc_project_rows: gc_unit_group 0: groups, runs and units_per_group must be >= 1"),
+    (lambda k, w, g, m: k.projection([w, g], [group()]).queue(), "gc_project_rows: 2 arrays for 1 unit groups"),
+    (lambda k, w, g, m: k.update(UpdateRule(9, 0, 1, -1, 0.9, 0, 0), [group(MODES["none"])], [Rates(0.1, 0)], [w, g, m]),
+     "gc_update_project_rows: unknown rule 9"),
+    (lambda k, w, g, m: k.update(UpdateRule(RULES["adam"], 0, 1, -1, 0.9, 0.999, 1e-8), [group(MODES["none"])],
+                                 [Rates(0.1, 0)], [w, g, m]), "gc_update_project_rows: 3 arrays for 1 weights"),
+], ids=["mode", "norm-order", "layout", "array-count", "rule", "adam-states"])
 def test_a_malformed_kernel_call_raises_at_once_and_queues_nothing(call, message):
     w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
     weight, grad, mom = mx.nd.array(w), mx.nd.ones((8, 5)), mx.nd.ones((8, 5))
@@ -447,7 +447,6 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
     # given it directly fails (at the next wait, naming the layout), so the projection must first
     # have it converted, which a multiplication by 1 of the first filter alone does.
     from gluon_constraints.kernels.library import kernel
-    from gluon_constraints.kernels.projection import _entry
 
     w = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
     x = mx.nd.ones((2, shape[1]) + (6,) * (len(shape) - 2))
@@ -462,7 +461,7 @@ def test_a_weight_in_mkldnn_blocked_layout_is_read_plain_by_the_kernel(layer, sh
     rows = evaluated_layer().weight.data().reshape((shape[0], -1))
     with pytest.raises(mx.base.MXNetError, match="gc_project_rows: cannot read an array in place "
                                                  r"\(MKL-DNN may hold it in its blocked layout\)"):
-        kernel().projection([rows], _entry((shape[0], 1, 1), gc.MaxNorm(2.0).row_lowering())).queue()
+        kernel().projection([rows], [unit_group((shape[0], 1, 1), "norm", 0.0, 2.0)]).queue()
         rows.wait_to_read()
     weight = evaluated_layer().weight.data()
     project_in_place([(weight, gc.MaxNorm(2.0), gc.Reduction(axes))])

@@ -106,7 +106,8 @@ def test_get_rejects_non_constraints_with_type_error(value):
 
 
 def test_deserialize_rejects_malformed_input():
-    with pytest.raises(TypeError, match="deserialize expects a dict with a 'class_name' string: got 'MaxNorm'"):
+    with pytest.raises(gc.ConstraintTypeError, match=r"deserialize expects a dict with a 'class_name' string, as "
+                                                     r"gc.serialize writes .*: got 'MaxNorm'"):
         gc.deserialize("MaxNorm")
 
 

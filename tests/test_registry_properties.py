@@ -188,11 +188,11 @@ def test_finite_input_gives_finite_output_and_zero_slices_stay_zero(case):
 
 def lowered(case):
     """float32 cases of families the kernel computes (the others take the stock path twice)."""
-    from gluon_constraints.kernels.projection import lowering_of
+    from gluon_constraints.catalogue.lowering import row_lowering
 
     _, constraint, values = case
     members = constraint.constraints if isinstance(constraint, gc.Compose) else [constraint]
-    return values.dtype == np.float32 and all(lowering_of(m) is not None for m in members)
+    return values.dtype == np.float32 and all(row_lowering(m) is not None for m in members)
 
 
 @given(scaled_cases().filter(lowered))

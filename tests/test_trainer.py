@@ -196,26 +196,26 @@ def test_one_step_is_one_kernel_call(optimizer, params, kind, ctx, uokv, monkeyp
     # push: the fused updates (or the projections) are queued and run in one call per 2^20
     # elements, so this small network's in one. Without the kvstore update, each device's
     # updater makes one call.
-    from gluon_constraints.kernels import projection
+    from gluon_constraints.kernels import library
 
     data, _ = reference_run
-    loaded = projection.kernel()
+    loaded = library.kernel()
     calls = []
 
     class Counted:
-        def projection(self, weights, rows, stats=()):
-            prepared = loaded.projection(weights, rows, stats)
+        def projection(self, weights, groups, stats=()):
+            prepared = loaded.projection(weights, groups, stats)
 
             def queue():
-                calls.append(("project", len(rows.split(";"))))
+                calls.append(("project", len(groups)))
                 prepared.queue()
             return SimpleNamespace(queue=queue)
 
-        def update(self, rule, numbers, rows, arrays, stats=()):
-            calls.append(("update", len(rows.split(";"))))
-            loaded.update(rule, numbers, rows, arrays, stats)
+        def update(self, rule, groups, rates, arrays, stats=()):
+            calls.append(("update", len(groups)))
+            loaded.update(rule, groups, rates, arrays, stats)
 
-    monkeypatch.setattr(projection, "kernel", Counted)
+    monkeypatch.setattr(library, "_loaded", Counted())
     net = build_net(ctx)
     trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(params), update_on_kvstore=uokv)
     train_steps(net, trainer, ctx, data[:3])
@@ -243,17 +243,17 @@ def test_kvstore_pushes_update_in_groups_of_2_20_elements_last_layers_first(make
     # backward pass still computes the first layers' gradients. A ConstrainedTrainer pushes in
     # the reverse of the order it was given the parameters in; a trainer given enforcement
     # later, in the reverse of Gluon's order by name.
-    from gluon_constraints.kernels import projection
+    from gluon_constraints.kernels import library
 
-    loaded = projection.kernel()
+    loaded = library.kernel()
     calls = []
 
     class Recorded:
-        def update(self, rule, numbers, rows, arrays, stats=()):
+        def update(self, rule, groups, rates, arrays, stats=()):
             calls.append([a.size for a in arrays[::3]])  # per weight: (w, grad, momentum)
-            loaded.update(rule, numbers, rows, arrays, stats)
+            loaded.update(rule, groups, rates, arrays, stats)
 
-    monkeypatch.setattr(projection, "kernel", Recorded)
+    monkeypatch.setattr(library, "_loaded", Recorded())
 
     def build(ctx, prefix):
         net = nn.HybridSequential(prefix=prefix)
@@ -289,19 +289,19 @@ def test_kvstore_pushes_update_in_groups_of_2_20_elements_last_layers_first(make
 @pytest.mark.parametrize("ctx,uokv", [([mx.cpu(0)], None), (TWO, True), (TWO, False)],
                          ids=["1ctx", "2ctx-uokv", "2ctx-no-uokv"])
 def test_fused_updates_are_planned_once_per_parameter_and_device(ctx, uokv, monkeypatch, reference_run):
-    # Each device's updater has its own optimizer states: without the device in the cache key,
-    # two updaters would replace each other's plans at every step.
-    from gluon_constraints.training import optimizer as wrapper
+    # Each device's updater has its own optimizer states: without the device in the record,
+    # two updaters would replace each other's entries at every step.
+    from gluon_constraints.training import projector
 
     data, _ = reference_run
     planned = []
-    original = wrapper.plan_fused_update
+    original = projector.update_entry
 
     def counted(*arguments, **options):
-        planned.append(arguments[0])
+        planned.append(arguments[0].name)
         return original(*arguments, **options)
 
-    monkeypatch.setattr(wrapper, "plan_fused_update", counted)
+    monkeypatch.setattr(projector, "update_entry", counted)
     net = build_net(ctx)
     trainer = gc.ConstrainedTrainer(net.collect_params(), "adam", {"learning_rate": 0.1}, update_on_kvstore=uokv)
     train_steps(net, trainer, ctx, data[:1])

@@ -9,7 +9,7 @@ import pytest
 
 import gluon_constraints as gc
 from gluon_constraints import nn
-from gluon_constraints.kernels.projection import _fused_plan, project_in_place
+from gluon_constraints.kernels.projection import project_in_place, unit_groups
 from steps import squared_output_step
 
 RNG = np.random.default_rng(12)
@@ -69,7 +69,7 @@ def test_clip_is_np_clip_on_both_paths(bounds, fused):
     project_in_place([(array, gc.Clip(*bounds), gc.Reduction((1,)))], use_fused=fused)
     lo, hi = (-np.inf if bounds[0] is None else bounds[0]), (np.inf if bounds[1] is None else bounds[1])
     np.testing.assert_array_equal(array.asnumpy(), np.clip(w, np.float32(lo), np.float32(hi)))
-    assert _fused_plan(mx.nd.array(w), gc.Clip(*bounds), gc.Reduction((1,))) is not None
+    assert unit_groups(mx.nd.array(w), gc.Clip(*bounds), gc.Reduction((1,))) is not None
 
 
 @pytest.mark.parametrize("arguments,message", [

@@ -1,24 +1,24 @@
 """The Constraint contract: what every constraint family provides.
 
-A constraint family is a :class:`Constraint` subclass that provides
+A family is a :class:`Constraint` subclass in a module of its own in this package, registered
+where it is defined (``@register_constraint``), that provides
 
-- ``__init__``: validates and stores its arguments (with :func:`real_argument` and
+- ``__init__``: validates and stores its arguments (with :func:`real_argument`,
   :func:`bound_argument`), and nothing else; the object is immutable afterwards;
-- :meth:`Constraint.project`: the projection of a weight (or its reshaped view), given the
-  resolved reduction axes, as a new array;
+- :meth:`Constraint.project`: the projection of a weight, given the reduction resolved for it,
+  as a new array. It is the one method a family overrides to project;
 - :meth:`Constraint.get_config`: its constructor arguments, JSON-serializable;
-- ``locality``: :data:`ELEMENTWISE` (each entry alone), :data:`PER_UNIT` (each output unit's
-  slice, the default) or :data:`WHOLE` (the whole weight). It decides where a constraint can
-  run: a parameter server that holds a piece of a weight can run elementwise constraints only;
-- optionally :meth:`Constraint.row_lowering`: the parameters of the fused row kernel that
-  computes the same projection, or None (the default: stock operators only);
-- ``convex``: True where the projection is the nearest point (Euclidean projection) of a closed
-  convex set, so that ``||P(a) - P(b)|| <= ||a - b||`` (the property tests check it); False
-  (the default) otherwise.
+- the declarations, as class attributes: ``locality`` (:data:`ELEMENTWISE`, :data:`PER_UNIT`
+  or :data:`WHOLE`: where it can run; a parameter server holding a piece of a weight runs
+  elementwise constraints only), ``convex`` (the projection is the nearest point of a closed
+  convex set), ``layered`` (with ``axis=None`` the projection reads the owning layer's
+  layout), ``stateful`` (it carries state between training steps, through
+  :meth:`Constraint.continue_from`) and ``scheduled`` (it follows the update count);
+- optionally :meth:`Constraint.check_shape`, for families that fit only some weights.
 
-A family lives in its own module of this package and is registered with one line in
-``registry.py``. Only ``mxnet.ndarray`` is imported: parameter servers import the catalogue
-while ``import mxnet`` is still running.
+A family that the fused kernel can compute registers its lowering next to it
+(:func:`~gluon_constraints.catalogue.lowering.lowers_to_rows`). Only ``mxnet.ndarray`` is
+imported: parameter servers import the catalogue while ``import mxnet`` is still running.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import json
 import math
 import sys
 from numbers import Real
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from mxnet.ndarray import NDArray
@@ -36,7 +36,7 @@ from mxnet.ndarray import NDArray
 from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError
 from .reduction import Axis, Reduction, normalize_axes, per_output_unit
 
-__all__ = ["Constraint", "RowLowering", "BOUNDARY_RTOL", "ELEMENTWISE", "PER_UNIT", "WHOLE",
+__all__ = ["Constraint", "BOUNDARY_RTOL", "ELEMENTWISE", "PER_UNIT", "WHOLE",
            "real_argument", "bound_argument", "axis_config", "check_array", "check_dtype"]
 
 #: Locality values: what one entry's result depends on.
@@ -53,21 +53,6 @@ BOUNDARY_RTOL = {np.dtype(np.float16): 2.0**-10, np.dtype(np.float32): 2.0**-18,
 # Weights are computed in float32 at least: a bound must be a normal float32 number.
 _FLOAT32 = np.finfo(np.float32)
 _BOUND_RANGE = (float(_FLOAT32.tiny), float(_FLOAT32.max))
-
-
-class RowLowering(NamedTuple):
-    """What the fused row kernel computes for one constraint on each row (output unit).
-
-    ``mode`` is ``"norm"`` (rescale a row whose ``ord``-norm ``n`` lies outside ``[lo, hi]`` by
-    ``rate * t / n + (1 - rate)``, ``t`` the violated bound), ``"nonneg"`` (``w * (w >= 0)``
-    elementwise) or ``"clip"`` (``min(max(w, lo), hi)`` elementwise).
-    """
-
-    mode: str
-    lo: float = 0.0
-    hi: float = 0.0
-    rate: float = 1.0
-    ord: float = 2.0
 
 
 class _Immutable(type):
@@ -107,6 +92,16 @@ class Constraint(metaclass=_Immutable):
     #: Whether the projection is the nearest point of a closed convex set (hence non-expansive).
     #: False unless a family declares it.
     convex: bool = False
+    #: Whether, with ``axis=None``, the projection reads the owning layer's layout (its
+    #: per-unit slices, a convolution's kernel axes). False for elementwise families and for
+    #: functions of the whole weight.
+    layered: bool = True
+    #: Whether the family carries state from one training step to the next
+    #: (:meth:`continue_from`); the trainer keeps it per parameter and device copy.
+    stateful: bool = False
+    #: Whether the projection follows the parameter's update count (a ``Scheduled`` constraint's
+    #: ``at(update)``); the trainer resolves it at every update.
+    scheduled: bool = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_frozen"):
@@ -129,6 +124,55 @@ class Constraint(metaclass=_Immutable):
         """Whether each entry's result depends on that entry alone (``locality == ELEMENTWISE``)."""
         return self.locality == ELEMENTWISE
 
+    # -- what a family overrides ---------------------------------------------------------------
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
+        """Return the projection of ``w`` as a new array (the identity here).
+
+        The one method a family overrides to project.
+
+        Parameters
+        ----------
+        w : mx.nd.NDArray
+            The weight in its own shape, in the computation dtype (float32 or float64). It is
+            not modified.
+        reduction : Reduction
+            The slices to project, resolved for ``w`` (:meth:`reduction_for`): ``w`` viewed
+            with ``reduction.view_shape`` (None: its own shape), one slice per index of the axes
+            not in ``reduction.axes``; ``reduction.kernel_axes`` are a convolution's spatial
+            axes. :func:`~gluon_constraints.catalogue.reduction.viewed` gives the view.
+        boundary_rtol : float
+            Relative distance from a bound within which a norm counts as on it.
+        """
+        return w.copy()
+
+    def continue_from(self, w: NDArray, reduction: Reduction, boundary_rtol: float,
+                      state: Any) -> Tuple[NDArray, Any]:
+        """Project ``w`` continuing from the ``state`` the last training step left; return the
+        projection and the new state.
+
+        Families that declare ``stateful = True`` override it (``SpectralNorm`` continues its
+        power iteration); here it is :meth:`project`, with no state. ``state`` is None at a
+        parameter's first step. Arguments as in :meth:`project`.
+        """
+        return self.project(w, reduction, boundary_rtol), None
+
+    def check_shape(self, shape: Tuple[int, ...], reduction: Reduction, name: Optional[str]) -> None:
+        """Refuse a weight of ``shape`` this family cannot project (nothing here).
+
+        Called by :meth:`validate` with the resolved reduction, when a constraint is attached
+        and when the shape becomes known. ``name`` is the parameter's, for the message.
+
+        Raises
+        ------
+        ConstraintShapeError
+            In a family that does not fit every weight (``RadialConstraint``: square 2-D kernels).
+        """
+
+    def get_config(self) -> Dict[str, Any]:
+        """Return the constructor arguments as a JSON-serializable dict."""
+        return {}
+
+    # -- what every constraint does the same way -------------------------------------------------
     def __call__(self, w: NDArray, reduction: Optional[Reduction] = None) -> NDArray:
         """Project ``w`` and return the result as a new array.
 
@@ -183,7 +227,8 @@ class Constraint(metaclass=_Immutable):
 
     def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
                  boundary_rtol: float = 0.0) -> NDArray:
-        """Project a classic NDArray already in the computation dtype.
+        """Project a classic NDArray already in the computation dtype: :meth:`project` with the
+        reduction resolved by :meth:`reduction_for`.
 
         This is the step :meth:`__call__` performs after checking the array and converting kinds
         and dtypes; trainers call it on the float32 master copy of float16 weights.
@@ -197,32 +242,26 @@ class Constraint(metaclass=_Immutable):
         boundary_rtol : float, default 0.0
             Relative distance from a bound within which a norm counts as on it.
         """
-        resolved = self.reduction_for(w.shape, reduction)
-        view = w.reshape(resolved.view_shape) if resolved.view_shape is not None else w
-        out = self.project(view, resolved.axes, boundary_rtol)
-        return out.reshape(w.shape) if resolved.view_shape is not None else out
+        return self.project(w, self.reduction_for(w.shape, reduction), boundary_rtol)
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
-        """Return the projection of ``w`` as a new array (the identity here).
+    def apply_with_state(self, w: NDArray, reduction: Optional[Reduction], state: Any) -> Tuple[NDArray, Any]:
+        """:meth:`continue_from` on a classic NDArray of any floating dtype (float16 is computed
+        in float32); return the projection in ``w``'s dtype and the new state.
 
         Parameters
         ----------
         w : mx.nd.NDArray
-            Weight (or its reshaped view) in the computation dtype.
-        axes : tuple of int
-            Non-negative reduction axes of ``w``.
-        boundary_rtol : float
-            Relative distance from a bound within which a norm counts as on it.
+            The weight in its own shape. It is not modified.
+        reduction : Reduction or None
+            As in :meth:`__call__`.
+        state : object or None
+            What the last call returned for this copy, or None at the first.
         """
-        return w.copy()
-
-    def row_lowering(self) -> Optional[RowLowering]:
-        """The fused row kernel's parameters for this constraint, or None (stock operators).
-
-        A subclass that overrides :meth:`project` or :meth:`apply_to` below the class declaring
-        the lowering loses it (the kernel would compute its parent's projection).
-        """
-        return None
+        dtype = np.dtype(w.dtype)
+        work = w.astype(np.float32) if dtype == np.float16 else w
+        out, state = self.continue_from(work, self.reduction_for(w.shape, reduction),
+                                        BOUNDARY_RTOL[dtype], state)
+        return out.astype(dtype, copy=False), state
 
     def reduction_for(self, shape: Sequence[int], default: Optional[Reduction] = None,
                       name: Optional[str] = None) -> Reduction:
@@ -257,17 +296,13 @@ class Constraint(metaclass=_Immutable):
         """Check that this constraint can be applied to a weight of ``shape``.
 
         Takes the arguments of :meth:`reduction_for` and raises its ``ConstraintShapeError`` if
-        the constraint's axes do not fit ``shape``; a composition checks every member.
+        the constraint's axes do not fit ``shape``, or :meth:`check_shape`'s.
         """
-        self.reduction_for(shape, default, name)
+        self.check_shape(tuple(shape), self.reduction_for(shape, default, name), name)
 
     def uses_layer_layout(self) -> bool:
-        """Whether the result depends on the owning layer's fan-in axes (``axis=None``, per unit)."""
-        return self.locality == PER_UNIT and self.axis is None
-
-    def get_config(self) -> Dict[str, Any]:
-        """Return the constructor arguments as a JSON-serializable dict."""
-        return {}
+        """Whether the result depends on the owning layer's layout (``layered`` and ``axis=None``)."""
+        return self.layered and self.axis is None
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "Constraint":

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError
-from .base import ELEMENTWISE, Constraint, RowLowering, real_argument
+from .base import ELEMENTWISE, Constraint, real_argument
+from .lowering import RowLowering, lowers_to_rows
+from .reduction import Reduction
+from .registry import register_constraint
 
 __all__ = ["Clip"]
 
 
+@register_constraint
 class Clip(Constraint):
     """Keep every weight between two bounds (a box).
 
@@ -42,6 +46,7 @@ class Clip(Constraint):
 
     locality = ELEMENTWISE
     convex = True
+    layered = False
 
     def __init__(self, min_value: Optional[float], max_value: Optional[float]) -> None:
         self.min_value = _box_bound("min_value", min_value)
@@ -55,7 +60,7 @@ class Clip(Constraint):
                 f"Clip min_value must be <= max_value: got min_value={min_value!r} and "
                 f"max_value={max_value!r}.")
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``min(max(w, min_value), max_value)`` elementwise."""
         if self.min_value is not None:
             w = nd.maximum(w, self.min_value)
@@ -63,15 +68,16 @@ class Clip(Constraint):
             w = nd.minimum(w, self.max_value)
         return w
 
-    def row_lowering(self) -> Optional[RowLowering]:
-        """The kernel's elementwise ``clip`` mode."""
-        lo = -math.inf if self.min_value is None else self.min_value
-        hi = math.inf if self.max_value is None else self.max_value
-        return RowLowering("clip", lo, hi)
-
     def get_config(self) -> Dict[str, Any]:
         """``{"min_value": ..., "max_value": ...}``."""
         return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+@lowers_to_rows(Clip)
+def _clip_rows(c: Clip) -> RowLowering:
+    """The kernel's elementwise ``clip`` mode (an open side as an infinite bound)."""
+    return RowLowering("clip", -math.inf if c.min_value is None else c.min_value,
+                       math.inf if c.max_value is None else c.max_value)
 
 
 _FLOAT32 = np.finfo(np.float32)

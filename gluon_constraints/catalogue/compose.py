@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from collections.abc import Iterable
+from typing import Any, Dict, Optional, Tuple
 
 from mxnet.ndarray import NDArray
 
-from ..errors import ConstraintArgumentError
+from ..errors import ConstraintArgumentError, ConstraintTypeError
 from .base import ELEMENTWISE, PER_UNIT, WHOLE, Constraint
 from .reduction import Reduction
+from .registry import get, register_constraint, serialize
 
 __all__ = ["Compose"]
 
 _WIDTH = {ELEMENTWISE: 0, PER_UNIT: 1, WHOLE: 2}
 
 
+@register_constraint
 class Compose(Constraint):
     """Apply several constraints in order, left to right.
 
@@ -30,45 +33,41 @@ class Compose(Constraint):
         At least one is required.
     """
 
-    def __init__(self, constraints: Iterable[Any]) -> None:
+    def __init__(self, constraints: Iterable) -> None:
         if isinstance(constraints, (str, dict, Constraint)) or not isinstance(constraints, Iterable):
-            raise TypeError(
-                f"Compose expects a list or tuple of constraints: got {constraints!r}.")
+            raise ConstraintTypeError(
+                f"Compose expects a list or tuple of constraints, e.g. Compose([gc.NonNeg(), "
+                f"gc.MaxNorm(3)]): got {constraints!r}.")
         members = tuple(constraints)
         if not members:
             raise ConstraintArgumentError("Compose needs at least one constraint: got [].")
         if any(m is None for m in members):
-            raise TypeError(f"Compose members cannot be None: got {list(members)!r}.")
-        self.constraints = tuple(_resolve(m) for m in members)
-        stateful = [m for m in self.constraints if getattr(m, "stateful", False) or hasattr(m, "at")]
-        if stateful:
+            raise ConstraintTypeError(
+                f"Compose members cannot be None: got {list(members)!r}. Leave the member out.")
+        self.constraints: Tuple[Constraint, ...] = tuple(get(m) for m in members)
+        changing = [m for m in self.constraints if m.stateful or m.scheduled]
+        if changing:
             raise ConstraintArgumentError(
-                f"Compose cannot hold {stateful[0]!r}: it changes between training steps (a "
+                f"Compose cannot hold {changing[0]!r}: it changes between training steps (a "
                 f"power-iteration vector or a schedule), which a composition would not carry. "
                 f"Attach it alone, or put the other constraints on another parameter.")
         self.locality = max((m.locality for m in self.constraints), key=_WIDTH.__getitem__)
+        self.layered = any(m.uses_layer_layout() for m in self.constraints)
 
-    def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
-                 boundary_rtol: float = 0.0) -> NDArray:
-        """Apply every member in order."""
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
+        """Every member's projection in order, each with its own axes (the layer's, ``reduction``,
+        where its ``axis`` is None)."""
         for member in self.constraints:
-            w = member.apply_to(w, reduction, boundary_rtol)
+            w = member.project(w, member.reduction_for(w.shape, reduction), boundary_rtol)
         return w
 
-    def validate(self, shape: Sequence[int], default: Optional[Reduction] = None,
-                 name: Optional[str] = None) -> None:
+    def check_shape(self, shape: Tuple[int, ...], reduction: Reduction, name: Optional[str]) -> None:
         """Validate every member."""
         for member in self.constraints:
-            member.validate(shape, default, name)
-
-    def uses_layer_layout(self) -> bool:
-        """Whether any member uses the owning layer's fan-in axes."""
-        return any(m.uses_layer_layout() for m in self.constraints)
+            member.validate(shape, reduction, name)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"constraints": [serialized member, ...]}``."""
-        from .registry import serialize  # the registry imports this module
-
         return {"constraints": [serialize(m) for m in self.constraints]}
 
     @classmethod
@@ -88,10 +87,3 @@ class Compose(Constraint):
 
     def __repr__(self) -> str:
         return f"Compose({list(self.constraints)!r})"
-
-
-def _resolve(member: Any) -> Constraint:
-    get: Callable[[Any], Constraint]
-    from .registry import get  # the registry imports this module
-
-    return get(member)

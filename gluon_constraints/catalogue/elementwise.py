@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 from mxnet.ndarray import NDArray
 
-from .base import ELEMENTWISE, Constraint, RowLowering
+from .base import ELEMENTWISE, Constraint
+from .lowering import RowLowering, lowers_to_rows
+from .reduction import Reduction
+from .registry import register_constraint
 
 __all__ = ["NonNeg"]
 
 
+@register_constraint(keras_alias=True)
 class NonNeg(Constraint):
     """Set negative weights to zero.
 
@@ -21,11 +23,14 @@ class NonNeg(Constraint):
 
     locality = ELEMENTWISE
     convex = True
+    layered = False
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``w * (w >= 0)`` elementwise."""
         return w * (w >= 0)
 
-    def row_lowering(self) -> Optional[RowLowering]:
-        """The kernel's elementwise ``nonneg`` mode."""
-        return RowLowering("nonneg")
+
+@lowers_to_rows(NonNeg)
+def _non_neg_rows(c: NonNeg) -> RowLowering:
+    """The kernel's elementwise ``nonneg`` mode."""
+    return RowLowering("nonneg")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 from mxnet.ndarray import NDArray
 
-from ..errors import ConstraintShapeError
+from ..errors import ConstraintShapeError, ConstraintTypeError
 from .base import WHOLE, Constraint
 from .reduction import Reduction
 
@@ -31,15 +31,17 @@ class Function(Constraint):
     """
 
     locality = WHOLE
+    layered = False
 
     def __init__(self, fn: Callable[[NDArray], NDArray]) -> None:
         if not callable(fn) or isinstance(fn, Constraint):
-            raise TypeError(f"Function expects a plain function w -> w: got {fn!r}.")
+            raise ConstraintTypeError(
+                f"Function expects a plain function w -> w: got {fn!r} of type {type(fn).__name__}. "
+                f"A Constraint is used as it is (gc.get returns it).")
         self.fn = fn
 
-    def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
-                 boundary_rtol: float = 0.0) -> NDArray:
-        """``fn(w)``, checked to be an array of ``w``'s shape."""
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
+        """``fn(w)`` on the whole weight, checked to be an array of ``w``'s shape."""
         out = self.fn(w)
         if not isinstance(out, NDArray) or tuple(out.shape) != tuple(w.shape):
             got = f"shape {tuple(out.shape)}" if isinstance(out, NDArray) else repr(type(out).__name__)
@@ -53,10 +55,10 @@ class Function(Constraint):
 
         Raises
         ------
-        TypeError
+        ConstraintTypeError
             Always; write a registered :class:`Constraint` subclass instead.
         """
-        raise TypeError(
+        raise ConstraintTypeError(
             f"{self!r} wraps a Python function, which cannot be serialized: write a "
             f"gc.Constraint subclass with get_config and @gc.register_constraint instead.")
 

@@ -13,20 +13,23 @@ point of the L1 ball is :class:`~gluon_constraints.L1Ball`).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError
-from .base import PER_UNIT, Constraint, RowLowering, axis_config, bound_argument, real_argument
-from .reduction import Axis, canonical_axis
+from .base import PER_UNIT, Constraint, axis_config, bound_argument, real_argument
+from .lowering import RowLowering, lowers_to_rows
+from .reduction import Axis, Reduction, canonical_axis, viewed
+from .registry import register_constraint
 
 __all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm", "as_rows", "slice_norms", "widened", "rescaled", "norm_order",
            "order_config"]
 
 
+@register_constraint(keras_alias=True)
 class MaxNorm(Constraint):
     """Bound the norm of each output unit's incoming weights.
 
@@ -70,16 +73,12 @@ class MaxNorm(Constraint):
         """True for ``ord=2``: the Euclidean projection onto a ball (non-expansive)."""
         return self.ord == 2
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``w * max_value / max(n, max_value)`` per slice, as a new array."""
-        rows, axes = as_rows(widened(w), axes)
+        rows, axes = as_rows(widened(viewed(w, reduction)), reduction.axes)
         norms = slice_norms(rows, axes, self.ord)
         outside = norms > self.max_value * (1.0 + boundary_rtol)
         return rescaled(rows, norms, outside, self.max_value).astype(w.dtype, copy=False).reshape(w.shape)
-
-    def row_lowering(self) -> Optional[RowLowering]:
-        """The kernel's band ``[0, max_value]``."""
-        return RowLowering("norm", 0.0, self.max_value, 1.0, self.ord)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"max_value": ..., "axis": ..., "ord": ...}`` (ord 1, 2 or ``"inf"``)."""
@@ -87,6 +86,7 @@ class MaxNorm(Constraint):
                 "ord": order_config(self.ord)}
 
 
+@register_constraint(keras_alias=True)
 class MinMaxNorm(Constraint):
     """Keep the norm of each output unit's incoming weights between two bounds.
 
@@ -134,9 +134,9 @@ class MinMaxNorm(Constraint):
         """True for ``min_value=0``, ``rate=1``, ``ord=2``: then it is MaxNorm's projection."""
         return self.min_value == 0.0 and self.rate == 1.0 and self.ord == 2
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``w * (rate * clip(n, min_value, max_value) + (1 - rate) * n) / n`` per slice."""
-        rows, axes = as_rows(widened(w), axes)
+        rows, axes = as_rows(widened(viewed(w, reduction)), reduction.axes)
         norms = slice_norms(rows, axes, self.ord)
         above = norms > self.max_value * (1.0 + boundary_rtol)
         below = (norms < self.min_value * (1.0 - boundary_rtol)) * (norms > 0)
@@ -144,9 +144,6 @@ class MinMaxNorm(Constraint):
                           nd.full(norms.shape, self.min_value, norms.context, norms.dtype))
         return rescaled(rows, norms, above + below, target, self.rate).astype(w.dtype, copy=False).reshape(w.shape)
 
-    def row_lowering(self) -> Optional[RowLowering]:
-        """The kernel's band ``[min_value, max_value]`` and ``rate``."""
-        return RowLowering("norm", self.min_value, self.max_value, self.rate, self.ord)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"min_value": ..., "max_value": ..., "rate": ..., "axis": ..., "ord": ...}``."""
@@ -154,6 +151,7 @@ class MinMaxNorm(Constraint):
                 "axis": axis_config(self.axis), "ord": order_config(self.ord)}
 
 
+@register_constraint(keras_alias=True)
 class UnitNorm(Constraint):
     """Rescale each output unit's incoming weights to unit norm.
 
@@ -177,20 +175,36 @@ class UnitNorm(Constraint):
         self.axis = canonical_axis(axis, "UnitNorm")
         self.ord = norm_order("UnitNorm", ord)
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``w / n`` per slice (zero slices stay zero)."""
-        rows, axes = as_rows(widened(w), axes)
+        rows, axes = as_rows(widened(viewed(w, reduction)), reduction.axes)
         norms = slice_norms(rows, axes, self.ord)
         off_sphere = (nd.abs(norms - 1.0) > boundary_rtol) * (norms > 0)
         return rescaled(rows, norms, off_sphere, 1.0).astype(w.dtype, copy=False).reshape(w.shape)
 
-    def row_lowering(self) -> Optional[RowLowering]:
-        """The kernel's band ``[1, 1]``."""
-        return RowLowering("norm", 1.0, 1.0, 1.0, self.ord)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"axis": ..., "ord": ...}``."""
         return {"axis": axis_config(self.axis), "ord": order_config(self.ord)}
+
+
+# The fused kernel computes all three: a band [lo, hi] on each unit's ord-norm.
+@lowers_to_rows(MaxNorm)
+def _max_norm_rows(c: MaxNorm) -> RowLowering:
+    """The band ``[0, max_value]``."""
+    return RowLowering("norm", 0.0, c.max_value, 1.0, c.ord)
+
+
+@lowers_to_rows(MinMaxNorm)
+def _min_max_norm_rows(c: MinMaxNorm) -> RowLowering:
+    """The band ``[min_value, max_value]`` and ``rate``."""
+    return RowLowering("norm", c.min_value, c.max_value, c.rate, c.ord)
+
+
+@lowers_to_rows(UnitNorm)
+def _unit_norm_rows(c: UnitNorm) -> RowLowering:
+    """The band ``[1, 1]``."""
+    return RowLowering("norm", 1.0, 1.0, 1.0, c.ord)
 
 
 def as_rows(w: NDArray, axes: Tuple[int, ...]) -> Tuple[NDArray, Tuple[int, ...]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 from mxnet import ndarray as nd
@@ -10,11 +10,13 @@ from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError
 from .base import WHOLE, Constraint, real_argument
-from .reduction import unit_rows
+from .reduction import Reduction, unit_rows, viewed
+from .registry import register_constraint
 
 __all__ = ["Orthogonal"]
 
 
+@register_constraint
 class Orthogonal(Constraint):
     """Keep each weight matrix orthonormal: rows when it is wide, columns when it is tall.
 
@@ -51,13 +53,9 @@ class Orthogonal(Constraint):
         if self.beta is not None and not 0.0 < self.beta <= 1.0:
             raise ConstraintArgumentError(f"Orthogonal beta must be None or lie in (0, 1]: got {beta!r}.")
 
-    def uses_layer_layout(self) -> bool:
-        """True: the matrix's rows are the owning layer's output units."""
-        return True
-
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """The polar factor (``beta=None``) or one Parseval step of the (units, fan-in) matrix."""
-        rows, restore = unit_rows(w, axes)
+        rows, restore = unit_rows(viewed(w, reduction), reduction.axes)
         exact = rows.astype(np.float64)
         wide = rows.shape[0] <= rows.shape[1]
         gram = nd.dot(exact, exact, transpose_b=wide, transpose_a=not wide)
@@ -70,7 +68,7 @@ class Orthogonal(Constraint):
             moved = (1.0 + self.beta) * exact - self.beta * nd.dot(gram, exact) if wide \
                 else (1.0 + self.beta) * exact - self.beta * nd.dot(exact, gram)
         kept = nd.broadcast_like(inside.reshape((1, 1)), rows)
-        return restore(nd.where(kept, rows, moved.astype(rows.dtype)))
+        return restore(nd.where(kept, rows, moved.astype(rows.dtype))).reshape(w.shape)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"beta": ...}``."""

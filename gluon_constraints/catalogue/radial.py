@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
-from ..errors import ConstraintShapeError
+from ..errors import ConstraintArgumentError, ConstraintShapeError
 from .base import PER_UNIT, Constraint, axis_config
 from .reduction import Axis, Reduction, canonical_axis, normalize_axes
+from .registry import register_constraint
 
 __all__ = ["RadialConstraint"]
 
 
+@register_constraint(keras_alias=True)
 class RadialConstraint(Constraint):
     """Make every ``(kh, kw)`` kernel slice of a 2-D convolution weight radially symmetric.
 
@@ -48,13 +50,15 @@ class RadialConstraint(Constraint):
     locality = PER_UNIT
 
     def __init__(self, axis: Axis = None) -> None:
-        self.axis = canonical_axis(axis, "RadialConstraint")
-        if self.axis is not None and (isinstance(self.axis, int) or len(self.axis) != 2):
-            raise ConstraintShapeError(
-                f"RadialConstraint axis must name the kernel's two spatial axes: got {axis!r}.")
+        # Its axis names the kernel axes, not reduction axes: kept apart from Constraint.axis.
+        self.kernel_axis = canonical_axis(axis, "RadialConstraint")
+        if self.kernel_axis is not None and (isinstance(self.kernel_axis, int) or len(self.kernel_axis) != 2):
+            raise ConstraintArgumentError(
+                f"RadialConstraint axis must name the kernel's two spatial axes, e.g. (2, 3) for "
+                f"an NCHW Conv2D weight, or be None (the layer's): got {axis!r}.")
+        self.layered = self.kernel_axis is None
 
-    def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
-                 boundary_rtol: float = 0.0) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """Copy each ring's value to its cells, over the kernel axes."""
         rows, cols = self._kernel_axes(tuple(w.shape), reduction)
         size = w.shape[rows]
@@ -65,25 +69,21 @@ class RadialConstraint(Constraint):
         out = nd.take(flat, source, axis=1).reshape(moved.shape)
         return nd.transpose(out, axes=tuple(int(i) for i in np.argsort(order)))
 
-    def validate(self, shape: Sequence[int], default: Optional[Reduction] = None,
-                 name: Optional[str] = None) -> None:
+    def check_shape(self, shape: Tuple[int, ...], reduction: Reduction, name: Optional[str]) -> None:
         """Check that ``shape`` is a 4-D weight whose kernel axes are square."""
-        self._kernel_axes(tuple(shape), default, name)
+        self._kernel_axes(shape, reduction, name)
 
-    def uses_layer_layout(self) -> bool:
-        """Whether the kernel axes come from the owning layer (``axis=None``)."""
-        return self.axis is None
-
-    def _kernel_axes(self, shape: Tuple[int, ...], reduction: Optional[Reduction],
+    def _kernel_axes(self, shape: Tuple[int, ...], reduction: Reduction,
                      name: Optional[str] = None) -> Tuple[int, int]:
         where = f" for parameter '{name}'" if name else ""
         if len(shape) != 4:
             raise ConstraintShapeError(
                 f"RadialConstraint{where} needs a 2-D convolution weight (4 dimensions): got "
                 f"shape {shape}.")
-        if self.axis is not None:
-            rows, cols = normalize_axes(self.axis, shape, f"RadialConstraint axis {self.axis!r}{where}")
-        elif reduction is not None and reduction.kernel_axes is not None:
+        if self.kernel_axis is not None:
+            rows, cols = normalize_axes(self.kernel_axis, shape,
+                                        f"RadialConstraint axis {self.kernel_axis!r}{where}")
+        elif reduction.kernel_axes is not None:
             rows, cols = reduction.kernel_axes
         else:
             rows, cols = 2, 3
@@ -94,8 +94,8 @@ class RadialConstraint(Constraint):
         return rows, cols
 
     def get_config(self) -> Dict[str, Any]:
-        """``{"axis": ...}``."""
-        return {"axis": axis_config(self.axis)}
+        """``{"axis": ...}`` (the kernel axes)."""
+        return {"axis": axis_config(self.kernel_axis)}
 
 
 def _ring_sources(size: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..errors import ConstraintShapeError
 
-__all__ = ["Axis", "Reduction", "canonical_axis", "normalize_axes", "per_output_unit", "unit_rows"]
+__all__ = ["Axis", "Reduction", "canonical_axis", "normalize_axes", "per_output_unit", "viewed", "unit_rows"]
 
 Axis = Union[None, int, Tuple[int, ...]]
 
@@ -116,6 +116,12 @@ def per_output_unit(shape: Sequence[int]) -> Reduction:
     if ndim <= 1:
         return Reduction(tuple(range(ndim)))
     return Reduction(tuple(range(1, ndim)))
+
+
+def viewed(w: Any, reduction: Reduction) -> Any:
+    """``w`` viewed with ``reduction.view_shape`` (``w`` itself where that is None): the array
+    whose ``reduction.axes`` each slice reduces over. Reshape a result back with ``w.shape``."""
+    return w.reshape(reduction.view_shape) if reduction.view_shape is not None else w
 
 
 def unit_rows(w: Any, axes: Tuple[int, ...]) -> Tuple[Any, Callable[[Any], Any]]:

@@ -10,11 +10,14 @@ from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError
 from .base import Constraint, real_argument
+from .compose import Compose
 from .reduction import Reduction
+from .registry import deserialize, register_constraint, serialize
 
 __all__ = ["Scheduled"]
 
 
+@register_constraint
 class Scheduled(Constraint):
     """A constraint whose numeric argument moves linearly from ``start`` to its own value.
 
@@ -57,8 +60,6 @@ class Scheduled(Constraint):
 
     def __init__(self, constraint: Constraint, start: float, steps: int,
                  argument: str = "max_value") -> None:
-        from .compose import Compose
-
         if not isinstance(constraint, Constraint) or isinstance(constraint, (Compose, Scheduled)):
             raise ConstraintArgumentError(
                 f"Scheduled wraps one constraint (not a Compose or a Scheduled): got {constraint!r}.")
@@ -75,10 +76,10 @@ class Scheduled(Constraint):
             raise ConstraintArgumentError(f"Scheduled steps must be an int >= 1: got {steps!r}.")
         _rebuilt(type(constraint), json.dumps({**config, argument: start}, sort_keys=True))  # validates start
         self.constraint, self.start, self.steps, self.argument = constraint, start, steps, argument
-        self.locality = constraint.locality
-        self.convex = constraint.convex  # outside a trainer it is the constraint itself
-        self.axis = getattr(constraint, "axis", None)
-        self.stateful = getattr(constraint, "stateful", False)
+        # Outside a trainer it is the constraint itself: its declarations are the constraint's.
+        self.locality, self.convex = constraint.locality, constraint.convex
+        self.layered, self.stateful, self.axis = constraint.layered, constraint.stateful, constraint.axis
+        self.scheduled = True
 
     def at(self, update: int) -> Constraint:
         """The constraint to project with after update number ``update`` (1, 2, ...)."""
@@ -89,37 +90,27 @@ class Scheduled(Constraint):
         value = self.start + (end - self.start) * max(update, 0) / self.steps
         return _rebuilt(type(self.constraint), json.dumps({**config, self.argument: value}, sort_keys=True))
 
-    def apply_to(self, w: NDArray, reduction: Optional[Reduction] = None,
-                 boundary_rtol: float = 0.0) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``constraint``'s projection (the end of the ramp)."""
-        return self.constraint.apply_to(w, reduction, boundary_rtol)
+        return self.constraint.project(w, reduction, boundary_rtol)
 
-    def reduction_for(self, shape: Any, default: Optional[Reduction] = None,
-                      name: Optional[str] = None) -> Reduction:
-        """``constraint``'s reduction."""
-        return self.constraint.reduction_for(shape, default, name)
+    def continue_from(self, w: NDArray, reduction: Reduction, boundary_rtol: float,
+                      state: Any) -> Tuple[NDArray, Any]:
+        """``constraint``'s projection with state (a scheduled ``SpectralNorm``)."""
+        return self.constraint.continue_from(w, reduction, boundary_rtol, state)
 
-    def uses_layer_layout(self) -> bool:
-        """Whether ``constraint`` uses the owning layer's fan-in axes."""
-        return self.constraint.uses_layer_layout()
-
-    def project_with_state(self, w: NDArray, reduction: Optional[Reduction],
-                           state: Optional[NDArray]) -> Tuple[NDArray, NDArray]:
-        """``constraint``'s stateful projection (for a scheduled ``SpectralNorm``)."""
-        return self.constraint.project_with_state(w, reduction, state)
+    def check_shape(self, shape: Tuple[int, ...], reduction: Reduction, name: Optional[str]) -> None:
+        """``constraint``'s check."""
+        self.constraint.check_shape(shape, reduction, name)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"constraint": serialized, "start": ..., "steps": ..., "argument": ...}``."""
-        from .registry import serialize
-
         return {"constraint": serialize(self.constraint), "start": self.start, "steps": self.steps,
                 "argument": self.argument}
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "Scheduled":
         """Build from :meth:`get_config`'s output (the wrapped constraint deserialized)."""
-        from .registry import deserialize
-
         if isinstance(config, dict) and isinstance(config.get("constraint"), dict):
             config = {**config, "constraint": deserialize(config["constraint"])}
         return super().from_config(config)

@@ -11,18 +11,20 @@ feasible and leaves it unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
 from .base import PER_UNIT, Constraint, bound_argument
-from .reduction import unit_rows
+from .reduction import Reduction, unit_rows, viewed
+from .registry import register_constraint
 
 __all__ = ["Simplex", "L1Ball"]
 
 
+@register_constraint
 class Simplex(Constraint):
     """Project each output unit's incoming weights onto the simplex of the given radius.
 
@@ -51,22 +53,23 @@ class Simplex(Constraint):
     def __init__(self, radius: float = 1.0) -> None:
         self.radius = bound_argument("Simplex", "radius", radius)
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``max(w_j - theta_j, 0)`` per slice, as a new array."""
-        rows, restore = unit_rows(w, axes)
+        rows, restore = unit_rows(viewed(w, reduction), reduction.axes)
         exact = rows.astype(np.float64)
         tolerance = _tolerance(boundary_rtol, rows.shape[1]) * self.radius
         inside = (nd.min(exact, axis=1, keepdims=True) >= 0) \
             * (nd.abs(nd.sum(exact, axis=1, keepdims=True) - self.radius) <= tolerance)
         projected = _onto_simplex(exact, self.radius)
         return restore(nd.where(nd.broadcast_like(inside, rows), rows,
-                                projected.astype(rows.dtype)))
+                                projected.astype(rows.dtype))).reshape(w.shape)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"radius": ...}``."""
         return {"radius": self.radius}
 
 
+@register_constraint
 class L1Ball(Constraint):
     """Project each output unit's incoming weights onto the L1 ball of the given radius.
 
@@ -95,16 +98,16 @@ class L1Ball(Constraint):
     def __init__(self, radius: float = 1.0) -> None:
         self.radius = bound_argument("L1Ball", "radius", radius)
 
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``sign(w_j) * max(|w_j| - theta_j, 0)`` for the slices outside the ball."""
-        rows, restore = unit_rows(w, axes)
+        rows, restore = unit_rows(viewed(w, reduction), reduction.axes)
         exact = rows.astype(np.float64)
         magnitudes = nd.abs(exact)
         tolerance = _tolerance(boundary_rtol, rows.shape[1])
         inside = nd.sum(magnitudes, axis=1, keepdims=True) <= self.radius * (1.0 + tolerance)
         projected = nd.sign(exact) * _onto_simplex(magnitudes, self.radius)
         return restore(nd.where(nd.broadcast_like(inside, rows), rows,
-                                projected.astype(rows.dtype)))
+                                projected.astype(rows.dtype))).reshape(w.shape)
 
     def get_config(self) -> Dict[str, Any]:
         """``{"radius": ...}``."""

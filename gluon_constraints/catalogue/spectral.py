@@ -9,12 +9,14 @@ from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError
-from .base import BOUNDARY_RTOL, WHOLE, Constraint, bound_argument
-from .reduction import Reduction, unit_rows
+from .base import WHOLE, Constraint, bound_argument
+from .reduction import Reduction, unit_rows, viewed
+from .registry import register_constraint
 
 __all__ = ["SpectralNorm"]
 
 
+@register_constraint
 class SpectralNorm(Constraint):
     """Bound the spectral norm (largest singular value) of each weight matrix.
 
@@ -66,41 +68,25 @@ class SpectralNorm(Constraint):
         self.power_iterations = _count("power_iterations", power_iterations)
         self.initial_iterations = _count("initial_iterations", initial_iterations)
 
-    def uses_layer_layout(self) -> bool:
-        """True: the matrix's rows are the owning layer's output units."""
-        return True
-
-    def project(self, w: NDArray, axes: Tuple[int, ...], boundary_rtol: float) -> NDArray:
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
         """``W * max_value / sigma`` if ``sigma`` exceeds the bound, from the fixed vector."""
-        rows, restore = unit_rows(w, axes)
-        out, _ = self._rescaled(rows, self.initial_vector(rows.shape[0], rows.context),
-                                self.initial_iterations, boundary_rtol)
-        return restore(out)
+        return self.continue_from(w, reduction, boundary_rtol, None)[0]
 
-    def project_with_state(self, w: NDArray, reduction: Optional[Reduction],
-                           state: Optional[NDArray]) -> Tuple[NDArray, NDArray]:
+    def continue_from(self, w: NDArray, reduction: Reduction, boundary_rtol: float,
+                      state: Optional[NDArray]) -> Tuple[NDArray, NDArray]:
         """Project ``w`` continuing power iteration from ``state``; return (result, new state).
 
-        Parameters
-        ----------
-        w : mx.nd.NDArray
-            The weight in its own shape (float16, float32 or float64). It is not modified.
-        reduction : Reduction or None
-            The owning layer's per-unit reduction, as in :meth:`apply_to`.
-        state : mx.nd.NDArray or None
-            The last vector ``u`` (float64, one entry per unit), or None to start from the
-            fixed vector with ``initial_iterations``.
+        ``state`` is the last vector ``u`` (float64, one entry per unit), or None to start from
+        the fixed vector with ``initial_iterations``; then ``power_iterations`` iterations run.
+        Other arguments as in :meth:`~gluon_constraints.Constraint.project`.
         """
-        resolved = self.reduction_for(w.shape, reduction)
-        view = w.reshape(resolved.view_shape) if resolved.view_shape is not None else w
-        work = view.astype(np.float32) if view.dtype == np.float16 else view
-        rows, restore = unit_rows(work, resolved.axes)
+        rows, restore = unit_rows(viewed(w, reduction), reduction.axes)
         if state is None:
             state, iterations = self.initial_vector(rows.shape[0], rows.context), self.initial_iterations
         else:
-            iterations = self.power_iterations
-        out, u = self._rescaled(rows, state, iterations, BOUNDARY_RTOL[np.dtype(w.dtype)])
-        return restore(out).reshape(w.shape).astype(w.dtype, copy=False), u
+            state, iterations = state.as_in_context(rows.context), self.power_iterations
+        out, u = self._rescaled(rows, state, iterations, boundary_rtol)
+        return restore(out).reshape(w.shape), u
 
     @staticmethod
     def initial_vector(units: int, ctx: Any) -> NDArray:

@@ -1,10 +1,16 @@
 """Attaching constraints to Gluon parameters: the only module that reads or writes them.
 
 A parameter's constraint is the attribute ``param.constraint`` (a :class:`Constraint` or None),
-as on a Keras variable. Alongside it the owning layer is remembered, because the per-output-unit
-axes of a weight depend on the layer type (a transposed convolution is not a convolution), not
-on the parameter's name. Both are plain attributes of the parameter, so ``copy.deepcopy`` of a
-network copies them with it (the copy's owner is the copied layer).
+as on a Keras variable. Everything else this package keeps on a parameter is one record,
+:class:`ParameterState`, under ``param._gluon_constraints``: the owning layer, because the
+per-output-unit axes of a weight depend on the layer type (a transposed convolution is not a
+convolution), not on the parameter's name; the layout recorded for a parameter no layer owns;
+and the checked projection ``apply_constraints`` keeps. ``copy.deepcopy`` and pickling copy the
+constraint and the record with the network (the copy's owner is the copied layer), less the
+checked projection, which belongs to the original's arrays.
+
+The one method replaced on an instance: a parameter's ``_init_impl``, where MXNet allocates it
+(see :func:`gluon_constraints._mxnet_compat.check_before_allocation`).
 """
 
 from __future__ import annotations
@@ -25,14 +31,10 @@ from ..errors import AmbiguousLayoutWarning, ConstraintConfigError, ConstraintSh
 from .layouts import fan_in
 
 __all__ = ["attach", "constrain", "constraint_of", "owner_of", "layout_of", "reduction_of", "owned_parameters",
-           "attached_parameters", "check_parameter", "PLAN_ATTRIBUTE"]
+           "attached_parameters", "check_parameter", "ParameterState", "state_of", "STATE"]
 
-_OWNER = "_gluon_constraints_owner"
-_LAYOUT = "_gluon_constraints_layout"
-#: Where ``apply_constraints`` keeps a parameter's checked projection plan; dropped whenever
-#: MXNet (re)allocates the parameter (``initialize``, ``reset_ctx``, loading), so the plan does
-#: not hold on to released device copies (after ``cast``, only until the next call).
-PLAN_ATTRIBUTE = "_gluon_constraints_projection_plan"
+#: The one attribute this package sets on a parameter besides ``constraint``.
+STATE = "_gluon_constraints"
 # Every parameter a constraint was ever attached to, while it is alive: lets trainers warn about
 # constrained parameters that no trainer updates.
 _ATTACHED: "weakref.WeakSet[Parameter]" = weakref.WeakSet()
@@ -40,6 +42,42 @@ _ATTACHED: "weakref.WeakSet[Parameter]" = weakref.WeakSet()
 _WARNED_LAYOUT: "weakref.WeakKeyDictionary[Parameter, Constraint]" = weakref.WeakKeyDictionary()
 
 Owner = Optional[Tuple[Block, str]]
+
+
+class ParameterState:
+    """What this package keeps on a parameter, under ``param._gluon_constraints``.
+
+    Attributes
+    ----------
+    owner : (Block, str) or None
+        The owning layer and the parameter's attribute name on it, when known.
+    layout : Reduction or None
+        The per-output-unit reduction recorded for a parameter no layer owns
+        (``attach(..., layout=...)``).
+    checked : object or None
+        ``apply_constraints``' checked projection of these very device copies; not copied or
+        pickled with the parameter, and dropped whenever MXNet (re)allocates it.
+    """
+
+    __slots__ = ("owner", "layout", "checked")
+
+    def __init__(self, owner: Owner = None, layout: Optional[Reduction] = None) -> None:
+        self.owner, self.layout, self.checked = owner, layout, None
+
+    def __getstate__(self) -> Tuple[Owner, Optional[Reduction]]:
+        return self.owner, self.layout
+
+    def __setstate__(self, state: Tuple[Owner, Optional[Reduction]]) -> None:
+        self.owner, self.layout = state
+        self.checked = None
+
+
+def state_of(param: Parameter) -> ParameterState:
+    """``param``'s :class:`ParameterState` (an empty one, set on it, the first time)."""
+    state = param.__dict__.get(STATE)
+    if state is None:
+        state = param.__dict__[STATE] = ParameterState()
+    return state
 
 
 def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None,
@@ -98,8 +136,8 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None,
         shape = compat.data_shape(param)
         check_parameter(param, resolved, shape, owner, layout)
     param.constraint = resolved
-    setattr(param, _OWNER, owner)
-    setattr(param, _LAYOUT, layout)
+    state = state_of(param)
+    state.owner, state.layout = owner, layout
     if resolved is not None:
         compat.check_before_allocation(param, _check_on_allocation)
         _ATTACHED.add(param)
@@ -246,13 +284,15 @@ def constraint_of(param: Parameter) -> Optional[Constraint]:
 
 def owner_of(param: Parameter) -> Owner:
     """``(owning block, attribute name)`` recorded when the constraint was attached, or None."""
-    return getattr(param, _OWNER, None)
+    state = param.__dict__.get(STATE)
+    return None if state is None else state.owner
 
 
 def layout_of(param: Parameter) -> Optional[Reduction]:
     """The per-output-unit reduction recorded for a parameter no layer owns (``attach(...,
     layout=...)``), or None."""
-    return getattr(param, _LAYOUT, None)
+    state = param.__dict__.get(STATE)
+    return None if state is None else state.layout
 
 
 def reduction_of(param: Parameter, shape: Optional[Sequence[int]] = None) -> Reduction:
@@ -329,7 +369,7 @@ def _check_layout(param: Parameter, layout: Reduction, shape: Tuple[int, ...]) -
 
 def _check_on_allocation(param: Parameter, shape: Tuple[int, ...]) -> None:
     """Run by MXNet's allocation of ``param`` (see ``compat.check_before_allocation``)."""
-    param.__dict__.pop(PLAN_ATTRIBUTE, None)
+    state_of(param).checked = None
     constraint = constraint_of(param)
     if constraint is not None:
         check_parameter(param, constraint, shape, owner_of(param))

@@ -1,8 +1,9 @@
 """The fused kernels' shared library: compiled on first use, cached, verified, loaded.
 
 ``project_rows.cc`` holds two CPU kernels: ``gc_project_rows`` (a one-pass projection of
-row slices) and ``gc_update_project_rows`` (MXNet's SGD-momentum, NAG-momentum, Adam or RMSProp
-update with that projection fused in). :class:`Kernel` queues them on MXNet's engine through
+per-unit slices) and ``gc_update_project_rows`` (MXNet's SGD-momentum, NAG-momentum, Adam or
+RMSProp update with that projection fused in), called with the typed structs of
+:mod:`.boundary`. :class:`Kernel` queues them on MXNet's engine through
 its public C API (``MXEnginePushSyncND``), like an operator that reads and writes exactly its
 arrays: MXNet gives every operator loaded from a library a temporary-space and a random-number
 resource that all CPU operators share, so each call would also wait for the backward pass still
@@ -49,6 +50,7 @@ from mxnet.base import MXNetError
 
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning
+from .boundary import Rates, UnitGroup, UpdateRule
 
 __all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library", "status",
            "KernelStatus"]
@@ -92,30 +94,44 @@ class Kernel:
     """The loaded library's two calls, each queued on MXNet's engine without waiting.
 
     Both compute in place on float32 arrays of CPU contexts (several contexts may be mixed),
-    described by ``rows``: one ``"G/A/U,mode,lo,hi,rate,rtol,ord"`` entry per weight (see
-    ``project_rows.cc``). A malformed call raises ``MXNetError`` when queued and queues nothing; an
-    array that cannot be read in place when the call runs (MKL-DNN's blocked layout) fails it
-    there, and MXNet raises that at the next wait on its arrays.
+    each weight described by a :class:`~.boundary.UnitGroup` (see :mod:`.boundary`). A malformed
+    call raises ``MXNetError`` when queued and queues nothing; an array that cannot be read in
+    place when the call runs (MKL-DNN's blocked layout) fails it there, and MXNet raises that at
+    the next wait on its arrays.
     """
 
     def __init__(self, library: ctypes.CDLL) -> None:
+        arrays, text = ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p
         self._project = library.gc_project
+        self._project.argtypes = [ctypes.POINTER(UnitGroup), ctypes.c_int, ctypes.c_int, arrays,
+                                  ctypes.c_int, text, ctypes.c_int]
         self._update = library.gc_update
+        self._update.argtypes = [ctypes.POINTER(UpdateRule), ctypes.POINTER(UnitGroup), ctypes.POINTER(Rates),
+                                 ctypes.c_int, ctypes.c_int, arrays, ctypes.c_int, text, ctypes.c_int]
+        self._layout = library.gc_layout
+        self._layout.argtypes, self._layout.restype = [text, text], ctypes.c_int64
 
-    def projection(self, weights: Sequence[Any], rows: str, stats: Sequence[Any] = ()) -> "PreparedCall":
-        """``gc_project_rows`` on ``weights`` (with ``stats``: one float32 array of 3 per weight,
-        receiving its statistics), prepared to be queued any number of times."""
+    def projection(self, weights: Sequence[Any], groups: Sequence[UnitGroup],
+                   stats: Sequence[Any] = ()) -> "PreparedCall":
+        """``gc_project_rows`` on ``weights``, one group each (with ``stats``: one float32 array
+        of 3 per weight, receiving its statistics), prepared to be queued any number of times."""
         arrays = [*weights, *stats]
-        return PreparedCall(self._project, (rows.encode(), int(bool(stats)), _handles(arrays),
+        packed = (UnitGroup * len(groups))(*groups)
+        return PreparedCall(self._project, (packed, len(groups), int(bool(stats)), _handles(arrays),
                                             len(arrays)), arrays)
 
-    def update(self, rule: str, numbers: Sequence[float], rows: str, arrays: Sequence[Any],
-               stats: Sequence[Any] = ()) -> None:
-        """Queue ``gc_update_project_rows``: ``arrays`` per weight ``(w, grad, states...)``,
-        ``numbers`` ``[rescale_grad, clip_gradient, h1, h2, h3, lr_1, wd_1, ...]``."""
+    def update(self, rule: UpdateRule, groups: Sequence[UnitGroup], rates: Sequence[Rates],
+               arrays: Sequence[Any], stats: Sequence[Any] = ()) -> None:
+        """Queue ``gc_update_project_rows``: ``arrays`` per weight ``(w, grad, states...)``, each
+        weight with its group and rates."""
         listed = [*arrays, *stats]
-        _queue(self._update, rule.encode(), ",".join(map(repr, numbers)).encode(), rows.encode(),
-               int(bool(stats)), _handles(listed), len(listed))
+        count = len(groups)
+        _queue(self._update, ctypes.byref(rule), (UnitGroup * count)(*groups), (Rates * count)(*rates),
+               count, int(bool(stats)), _handles(listed), len(listed))
+
+    def layout(self, structure: str, field: Optional[str] = None) -> int:
+        """The library's size of ``structure``, or with ``field`` its offset (-1: unknown name)."""
+        return self._layout(structure.encode(), None if field is None else field.encode())
 
 
 class PreparedCall(NamedTuple):

@@ -1,17 +1,27 @@
 // Fused, in-place projections of per-unit slices for gluon-constraints.
 //
-// Each weight's units are described by a layout (G, A, U): the weight viewed as
-// (G, A, U, size / (G * A * U)), unit (g, u) is the slice [g, :, u, :], A runs of contiguous
-// elements. Rows (a Dense weight, a convolution's filters) are (units, 1, 1); a transposed
-// convolution's output channels (in, out, *kernel) are (1, in, out). A unit is rescaled only if
-// its norm n (L1, L2 or max, by "ord") lies outside the band
-//   [lo * (1 - rtol), hi * (1 + rtol)]      (n = 0 is never rescaled)
-// by  scale = rate * t / n + (1 - rate),  t = hi above the band, lo below it, each entry
-// multiplied in double and rounded once to float (norms accumulate in double too), so every
-// finite unit stays finite, however small or large.
-// MaxNorm(c) is lo=0, hi=c, rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. Mode "nonneg"
-// maps w to w * (w >= 0) elementwise, mode "clip" to min(max(w, lo), hi); mode "none" leaves
-// the weight alone.
+// The typed boundary. Python (gluon_constraints/kernels/boundary.py) passes arrays of the
+// structs below, declared there with ctypes under the same names and field names:
+//
+//   gc_unit_group   one weight's units and what to do to them. The weight is viewed as
+//                   (groups, runs, units_per_group, run_length), run_length = size / (groups *
+//                   runs * units_per_group); unit (g, u) is the slice [g, :, u, :], `runs` runs of
+//                   run_length contiguous elements. Rows (a Dense weight, a convolution's filters)
+//                   are (units, 1, 1); a transposed convolution's output channels (in, out,
+//                   *kernel) are (1, in, out). `mode`: kModeNorm rescales a unit whose norm n
+//                   (by `norm_order`: 1, 2, or 0 for the max norm) lies outside the band
+//                   [lo * (1 - rtol), hi * (1 + rtol)] (n = 0 is never rescaled) by
+//                   scale = rate * t / n + (1 - rate), t = hi above the band, lo below it; each
+//                   entry is multiplied in double and rounded once to float (norms accumulate
+//                   in double too), so every finite unit stays finite. MaxNorm(c) is lo=0, hi=c,
+//                   rate=1; UnitNorm is lo=hi=1; MinMaxNorm is itself. kModeNonNeg maps w to
+//                   w * (w >= 0) elementwise, kModeClip to min(max(w, lo), hi), kModeNone leaves
+//                   the weight alone.
+//   gc_update_rule  the optimizer update fused in front of the projection: `rule` (kRule*),
+//                   rescale_grad, clip_gradient (< 0: none) and the rule's hyperparameters
+//                   h1, h2, h3 (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon;
+//                   rmsprop: gamma1, epsilon, clip_weights (< 0: none); unused ones 0).
+//   gc_rates        one weight's learning rate and weight decay for this step.
 //
 // Two calls, queued on MXNet's engine (gc_project and gc_update below) rather than registered
 // as MXNet operators: MXNet gives every library operator a temporary-space and a random-number
@@ -19,11 +29,11 @@
 // queued (and the engine would order all calls one after another), which costs a multi-context
 // step its overlap of updates with the backward pass. A queued call waits only for its arrays.
 //
-// gc_project_rows: weights w_1..w_k, projected in place. Per unit, one pass while the unit is in
-//   cache: the sum of squares (in double), then the rescale; units already inside the band are
-//   not written at all.
-// gc_update_project_rows: the projection fused into one of MXNet's updates ("rule"). Per weight
-//   (w_i, grad_i, state_i...), updated in place; the states are
+// gc_project: weights w_1..w_k (one gc_unit_group each), projected in place. Per unit, one pass
+//   while the unit is in cache: the sum of squares (in double), then the rescale; units already
+//   inside the band are not written at all.
+// gc_update: the projection fused into one of MXNet's updates. Per weight (w_i, grad_i,
+//   state_i...), updated in place; the states are
 //   sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Elementwise, with
 //     g = rescale_grad * grad (+ wd * w for adam and rmsprop), clipped to +-clip_gradient if
 //         clip_gradient >= 0 (for sgd_mom and nag_mom before the wd term is added)
@@ -38,36 +48,54 @@
 //   each in MXNet's own float32 operation order (built with -ffp-contract=off), accumulating the
 //   new unit's sum of squares, then the projection while the unit is in cache.
 //
-// "rows" holds one "G/A/U,mode,lo,hi,rate,rtol,ord" entry per weight (ord 1, 2, or 0 for the
-// max norm), separated by ";". Weights under 65536 elements run one per thread (several at once
-// from 2^20 elements in all); larger ones spread their units over the threads. The update adds
-// "rule" and "update" = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,lr_2,wd_2,..." with the
-// rule's hyperparameters h (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon; rmsprop:
-// gamma1, epsilon, clip_weights; unused ones 0).
-// With stats, each weight has one more array, after all the others: a float32 array of 3
-// receiving (fraction of units the projection changed, largest and mean unit norm after it).
-// The norm is the band's (by "ord") in mode "norm", L2 in the elementwise modes.
-// A malformed call fails when it is queued, and queues nothing; an array that cannot be read in
-// place when the call runs (MKL-DNN's blocked layout) fails the call there, and MXNet raises
-// the failure at the next wait on its arrays.
+// Weights under 65536 elements run one per thread (several at once from 2^20 elements in all);
+// larger ones spread their units over the threads. With stats, each weight has one more array,
+// after all the others: a float32 array of 3 receiving (fraction of units the projection
+// changed, largest and mean unit norm after it). The norm is the band's (by norm_order) in
+// kModeNorm, L2 in the elementwise modes.
+// A malformed call (an unknown mode or rule, a layout that does not divide its weight's size,
+// the wrong number of arrays) fails when it is queued, and queues nothing; an array that cannot
+// be read in place when the call runs (MKL-DNN's blocked layout) fails the call there, and MXNet
+// raises the failure at the next wait on its arrays.
 // Build (gluon_constraints/kernels/library.py does it): g++ -shared -fPIC -std=c++17 -O3
 //   -march=native -ffp-contract=off -fno-math-errno -fopenmp -Wl,-Bsymbolic
 //   -Wl,--version-script=exports.map project_rows.cc -I <mxnet>/include -o libgc_project_rows.so
 
 #include <algorithm>
-#if __has_include(<charconv>)
-#include <charconv>
-#endif
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
+#include <cstddef>
+#include <cstring>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "dlpack/dlpack.h"
+
+// -- the typed boundary (the same names in kernels/boundary.py) ------------------------------------
+extern "C" {
+
+enum { kModeNorm = 0, kModeNonNeg = 1, kModeClip = 2, kModeNone = 3 };
+enum { kRuleSGDMom = 0, kRuleNAGMom = 1, kRuleAdam = 2, kRuleRMSProp = 3 };
+
+struct gc_unit_group {
+  int64_t groups, runs, units_per_group;
+  int32_t mode, norm_order;
+  double lo, hi, rate, rtol;
+};
+
+struct gc_update_rule {
+  int32_t rule, reserved;
+  double rescale_grad, clip_gradient, h1, h2, h3;
+};
+
+struct gc_rates {
+  double lr, wd;
+};
+
+}  // extern "C"
 
 namespace {
 
@@ -76,35 +104,6 @@ struct Failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// `text` cut at every `separator`, as views into it (no copies: attributes are parsed at every
-// call). A trailing separator ends the last part; an empty text has no parts.
-std::vector<std::string_view> split(std::string_view text, char separator) {
-  std::vector<std::string_view> parts;
-  size_t start = 0;
-  while (start < text.size()) {
-    const size_t end = std::min(text.find(separator, start), text.size());
-    parts.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
-  return parts;
-}
-
-// The number `field` holds, exactly as written (Python's repr of a float, or an integer).
-double number(std::string_view field) {
-  double value = 0.0;
-  const char* end = field.data() + field.size();
-#if defined(__cpp_lib_to_chars)  // libstdc++ 11+: several times faster than strtod
-  const auto parsed = std::from_chars(field.data(), end, value);
-  const bool whole = parsed.ec == std::errc() && parsed.ptr == end;
-#else  // strtod stops at the separator after the field (the text is NUL-terminated)
-  char* stop = nullptr;
-  value = std::strtod(field.data(), &stop);
-  const bool whole = !field.empty() && stop == end;
-#endif
-  if (!whole) throw Failure("malformed number '" + std::string(field) + "'");
-  return value;
-}
-
 double sum_of_squares(const float* row, int64_t length) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
@@ -112,15 +111,15 @@ double sum_of_squares(const float* row, int64_t length) {
   return sum;
 }
 
-// Where one weight's units lie: the weight viewed as (groups, segments, interleave, length),
-// unit (g, u) is the `segments` runs of `length` contiguous elements at
-// ((g * segments + a) * interleave + u) * length, a = 0..segments-1. Rows are (units, 1, 1, n).
+// Where one weight's units lie (a gc_unit_group with its run length): unit (g, u) is the `runs`
+// runs of `run_length` contiguous elements at ((g * runs + a) * units_per_group + u) * run_length,
+// a = 0..runs-1. Rows are (units, 1, 1, n).
 struct Layout {
-  int64_t groups, segments, interleave, length;
+  int64_t groups, runs, units_per_group, run_length;
 
-  int64_t units() const { return groups * interleave; }
+  int64_t units() const { return groups * units_per_group; }
   int64_t offset(int64_t unit, int64_t a) const {
-    return ((unit / interleave * segments + a) * interleave + unit % interleave) * length;
+    return ((unit / units_per_group * runs + a) * units_per_group + unit % units_per_group) * run_length;
   }
 };
 
@@ -130,19 +129,15 @@ struct Layout {
 constexpr int64_t kParallelSize = 65536;
 constexpr int64_t kSpreadSize = 1 << 20;
 
-// What to do with the units of one weight.
+// What to do with the units of one weight: its gc_unit_group's mode and band.
 struct UnitProjection {
-  enum Mode { kNorm, kNonNeg, kClip, kNone };
-  int64_t groups, segments, interleave;  // the Layout, less its length (the weight's size says)
-  Mode mode;
-  double lo, hi, rate, rtol;
-  int ord;  // 1, 2, or 0 for the max norm
+  const gc_unit_group& g;
 
-  // The run's contribution to its unit's norm (by ord), given its sum of squares for ord 2.
+  // The run's contribution to its unit's norm (by norm_order), given its sum of squares for 2.
   double measure(const float* run, int64_t length, double squares) const {
-    if (ord == 2) return squares;
+    if (g.norm_order == 2) return squares;
     double n = 0.0;
-    if (ord == 1) {
+    if (g.norm_order == 1) {
 #pragma omp simd reduction(+ : n)
       for (int64_t j = 0; j < length; ++j) n += std::fabs(static_cast<double>(run[j]));
     } else {
@@ -152,17 +147,17 @@ struct UnitProjection {
   }
 
   double scale(double n) const {
-    if (n > hi * (1.0 + rtol)) return rate * (hi / n) + (1.0 - rate);
-    if (n > 0.0 && n < lo * (1.0 - rtol)) return rate * (lo / n) + (1.0 - rate);
+    if (n > g.hi * (1.0 + g.rtol)) return g.rate * (g.hi / n) + (1.0 - g.rate);
+    if (n > 0.0 && n < g.lo * (1.0 - g.rtol)) return g.rate * (g.lo / n) + (1.0 - g.rate);
     return 1.0;
   }
 
   // The elementwise modes on one run.
   void apply(float* run, int64_t length) const {
-    if (mode == kNonNeg) {
+    if (g.mode == kModeNonNeg) {
       for (int64_t j = 0; j < length; ++j) run[j] *= static_cast<float>(run[j] >= 0.0f);
-    } else if (mode == kClip) {
-      const float a = static_cast<float>(lo), b = static_cast<float>(hi);
+    } else if (g.mode == kModeClip) {
+      const float a = static_cast<float>(g.lo), b = static_cast<float>(g.hi);
       for (int64_t j = 0; j < length; ++j) run[j] = run[j] < a ? a : (run[j] > b ? b : run[j]);
     }
   }
@@ -193,21 +188,21 @@ struct Totals {
 constexpr int64_t kBlock = 64;
 
 int64_t block_count(const Layout& l) {
-  if (l.interleave == 1) return (l.units() + kBlock - 1) / kBlock;
-  return l.groups * ((l.interleave + kBlock - 1) / kBlock);
+  if (l.units_per_group == 1) return (l.units() + kBlock - 1) / kBlock;
+  return l.groups * ((l.units_per_group + kBlock - 1) / kBlock);
 }
 
 // The first unit and the number of units of block b.
 void block_units(const Layout& l, int64_t b, int64_t* first, int64_t* count) {
-  if (l.interleave == 1) {
+  if (l.units_per_group == 1) {
     *first = b * kBlock;
     *count = std::min(kBlock, l.units() - *first);
     return;
   }
-  const int64_t per_group = (l.interleave + kBlock - 1) / kBlock;
+  const int64_t per_group = (l.units_per_group + kBlock - 1) / kBlock;
   const int64_t u = b % per_group * kBlock;
-  *first = b / per_group * l.interleave + u;
-  *count = std::min(kBlock, l.interleave - u);
+  *first = b / per_group * l.units_per_group + u;
+  *count = std::min(kBlock, l.units_per_group - u);
 }
 
 // The first pass over block b's units, for their norms (by ord) in `measured` and their sums of
@@ -217,21 +212,21 @@ void block_units(const Layout& l, int64_t b, int64_t* first, int64_t* count) {
 template <bool kUpdate, typename UpdateRun>
 void measure_block(const UnitProjection& p, float* w, const Layout& l, int64_t first, int64_t count,
                    const UpdateRun& update, double* measured, double* squares) {
-  const bool norm = p.mode == UnitProjection::kNorm;
-  if (l.interleave == 1) {  // rows: each unit is one run
+  const bool norm = p.g.mode == kModeNorm;
+  if (l.units_per_group == 1) {  // rows: each unit is one run
     for (int64_t k = 0; k < count; ++k) {
       float* run = w + l.offset(first + k, 0);
-      squares[k] = kUpdate ? update(run - w, l.length) : sum_of_squares(run, l.length);
-      if (norm) measured[k] = p.measure(run, l.length, squares[k]);
+      squares[k] = kUpdate ? update(run - w, l.run_length) : sum_of_squares(run, l.run_length);
+      if (norm) measured[k] = p.measure(run, l.run_length, squares[k]);
     }
     return;
   }
   // Strided units: the block's a-th runs lie side by side, count * length elements from the
   // first unit's; accumulate per element over a (whole stretches, vectorised), then per unit.
-  const int64_t stretch = count * l.length;
+  const int64_t stretch = count * l.run_length;
   std::vector<double> acc(stretch, 0.0);
-  const int ord = norm ? p.ord : 2;
-  for (int64_t a = 0; a < l.segments; ++a) {
+  const int ord = norm ? p.g.norm_order : 2;
+  for (int64_t a = 0; a < l.runs; ++a) {
     const int64_t at = l.offset(first, a);
     if (kUpdate) update(at, stretch);
     const float* x = w + at;
@@ -247,7 +242,7 @@ void measure_block(const UnitProjection& p, float* w, const Layout& l, int64_t f
   }
   for (int64_t k = 0; k < count; ++k) {
     double r = 0.0;
-    for (int64_t j = k * l.length; j < (k + 1) * l.length; ++j) r = ord == 0 ? std::fmax(r, acc[j]) : r + acc[j];
+    for (int64_t j = k * l.run_length; j < (k + 1) * l.run_length; ++j) r = ord == 0 ? std::fmax(r, acc[j]) : r + acc[j];
     (norm ? measured : squares)[k] = r;
     if (norm && ord == 2) squares[k] = r;
   }
@@ -262,31 +257,31 @@ void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b
   block_units(l, b, &first, &count);
   double measured[kBlock] = {0.0}, squares[kBlock] = {0.0};
   if (read) measure_block<kUpdate>(p, w, l, first, count, update, measured, squares);
-  if (p.mode == UnitProjection::kNorm) {
+  if (p.g.mode == kModeNorm) {
     double factors[kBlock];
     bool any = false;
     for (int64_t k = 0; k < count; ++k) {
-      const double n = p.ord == 2 ? std::sqrt(measured[k]) : measured[k];
+      const double n = p.g.norm_order == 2 ? std::sqrt(measured[k]) : measured[k];
       const double s = p.scale(n);
       factors[k] = s;
       any = any || s != 1.0;
       if (stats) totals->add(s != 1.0, n * s);
     }
     if (!any) return;
-    for (int64_t a = 0; a < l.segments; ++a) {
+    for (int64_t a = 0; a < l.runs; ++a) {
       for (int64_t k = 0; k < count; ++k) {
         if (factors[k] == 1.0) continue;
-        rescale(w + l.offset(first + k, a), l.length, factors[k]);
+        rescale(w + l.offset(first + k, a), l.run_length, factors[k]);
       }
     }
     return;
   }
   double after[kBlock] = {0.0};
-  for (int64_t a = 0; a < l.segments; ++a) {
+  for (int64_t a = 0; a < l.runs; ++a) {
     for (int64_t k = 0; k < count; ++k) {
       float* run = w + l.offset(first + k, a);
-      p.apply(run, l.length);
-      if (stats) after[k] += sum_of_squares(run, l.length);
+      p.apply(run, l.run_length);
+      if (stats) after[k] += sum_of_squares(run, l.run_length);
     }
   }
   if (stats)
@@ -329,15 +324,15 @@ float clipped(float x, float bound) { return x > bound ? bound : (x < -bound ? -
 // One optimizer update of a row in place (MXNet's kernels, term for term), returning the new
 // row's sum of squares.
 struct Update {
-  enum Rule { kSGDMom, kNAGMom, kAdam, kRMSProp } rule;
+  int rule;  // kRule*
   float lr, wd, rescale, clip, h1, h2, h3;
 
-  static int state_count(Rule rule) { return rule == kAdam ? 2 : 1; }
+  static int state_count(int rule) { return rule == kRuleAdam ? 2 : 1; }
 
   double row(float* w, const float* grad, float* s1, float* s2, int64_t length) const {
     double sum = 0.0;
     switch (rule) {
-      case kSGDMom:
+      case kRuleSGDMom:
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < length; ++j) {
           float g = rescale * grad[j];
@@ -349,7 +344,7 @@ struct Update {
           sum += static_cast<double>(updated) * updated;
         }
         break;
-      case kNAGMom:
+      case kRuleNAGMom:
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < length; ++j) {
           float g = rescale * grad[j];
@@ -361,7 +356,7 @@ struct Update {
           sum += static_cast<double>(updated) * updated;
         }
         break;
-      case kAdam:
+      case kRuleAdam:
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < length; ++j) {
           float g = grad[j] * rescale + w[j] * wd;
@@ -375,7 +370,7 @@ struct Update {
           sum += static_cast<double>(updated) * updated;
         }
         break;
-      case kRMSProp:
+      case kRuleRMSProp:
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < length; ++j) {
           float g = rescale * grad[j] + wd * w[j];
@@ -394,33 +389,19 @@ struct Update {
 };
 
 
-// -- parsing (when a call is queued: a malformed call fails at once and queues nothing) --------
+// -- checking (when a call is queued: a malformed call fails at once and queues nothing) -------
 
-std::vector<UnitProjection> parse_projections(const char* rows) {
-  std::vector<UnitProjection> out;
-  for (const auto& entry : split(rows, ';')) {
-    const auto f = split(entry, ',');
-    const auto shape = split(f.empty() ? entry : f[0], '/');
-    UnitProjection::Mode mode;
-    if (f.size() != 7 || shape.size() != 3) throw Failure("malformed rows entry '" + std::string(entry) + "'");
-    if (f[1] == "norm") mode = UnitProjection::kNorm;
-    else if (f[1] == "nonneg") mode = UnitProjection::kNonNeg;
-    else if (f[1] == "clip") mode = UnitProjection::kClip;
-    else if (f[1] == "none") mode = UnitProjection::kNone;
-    else throw Failure("unknown mode '" + std::string(f[1]) + "'");
-    out.push_back({static_cast<int64_t>(number(shape[0])), static_cast<int64_t>(number(shape[1])),
-                   static_cast<int64_t>(number(shape[2])), mode, number(f[2]), number(f[3]),
-                   number(f[4]), number(f[5]), static_cast<int>(number(f[6]))});
-  }
-  return out;
+void check_group(const gc_unit_group& g, size_t i) {
+  const std::string which = "gc_unit_group " + std::to_string(i) + ": ";
+  if (g.mode < kModeNorm || g.mode > kModeNone) throw Failure(which + "unknown mode " + std::to_string(g.mode));
+  if (g.norm_order != 0 && g.norm_order != 1 && g.norm_order != 2)
+    throw Failure(which + "norm_order must be 1, 2 or 0 (max): got " + std::to_string(g.norm_order));
+  if (g.groups < 1 || g.runs < 1 || g.units_per_group < 1)
+    throw Failure(which + "groups, runs and units_per_group must be >= 1");
 }
 
-Update::Rule parse_rule(const std::string& name) {
-  if (name == "sgd_mom") return Update::kSGDMom;
-  if (name == "nag_mom") return Update::kNAGMom;
-  if (name == "adam") return Update::kAdam;
-  if (name == "rmsprop") return Update::kRMSProp;
-  throw Failure("unknown rule '" + name + "'");
+void check_rule(const gc_update_rule& r) {
+  if (r.rule < kRuleSGDMom || r.rule > kRuleRMSProp) throw Failure("unknown rule " + std::to_string(r.rule));
 }
 
 // -- MXNet's C API, as handed over by gc_bind ------------------------------------------------
@@ -474,16 +455,16 @@ class Memory {
   int64_t size_ = 0;
 };
 
-// A queued call: its parsed attributes and its own references to the arrays (so they outlive
-// the caller's), released when MXNet drops the call.
+// A queued call: copies of its groups, rule and rates, and its own references to the arrays (so
+// they outlive the caller's), released when MXNet drops the call.
 struct Call {
   Call(const char* name, bool update, bool stats) : name(name), update(update), stats(stats) {}
 
   const char* name;
   bool update, stats;
-  Update::Rule rule = Update::kSGDMom;
-  std::vector<UnitProjection> projections;
-  std::vector<double> numbers;  // rescale_grad, clip_gradient, h1, h2, h3, lr_1, wd_1, ...
+  gc_update_rule rule{};
+  std::vector<gc_unit_group> groups;
+  std::vector<gc_rates> rates;  // per weight, for an update
   int per_weight = 1;           // arrays per weight: 1, or (w, grad, states...)
   std::vector<void*> arrays;    // per weight its arrays, then one stats array per weight
 
@@ -491,7 +472,7 @@ struct Call {
     for (void* a : arrays) mxnet_api.free(a);
   }
 
-  size_t count() const { return projections.size(); }
+  size_t count() const { return groups.size(); }
   void* stats_array(size_t i) const { return arrays[per_weight * count() + i]; }
 };
 
@@ -505,12 +486,12 @@ void write_stats(void* handle, double moved, double total, double largest, int64
   o[2] = static_cast<float>(total / units);
 }
 
-Layout layout_of(const UnitProjection& p, int64_t size) {
-  const int64_t cells = p.groups * p.segments * p.interleave;
-  if (cells <= 0 || size % cells != 0)
-    throw Failure(std::to_string(size) + " elements do not split into " + std::to_string(p.groups) +
-                  " x " + std::to_string(p.segments) + " x " + std::to_string(p.interleave) + " runs");
-  return {p.groups, p.segments, p.interleave, size / cells};
+Layout layout_of(const gc_unit_group& g, int64_t size) {
+  const int64_t cells = g.groups * g.runs * g.units_per_group;
+  if (size % cells != 0)
+    throw Failure(std::to_string(size) + " elements do not split into " + std::to_string(g.groups) +
+                  " x " + std::to_string(g.runs) + " x " + std::to_string(g.units_per_group) + " runs");
+  return {g.groups, g.runs, g.units_per_group, size / cells};
 }
 
 // Runs a queued call: per weight its arrays (the weight alone, or with its gradient and states
@@ -527,16 +508,16 @@ void run_call(const Call& call) {
         throw Failure("a weight's gradient and states must have its size");
     }
     sizes.push_back(arrays[per * i]->size());
-    layouts.push_back(layout_of(call.projections[i], sizes.back()));
+    layouts.push_back(layout_of(call.groups[i], sizes.back()));
   }
-  const auto& n = call.numbers;
+  const gc_update_rule& r = call.rule;
   std::vector<Totals> totals(count);
   for_each_weight(sizes, [&](int64_t i) {
-    const UnitProjection& p = call.projections[i];
+    const UnitProjection p{call.groups[i]};
     float* w = arrays[per * i]->data();
     if (!call.update) {
-      if (p.mode == UnitProjection::kNone && !call.stats) return;
-      const bool read = p.mode == UnitProjection::kNorm || call.stats;
+      if (p.g.mode == kModeNone && !call.stats) return;
+      const bool read = p.g.mode == kModeNorm || call.stats;
       totals[i] = project_weight<false>(p, w, layouts[i], sizes[i], call.stats, read,
                                         [](int64_t, int64_t) { return 0.0; });
       return;
@@ -544,9 +525,9 @@ void run_call(const Call& call) {
     const float* grad = arrays[per * i + 1]->data();
     float* s1 = arrays[per * i + 2]->data();
     float* s2 = per > 3 ? arrays[per * i + 3]->data() : nullptr;
-    const Update step{call.rule, static_cast<float>(n[5 + 2 * i]), static_cast<float>(n[6 + 2 * i]),
-                      static_cast<float>(n[0]), static_cast<float>(n[1]), static_cast<float>(n[2]),
-                      static_cast<float>(n[3]), static_cast<float>(n[4])};
+    const Update step{r.rule, static_cast<float>(call.rates[i].lr), static_cast<float>(call.rates[i].wd),
+                      static_cast<float>(r.rescale_grad), static_cast<float>(r.clip_gradient),
+                      static_cast<float>(r.h1), static_cast<float>(r.h2), static_cast<float>(r.h3)};
     totals[i] = project_weight<true>(p, w, layouts[i], sizes[i], call.stats, true,
                                      [&](int64_t at, int64_t length) {
       return step.row(w + at, grad + at, s1 + at, s2 == nullptr ? nullptr : s2 + at, length);
@@ -615,47 +596,70 @@ void gc_bind(void* push_sync, void* to_dlpack, void* detach, void* free, void* c
   mxnet_api.last_error = reinterpret_cast<decltype(mxnet_api.last_error)>(last_error);
 }
 
-// Queues gc_project_rows on `weights` (one per "rows" entry, then one stats array per weight
-// if `stats`). Returns 0, or -1 with the reason in `message` (nothing queued).
-int gc_project(const char* rows, int stats, void** arrays, int count, char* message, int size) {
+// Queues gc_project_rows: `count` groups, one per weight in `arrays` (then one stats array per
+// weight if `stats`). Returns 0, or -1 with the reason in `message` (nothing queued).
+int gc_project(const gc_unit_group* groups, int count, int stats, void** arrays, int array_count,
+               char* message, int size) {
   try {
     std::unique_ptr<Call> call(new Call("gc_project_rows", false, stats != 0));
-    call->projections = parse_projections(rows);
-    const int expected = static_cast<int>(call->count()) * (stats ? 2 : 1);
-    if (count != expected)
-      throw Failure(std::to_string(count) + " arrays for " + std::to_string(call->count()) + " rows entries");
-    queue(std::move(call), arrays, count, std::vector<bool>(count, false));
+    call->groups.assign(groups, groups + count);
+    for (size_t i = 0; i < call->count(); ++i) check_group(call->groups[i], i);
+    const int expected = count * (stats ? 2 : 1);
+    if (array_count != expected)
+      throw Failure(std::to_string(array_count) + " arrays for " + std::to_string(count) + " unit groups");
+    queue(std::move(call), arrays, array_count, std::vector<bool>(array_count, false));
     return 0;
   } catch (const std::exception& error) {
     return failed(error, "gc_project_rows", message, size);
   }
 }
 
-// Queues gc_update_project_rows: per weight (w, grad, states...) in `arrays`, then one stats
-// array per weight if `stats`; `numbers` = "rescale_grad,clip_gradient,h1,h2,h3,lr_1,wd_1,...".
-// Returns 0, or -1 with the reason in `message` (nothing queued).
-int gc_update(const char* rule, const char* numbers, const char* rows, int stats, void** arrays,
-              int count, char* message, int size) {
+// Queues gc_update_project_rows: `count` weights, each with its group and rates, per weight
+// (w, grad, states...) in `arrays`, then one stats array per weight if `stats`. Returns 0, or
+// -1 with the reason in `message` (nothing queued).
+int gc_update(const gc_update_rule* rule, const gc_unit_group* groups, const gc_rates* rates, int count,
+              int stats, void** arrays, int array_count, char* message, int size) {
   try {
     std::unique_ptr<Call> call(new Call("gc_update_project_rows", true, stats != 0));
-    call->rule = parse_rule(rule);
-    call->projections = parse_projections(rows);
-    call->per_weight = 2 + Update::state_count(call->rule);
-    for (const auto& field : split(numbers, ',')) call->numbers.push_back(number(field));
-    const size_t weights = call->count();
-    if (call->numbers.size() != 5 + 2 * weights)
-      throw Failure("\"update\" has " + std::to_string(call->numbers.size()) + " numbers, not " +
-                    std::to_string(5 + 2 * weights));
-    const int expected = static_cast<int>(weights) * (call->per_weight + (stats ? 1 : 0));
-    if (count != expected)
-      throw Failure(std::to_string(count) + " arrays for " + std::to_string(weights) + " weights");
-    std::vector<bool> read_only(count, false);
-    for (size_t i = 0; i < weights; ++i) read_only[call->per_weight * i + 1] = true;  // the gradients
-    queue(std::move(call), arrays, count, read_only);
+    check_rule(*rule);
+    call->rule = *rule;
+    call->groups.assign(groups, groups + count);
+    call->rates.assign(rates, rates + count);
+    for (size_t i = 0; i < call->count(); ++i) check_group(call->groups[i], i);
+    call->per_weight = 2 + Update::state_count(rule->rule);
+    const int expected = count * (call->per_weight + (stats ? 1 : 0));
+    if (array_count != expected)
+      throw Failure(std::to_string(array_count) + " arrays for " + std::to_string(count) + " weights");
+    std::vector<bool> read_only(array_count, false);
+    for (int i = 0; i < count; ++i) read_only[call->per_weight * i + 1] = true;  // the gradients
+    queue(std::move(call), arrays, array_count, read_only);
     return 0;
   } catch (const std::exception& error) {
     return failed(error, "gc_update_project_rows", message, size);
   }
+}
+
+// The boundary's layout, for the test that checks Python's ctypes declarations against it: the
+// size of `structure`, or with `field` the field's offset; -1 for a name it does not know.
+int64_t gc_layout(const char* structure, const char* field) {
+#define GC_FIELD(S, F) if (std::strcmp(field, #F) == 0) return static_cast<int64_t>(offsetof(S, F));
+  const bool whole = field == nullptr;
+  if (std::strcmp(structure, "gc_unit_group") == 0) {
+    if (whole) return sizeof(gc_unit_group);
+    GC_FIELD(gc_unit_group, groups) GC_FIELD(gc_unit_group, runs) GC_FIELD(gc_unit_group, units_per_group)
+    GC_FIELD(gc_unit_group, mode) GC_FIELD(gc_unit_group, norm_order) GC_FIELD(gc_unit_group, lo)
+    GC_FIELD(gc_unit_group, hi) GC_FIELD(gc_unit_group, rate) GC_FIELD(gc_unit_group, rtol)
+  } else if (std::strcmp(structure, "gc_update_rule") == 0) {
+    if (whole) return sizeof(gc_update_rule);
+    GC_FIELD(gc_update_rule, rule) GC_FIELD(gc_update_rule, reserved) GC_FIELD(gc_update_rule, rescale_grad)
+    GC_FIELD(gc_update_rule, clip_gradient) GC_FIELD(gc_update_rule, h1) GC_FIELD(gc_update_rule, h2)
+    GC_FIELD(gc_update_rule, h3)
+  } else if (std::strcmp(structure, "gc_rates") == 0) {
+    if (whole) return sizeof(gc_rates);
+    GC_FIELD(gc_rates, lr) GC_FIELD(gc_rates, wd)
+  }
+#undef GC_FIELD
+  return -1;
 }
 
 }  // extern "C"

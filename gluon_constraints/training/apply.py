@@ -9,26 +9,24 @@ from mxnet.gluon.parameter import Parameter, ParameterDict
 
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction
-from ..gluon.attachment import (PLAN_ATTRIBUTE, Owner, check_parameter, constraint_of, layout_of,
-                                owner_of, reduction_of)
+from ..errors import ConstraintShapeError, ConstraintTypeError
+from ..gluon.attachment import Owner, check_parameter, constraint_of, layout_of, owner_of, reduction_of, state_of
 from ..kernels.library import kernel
-from ..kernels.projection import (KernelItem, ProjectionBatch, kernel_item, prepared_projection,
-                                  project_in_place)
+from ..kernels.projection import KernelItem, ProjectionCall, kernel_item, project_in_place, projection_call
 
 __all__ = ["apply_constraints", "parameters_of"]
 
 Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
-_WORK_ATTRIBUTE = "_gluon_constraints_kernel_work"
 
 
-class _Plan(NamedTuple):
+class CheckedProjection(NamedTuple):
     """A constrained parameter's checked projection, valid while its constraint, owning layer,
-    recorded layout, device copies and the kernel are the same objects. ``items``: each copy's kernel item, or
-    None where the stock path projects (the first copy, then copied to the others).
+    recorded layout, device copies and the kernel are the same objects. ``items``: each copy's
+    kernel item, or None where the stock path projects (the first copy, then copied to the
+    others).
 
-    Kept on the parameter (it lives and dies with it). A deep copy or pickle of the parameter
-    gets None instead (``__reduce__``): copying the kernel items' views would give arrays apart
-    from the copy's own data.
+    Kept in the parameter's record (it lives and dies with it; copies and pickles of the
+    parameter do not get it: the kernel items' views belong to these very arrays).
     """
 
     constraint: Constraint
@@ -51,10 +49,10 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     copies that agree before, as Gluon keeps them, are bitwise identical after. No host
     synchronisation happens: the work is queued on MXNet's engine like any other operator.
 
-    Each parameter's checks and plan are kept with it and reused while its constraint, owning
+    Each parameter's checked projection is kept with it and reused while its constraint, owning
     layer and device copies stay the same objects. A Block ``target`` also keeps its list of
     parameters (while every child and parameter table in its tree holds the same objects) and
-    the prepared kernel call (while every parameter keeps its plan), so a repeated call costs
+    the prepared kernel call (while every parameter keeps its checked projection), so a repeated call costs
     about one read of the weights and a check of the tree.
 
     Parameters
@@ -72,27 +70,28 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
 
     Raises
     ------
-    ValueError
+    ConstraintShapeError
         If a constrained parameter is not initialized yet, or its constraint does not fit its
         shape. All parameters are checked before any is written, so nothing changes then.
     ConstraintTypeError
-        If a constrained parameter's dtype is not floating point.
+        If a constrained parameter's dtype is not floating point, or ``target`` holds something
+        that is not a Parameter.
     """
-    planned: List[Tuple[Parameter, _Plan]] = []
+    checked: List[Tuple[Parameter, CheckedProjection]] = []
     loaded = kernel()
     for param in parameters_of(target):
         constraint = getattr(param, "constraint", None)
         if constraint is None or (param.grad_req == "null" and not include_frozen):
             continue
-        planned.append((param, _plan_of(param, constraint, loaded)))
-    _kernel_work(target, [plan for _, plan in planned]).run()
-    for _, plan in planned:
-        if plan.items is None:
-            first, *others = [_classic(a) for a in plan.copies]
-            project_in_place([(first, plan.constraint, plan.reduction)], use_fused=False)
+        checked.append((param, _checked_projection(param, constraint, loaded)))
+    _kernel_work(target, [projection for _, projection in checked]).run()
+    for _, projection in checked:
+        if projection.items is None:
+            first, *others = [_classic(a) for a in projection.copies]
+            project_in_place([(first, projection.constraint, projection.reduction)], use_fused=False)
             for copy in others:
                 first.copyto(copy)
-    return [param.name for param, _ in planned]
+    return [param.name for param, _ in checked]
 
 
 def parameters_of(target: Target) -> List[Parameter]:
@@ -106,53 +105,54 @@ def parameters_of(target: Target) -> List[Parameter]:
     params = list(target)
     for p in params:
         if not isinstance(p, Parameter):
-            raise TypeError(
+            raise ConstraintTypeError(
                 f"apply_constraints expects a Block, a ParameterDict, a Parameter or Parameters: "
-                f"got an element {p!r}.")
+                f"got an element {p!r} of type {type(p).__name__}.")
     return params
 
 
-def _plan_of(param: Parameter, constraint: Any, loaded: Any) -> _Plan:
-    """The parameter's checked plan with kernel ``loaded``: kept from an earlier call while
+def _checked_projection(param: Parameter, constraint: Any, loaded: Any) -> CheckedProjection:
+    """The parameter's checked projection with kernel ``loaded``: kept from an earlier call while
     still valid, else made (checking that ``constraint`` is a Constraint that fits)."""
-    plan = param.__dict__.get(PLAN_ATTRIBUTE)
-    if plan is not None and plan.constraint is constraint and plan.owner is owner_of(param) \
-            and plan.layout is layout_of(param) and plan.copies is compat.data_arrays(param) \
-            and plan.kernel is loaded:
-        return plan
+    state = state_of(param)
+    kept = state.checked
+    if kept is not None and kept.constraint is constraint and kept.owner is state.owner \
+            and kept.layout is state.layout and kept.copies is compat.data_arrays(param) \
+            and kept.kernel is loaded:
+        return kept
     constraint, owner, copies = constraint_of(param), owner_of(param), compat.data_arrays(param)
     if copies is None:
-        raise ValueError(
+        raise ConstraintShapeError(
             f"Parameter '{param.name}' is not initialized yet (its shape {param.shape} is "
             f"known only after the first forward pass): initialize it and run a forward pass "
             f"before apply_constraints.")
     check_parameter(param, constraint, compat.data_shape(param), owner)
     reduction = reduction_of(param)
     items = [kernel_item(_classic(a), constraint, reduction) for a in copies]
-    plan = _Plan(constraint, owner, layout_of(param), copies, loaded, reduction,
-                 items if all(item is not None for item in items) else None)
-    param.__dict__[PLAN_ATTRIBUTE] = plan
-    return plan
+    state.checked = CheckedProjection(constraint, owner, layout_of(param), copies, loaded, reduction,
+                                      items if all(item is not None for item in items) else None)
+    return state.checked
 
 
 class _KeptWork(NamedTuple):
-    """The kernel work of a Block's last projection and the plans it was prepared from, kept
-    on the Block (``compat.keep_on_block``) and reused while its constrained parameters have the
-    same plans (it holds their arrays until then)."""
+    """The kernel work of a Block's last projection and the checked projections it was prepared
+    from, kept in the Block's record and reused while its constrained parameters have the same
+    ones (it holds their arrays until then)."""
 
-    plans: List[_Plan]
-    work: ProjectionBatch
+    checked: List[CheckedProjection]
+    work: ProjectionCall
 
 
-def _kernel_work(target: Target, plans: List[_Plan]) -> ProjectionBatch:
-    """The prepared kernel work of ``plans``: kept on a Block ``target`` from its last call while
-    its plans are the same objects, else prepared (once per change)."""
-    kept = compat.kept_on_block(target, _WORK_ATTRIBUTE) if isinstance(target, Block) else None
-    if kept is not None and compat.same_objects(plans, kept.plans):
+def _kernel_work(target: Target, checked: List[CheckedProjection]) -> ProjectionCall:
+    """The prepared kernel work of ``checked``: kept on a Block ``target`` from its last call while
+    its checked projections are the same objects, else prepared (once per change)."""
+    state = compat.block_state(target) if isinstance(target, Block) else None
+    kept = None if state is None else state.projection
+    if kept is not None and compat.same_objects(checked, kept.checked):
         return kept.work
-    work = prepared_projection([item for plan in plans if plan.items for item in plan.items])
-    if isinstance(target, Block):
-        compat.keep_on_block(target, _WORK_ATTRIBUTE, _KeptWork(plans, work))
+    work = projection_call([item for c in checked if c.items for item in c.items])
+    if state is not None:
+        state.projection = _KeptWork(checked, work)
     return work
 
 

@@ -1,4 +1,4 @@
-"""``ConstrainedOptimizer``: projects each weight onto its constraint right after its update.
+"""``ConstrainedOptimizer``: the wrapped optimizer's update, then the projection of what it wrote.
 
 The projection has to run where the update runs, on the copy that is authoritative: a device
 copy (one context, or ``update_on_kvstore=False``), the kvstore's stored copy
@@ -6,40 +6,30 @@ copy (one context, or ``update_on_kvstore=False``), the kvstore's stored copy
 a parameter server's copy (distributed kvstores), or the float32 master copy that
 ``multi_precision=True`` keeps in the optimizer state and casts to the float16 weight every step.
 The one piece of code that runs on exactly that array in every configuration is the optimizer's
-update, so this wrapper calls the user's optimizer and then projects what it just updated.
+update, so this wrapper is a composition: the wrapped optimizer's update, then a
+:class:`~.projector.Projector`, or both in one fused kernel call (:mod:`.fused_update`) for
+the updates the kernel computes (:mod:`.update_rules`).
 
 Servers unpickle this class while ``import mxnet`` is still running: the module imports only
-``mxnet.ndarray``, ``mxnet.optimizer`` and the catalogue and kernels, never ``mxnet.gluon``.
+``mxnet.ndarray``, ``mxnet.optimizer``, the catalogue and the kernels, never ``mxnet.gluon``.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from mxnet import ndarray
 from mxnet.optimizer import LAMB, LARS, NAG, SGD, Optimizer
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Constraint, Reduction, Scheduled
-from ..errors import ConstraintArgumentError, EnforcementError, UnsupportedOptimizerError
+from ..errors import ConstraintArgumentError, ConstraintTypeError, EnforcementError, UnsupportedOptimizerError
+from ..kernels.boundary import MODES
 from ..kernels.library import kernel as fused_kernel
-from ..kernels.projection import (FusedCall, FusedPlan, assemble_fused_update, fused_rates,
-                                  fused_rule, fused_update, measured, plan_fused_update,
-                                  project_in_place)
+from .fused_update import UpdateEntry, run_fused_update
+from .projector import Projection, Projector
+from .update_rules import FusedRule, rule_of, step_rates
 
-__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "cadence", "switch"]
-
-
-class Projection(NamedTuple):
-    """What to project for one parameter: the constraint, its reduction and the full shape."""
-
-    constraint: Constraint
-    reduction: Reduction
-    shape: Tuple[int, ...]
-
+__all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "projection_interval", "switch"]
 
 # Parameters per update call while the kernel is loaded (MXNet's own SGD takes 4).
 _FUSED_AGGREGATION = 256
@@ -80,6 +70,16 @@ def master_copy_slot(optimizer_class: type) -> int:
         f"optimizer, multi_precision=False, or float32 weights.")
 
 
+class _QueuedUpdate(NamedTuple):
+    """A fused update queued during a local kvstore's pushes, rated when it was pushed."""
+
+    indices: Sequence[Any]
+    weights: Sequence[Any]
+    grads: Sequence[Any]
+    entries: List[UpdateEntry]
+    rates: List[Any]
+
+
 class ConstrainedOptimizer(Optimizer):
     """Wrap an optimizer so every update is followed by the parameter's constraint.
 
@@ -90,15 +90,19 @@ class ConstrainedOptimizer(Optimizer):
     ``rescale_grad``, schedulers, update counts) reads and writes through to the wrapped
     optimizer, so Gluon's Trainer and kvstores use the wrapper like the original.
 
+    It projects what the enforcing trainer (:class:`~gluon_constraints.ConstrainedTrainer`,
+    :func:`~gluon_constraints.enforce`) tells it: the trainer gives it each parameter's
+    projection before the first step and again whenever a constraint is attached or replaced
+    (:meth:`set_projection`). A pickled copy (what distributed kvstores send to their servers,
+    and what ``save_states`` writes) carries those projections.
+
     The wrapper keeps its own ``param_dict`` (the trainer's parameters, also given to the
     wrapped optimizer for its learning-rate multipliers): if another trainer takes the wrapped
-    optimizer, the next update raises instead of projecting that trainer's parameters. On a
-    worker the constraint is read from ``param_dict[index].constraint`` at each update; a pickled
-    copy (what distributed kvstores send to their servers) carries a snapshot of the
-    projections, because ``param_dict`` is not pickled.
+    optimizer, the next update raises instead of projecting that trainer's parameters.
 
-    Stateful constraints (``SpectralNorm``) keep a vector per parameter and device copy in
-    :attr:`iterates`; it is pickled with the wrapper, so ``save_states``/``load_states`` carry it.
+    Stateful constraints (``SpectralNorm``) keep a vector per parameter and device copy
+    (:attr:`iterates`); it is pickled with the wrapper, so ``save_states``/``load_states``
+    carry it.
 
     An exception during an update is raised as an
     :class:`~gluon_constraints.EnforcementError` naming the parameters and also kept in
@@ -110,7 +114,7 @@ class ConstrainedOptimizer(Optimizer):
     inner : mxnet.optimizer.Optimizer
         The optimizer that performs the update.
     projections : dict or None, default None
-        ``{index: Projection}`` to use where ``param_dict`` is empty (on servers).
+        ``{index: Projection}`` of the constrained parameters.
     every : int, default 1
         Project after updates ``every``, ``2 * every``, ... of each parameter (by the
         optimizer's own update count, which ``save_states`` keeps), not after the others.
@@ -119,27 +123,25 @@ class ConstrainedOptimizer(Optimizer):
         largest and mean unit norm after it, in :attr:`stats` (device arrays, no host sync).
     """
 
-    _OWN = ("inner", "projections", "param_dict", "failure", "iterates", "every", "monitor",
-            "stats", "_cache", "_resolved", "_fused_plans", "_fused_calls", "_deferred",
-            "_deferred_updates", "_deferred_size")
+    _OWN = ("inner", "projector", "param_dict", "failure", "installed", "_queued", "_queued_size")
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
                  every: int = 1, monitor: bool = False) -> None:
         if not isinstance(inner, Optimizer):
-            raise TypeError(f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}.")
+            raise ConstraintTypeError(
+                f"ConstrainedOptimizer wraps an mxnet.optimizer.Optimizer: got {inner!r}. Give "
+                f"the optimizer by name or instance to gc.ConstrainedTrainer instead.")
         if isinstance(inner, ConstrainedOptimizer):
-            raise TypeError("ConstrainedOptimizer is already wrapping this optimizer.")
-        self._own(inner, projections or {}, {}, cadence(every), switch("monitor", monitor))
+            raise ConstraintTypeError(
+                f"ConstrainedOptimizer is already wrapping {inner!r}: use it as it is.")
+        self._set_own_state(inner, Projector(dict(projections or {}), projection_interval(every),
+                                             switch("monitor", monitor)))
 
-    def _own(self, inner: Optimizer, projections: Dict[int, Projection],
-             iterates: Dict[Tuple[Any, str], Any], every: int, monitor: bool) -> None:
+    def _set_own_state(self, inner: Optimizer, projector: Projector) -> None:
         """Set the wrapper's own attributes (everything else lives on ``inner``)."""
-        for name, value in (("inner", inner), ("projections", dict(projections)),
-                            ("param_dict", inner.param_dict), ("failure", None),
-                            ("iterates", dict(iterates)), ("every", every), ("monitor", monitor),
-                            ("stats", {}), ("_cache", {}), ("_resolved", {}),
-                            ("_fused_plans", {}), ("_fused_calls", {}), ("_deferred", None),
-                            ("_deferred_updates", None), ("_deferred_size", 0)):
+        for name, value in (("inner", inner), ("projector", projector), ("param_dict", inner.param_dict),
+                            ("failure", None), ("installed", False), ("_queued", None),
+                            ("_queued_size", 0)):
             object.__setattr__(self, name, value)
 
     # -- delegation -----------------------------------------------------------------------
@@ -149,7 +151,7 @@ class ConstrainedOptimizer(Optimizer):
         return getattr(self.inner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "param_dict":  # ours for projections, the inner's for lr/wd multipliers
+        if name == "param_dict":  # ours for the shared-optimizer check, the inner's for lr/wd multipliers
             setattr(self.inner, name, value)
         if name in ConstrainedOptimizer._OWN:
             object.__setattr__(self, name, value)
@@ -161,12 +163,12 @@ class ConstrainedOptimizer(Optimizer):
         """How many parameters an ``Updater`` passes per update call.
 
         With the kernel loaded, one call takes every parameter of a step (up to 256, or the
-        next multiple of the wrapped optimizer's own number): the
-        wrapper updates and projects them in one fused kernel call for the updates the kernel
-        computes (:func:`~gluon_constraints.kernels.projection.fused_rule`: SGD and NAG with
-        momentum, Adam, RMSProp), else updates them in the wrapped optimizer's own call sizes
-        and projects all of them in one kernel call. MXNet's per-call dispatch dominates for
-        many small layers. Without the kernel, the wrapped optimizer's own number.
+        next multiple of the wrapped optimizer's own number): the wrapper updates and projects
+        them in one fused kernel call for the updates the kernel computes
+        (:func:`~.update_rules.rule_of`: SGD and NAG with momentum, Adam, RMSProp), else updates
+        them in the wrapped optimizer's own call sizes and projects all of them in one kernel
+        call. MXNet's per-call dispatch dominates for many small layers. Without the kernel, the
+        wrapped optimizer's own number.
         """
         size = self.inner.aggregate_num
         if fused_kernel() is None:
@@ -200,10 +202,48 @@ class ConstrainedOptimizer(Optimizer):
         """The wrapped optimizer's state for ``weight``, with a float32 master copy if asked."""
         return self.inner.create_state_multi_precision(index, weight)
 
+    # -- what the trainer tells it ----------------------------------------------------------
+    def set_projection(self, index: Any, projection: Optional[Projection]) -> None:
+        """Project parameter ``index`` with ``projection`` from its next update (None: not)."""
+        self.projector.set_projection(index, projection)
+
+    @property
+    def projections(self) -> Dict[Any, Projection]:
+        """``{index: Projection}`` of every parameter it projects."""
+        return {i: r.projection for i, r in self.projector.records.items() if r.projection is not None}
+
+    @property
+    def every(self) -> int:
+        """The projection interval (``every=``)."""
+        return self.projector.every
+
+    @every.setter
+    def every(self, value: int) -> None:
+        self.projector.every = projection_interval(value)
+
+    @property
+    def monitor(self) -> bool:
+        """Whether projection statistics are recorded."""
+        return self.projector.monitor
+
+    @monitor.setter
+    def monitor(self, value: bool) -> None:
+        self.projector.monitor = switch("monitor", value)
+
+    @property
+    def iterates(self) -> Dict[Tuple[Any, str], Any]:
+        """Stateful constraints' state, ``{(index, context): state}``."""
+        return {(i, c): v for i, r in self.projector.records.items() for c, v in r.iterates.items()}
+
+    @property
+    def stats(self) -> Dict[Tuple[Any, str], Any]:
+        """Monitoring buffers, ``{(index, context): float32 array of 3}``."""
+        return {(i, c): v for i, r in self.projector.records.items() for c, v in r.stats.items()}
+
     # -- update + projection ----------------------------------------------------------------
     def update(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer, then project each updated weight."""
-        self._guarded(self._update, index, weight, grad, state, False)
+        self._guarded(index, weight, grad, state, False)
 
     def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         """Update like the wrapped optimizer (master copy included), then project.
@@ -213,13 +253,13 @@ class ConstrainedOptimizer(Optimizer):
         passed straight through, except during a local kvstore's pushes and with ``every > 1``,
         where it joins the step's one fused call.
         """
-        self._guarded(self._update, index, weight, grad, state, True)
+        self._guarded(index, weight, grad, state, True)
 
-    def _guarded(self, run: Any, index: Any, *arguments: Any) -> None:
+    def _guarded(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
         """Run one update call; an exception becomes an EnforcementError naming the parameters,
         raised and also kept in :attr:`failure`."""
         try:
-            run(index, *arguments)
+            self._update(index, weight, grad, state, multi_precision)
         except EnforcementError as error:
             self.failure = error
             raise
@@ -234,139 +274,92 @@ class ConstrainedOptimizer(Optimizer):
         return self.failure
 
     def _update(self, index: Any, weight: Any, grad: Any, state: Any, multi_precision: bool) -> None:
-        """One update call; while deferring, the queue runs once it holds 2^20 elements."""
+        """One update call: fused where the kernel computes it (queued during a local kvstore's
+        pushes, which run once 2^20 elements are queued), else the wrapped optimizer's update and
+        the projector."""
+        self._refuse_unowned()
         indices, weights, grads, states = _listed(index, weight, grad, state)
-        self._update_or_queue(index, indices, weights, grads, states, multi_precision)
-        if self._deferred is not None:
-            self._deferred_size += sum(w.size for w in weights)
-            if self._deferred_size >= _DEFERRED_SIZE:
-                self._run_deferred()
+        projector = self.projector
+        projections = [projector.due(self.inner, i) for i in indices]
+        # Deferred (kvstore pushes) or between every-th projections, calls with nothing to
+        # project take the fused update too (one call, not MXNet's one per parameter).
+        rule = rule_of(self.inner) if multi_precision and (
+            any(projections) or self._queued is not None or projector.every > 1) else None
+        entries = self._update_entries(rule, indices, weights, grads, states, projections) if rule else None
+        if entries is not None:
+            rates = step_rates(self.inner, rule, indices)  # counted now, as the inner's own update would
+            if self._queued is not None:
+                self._queued.append(_QueuedUpdate(indices, weights, grads, entries, rates))
+                self._queued_size += sum(w.size for w in weights)
+            else:
+                self._run_fused(rule, indices, weights, grads, entries, rates, plain=False)
+        else:
+            self._inner_update(index, indices, weights, grads, states, multi_precision)
+            master = master_copy_slot(type(self.inner)) if multi_precision and self.inner.multi_precision else None
+            projector.project(list(zip(indices, projections, weights, states)), master)
+            self._queued_size += sum(w.size for w in weights) if projector.deferring else 0
+        if self._queued is not None and self._queued_size >= _DEFERRED_SIZE:
+            self._run_queued()
 
-    def _update_or_queue(self, index: Any, indices: Sequence[Any], weights: Sequence[Any],
-                         grads: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
+    def _refuse_unowned(self) -> None:
+        """Refuse to update for a trainer that did not install it, or after another trainer
+        took the wrapped optimizer (on servers, which have no parameters, neither can happen)."""
+        if self.param_dict and not self.installed:
+            raise EnforcementError(
+                "This ConstrainedOptimizer was given to a trainer that does not enforce "
+                "constraints, so it would project nothing: build a gc.ConstrainedTrainer with the "
+                "wrapped optimizer, or call gc.enforce(trainer) on a trainer built with it.")
         if self.param_dict and self.inner.param_dict is not self.param_dict:
             raise EnforcementError(
                 f"The optimizer {type(self.inner).__name__} was given to another trainer after "
                 f"this one: both now share its parameter table and update counts, so neither "
                 f"trainer's learning rates nor constraints are right. Give each trainer its own "
                 f"optimizer (by name, or a separate instance).")
-        projections = [self._due(i, self.projection_for(i)) for i in indices]
+
+    def _update_entries(self, rule: FusedRule, indices: Sequence[Any], weights: Sequence[Any],
+                        grads: Sequence[Any], states: Sequence[Any],
+                        projections: Sequence[Optional[Projection]]) -> Optional[List[UpdateEntry]]:
+        """Each weight's entry in a fused update call, or None where the kernel cannot take
+        them all (then the wrapped optimizer updates)."""
+        if fused_kernel() is None:
+            return None
+        entries = []
+        for arguments in zip(indices, weights, grads, states, projections):
+            entry = self.projector.update_entry(rule, *arguments)
+            if entry is None:
+                return None
+            entries.append(entry)
+        return entries
+
+    def _run_fused(self, rule: FusedRule, indices: Sequence[Any], weights: Sequence[Any],
+                   grads: Sequence[Any], entries: Sequence[UpdateEntry], rates: Sequence[Any],
+                   plain: bool) -> None:
+        """Update and project in one fused kernel call. ``plain``: the weights are a local
+        kvstore's own copies, which only copies and updates write (MXNet's copy into a plain
+        array reorders a blocked source), so no filter bank needs its conversion first."""
+        projector = self.projector
+        filters = [] if plain else [projector.first_filter(i, w) for i, w, e in zip(indices, weights, entries) if e.bank]
+        # A weight not projected this step (unconstrained, or between every-th projections)
+        # writes its statistics apart, so constraint_stats keeps the last projection's.
+        stats = [projector.stats_for(i, w, reported=e.group.mode != MODES["none"])
+                 for i, w, e in zip(indices, weights, entries)] if projector.monitor else []
+        run_fused_update(self.inner, rule, rates, weights, grads, entries, filters, stats)
+
+    def _inner_update(self, index: Any, indices: Sequence[Any], weights: Sequence[Any],
+                      grads: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
+        """The wrapped optimizer's update, in its own call sizes."""
         inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
-        # Deferred (kvstore pushes) or between every-th projections, calls with nothing to
-        # project take the fused update too (one call, not MXNet's one per parameter).
-        if multi_precision and (any(projections) or self._deferred_updates is not None
-                                or self.every > 1):
-            planned = self._fused_plans_for(indices, weights, grads, states, projections)
-            if planned is not None:
-                device, plans = planned
-                if self._deferred_updates is not None:
-                    # Counted and rated now, in push order, as the kvstore's own update would.
-                    rates = fused_rates(self.inner, indices)
-                    self._deferred_updates.append((indices, weights, grads, plans, projections, rates))
-                else:
-                    self._fused_update(indices, weights, projections,
-                                       self._fused_call(device, indices, weights, grads, plans))
-                return
         if not isinstance(index, (list, tuple)):
             inner_update(index, weights[0], grads[0], states[0])
-            self._project_updated(indices, projections, weights, states, multi_precision)
             return
-        # In the wrapped optimizer's own call sizes, then every projection of the call at once.
         step = self.inner.aggregate_num
         if step > 0:
             for at in range(0, len(indices), step):
                 part = slice(at, at + step)
-                inner_update(list(indices[part]), list(weights[part]), list(grads[part]),
-                             list(states[part]))
+                inner_update(list(indices[part]), list(weights[part]), list(grads[part]), list(states[part]))
         else:
             for arguments in zip(indices, weights, grads, states):
                 inner_update(*arguments)
-        self._project_updated(indices, projections, weights, states, multi_precision)
-
-    def _fused_plans_for(self, indices: Sequence[Any], weights: Sequence[Any],
-                         grads: Sequence[Any], states: Sequence[Any],
-                         projections: Sequence[Optional[Projection]]
-                         ) -> Optional[Tuple[int, List[FusedPlan]]]:
-        """The call's device id and each parameter's plan in a fused kernel call, or None where
-        the kernel cannot do them all. A plan is cached per device (each device's updater has its
-        own states) while its projection, optimizer state and dtype stay the same."""
-        rule = fused_rule(self.inner)
-        if rule is None or fused_kernel() is None:
-            return None
-        device = weights[0].context.device_id
-        plans = []
-        for index, weight, grad, state, projection in zip(indices, weights, grads, states, projections):
-            signature = (rule[0], self.monitor, id(projection), id(state), weight.dtype)
-            cached = self._fused_plans.get((device, index))
-            if cached is None or cached[0] != signature:
-                # The projection and state are kept with the entry: their ids cannot be reused.
-                cached = (signature, plan_fused_update(rule[0], weight, grad, state, projection,
-                                                       self.monitor), projection, state)
-                self._fused_plans[(device, index)] = cached
-            if cached[1] is None:
-                return None
-            plans.append(cached[1])
-        return device, plans
-
-    def _fused_call(self, device: Any, indices: Sequence[Any], weights: Sequence[Any],
-                    grads: Sequence[Any], plans: Sequence[FusedPlan]) -> FusedCall:
-        """The fused kernel call for these arrays, cached per ``device`` while they are the same
-        objects."""
-        key = (device, tuple(indices))
-        signature = tuple(tuple(map(id, column)) for column in (plans, weights, grads))
-        cached = self._fused_calls.get(key)
-        if cached is None or cached[0] != signature:
-            cached = (signature, assemble_fused_update(fused_rule(self.inner)[0], weights, grads, plans),
-                      tuple(plans), tuple(weights), tuple(grads))
-            self._fused_calls[key] = cached
-        return cached[1]
-
-    def _fused_update(self, indices: Sequence[Any], weights: Sequence[Any],
-                      projections: Sequence[Optional[Projection]], call: FusedCall,
-                      rates: Optional[Sequence[float]] = None) -> None:
-        """Update and project in one fused kernel call (``rates`` counted already, or now)."""
-        stats = [self._stats_for(i if p is not None else ("unreported", i), w)
-                 for i, p, w in zip(indices, projections, weights)] if self.monitor else []
-        if rates is None:
-            rates = fused_rates(self.inner, indices)
-        fused_update(self.inner, call, rates, stats)
-
-    def _project_updated(self, indices: Sequence[Any], projections: Sequence[Optional[Projection]],
-                         weights: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
-        """Project every weight this update call wrote, in one batch where possible.
-
-        A stateful constraint (``SpectralNorm``) continues from the vector it left in
-        :attr:`iterates` for this parameter and device copy, and leaves the new one there.
-        """
-        items, stats, casts = [], [], []
-        for index, projection, w, s in zip(indices, projections, weights, states):
-            if projection is None:
-                continue
-            constraint, reduction, shape = projection
-            target = w
-            if multi_precision and self.inner.multi_precision and w.dtype == np.float16:
-                target = s[master_copy_slot(type(self.inner))]
-                casts.append((target, w))
-            full = _full_shape(target, shape)
-            if getattr(constraint, "stateful", False):
-                project = functools.partial(self._project_with_state, index, constraint, reduction, full)
-                if self.monitor:
-                    measured(full, reduction, 2, project, self._stats_for(index, full))
-                else:
-                    project()
-            else:
-                items.append((full, constraint, reduction))
-                stats.append(self._stats_for(index, full))
-        if self._deferred is not None:
-            self._deferred.append((items, stats, casts, indices))
-        else:
-            self._project(items, stats, casts)
-
-    def _project(self, items: Sequence[Any], stats: Sequence[Any], casts: Sequence[Any]) -> None:
-        """Project ``items`` (in one kernel call where possible), then cast master copies."""
-        project_in_place(items, stats=stats if self.monitor else None)
-        for master, w in casts:
-            ndarray.cast(master, dtype=w.dtype, out=w)
 
     def defer_projections(self) -> None:
         """Queue the coming updates' projections, and the fused updates themselves, until
@@ -377,40 +370,30 @@ class ConstrainedOptimizer(Optimizer):
         elements pushed (and one at the flush) instead of one per parameter. Stateful
         constraints are not deferred.
         """
-        self._deferred, self._deferred_updates, self._deferred_size = [], [], 0
+        self._queued, self._queued_size = [], 0
+        self.projector.defer()
 
     def flush_projections(self) -> None:
         """Run the queued updates and projections of every update since :meth:`defer_projections`,
         and stop deferring."""
         try:
-            self._run_deferred()
+            self._run_queued()
         finally:
-            self._deferred = self._deferred_updates = None
+            self._queued = None
+            self.projector.stop_deferring()
 
-    def _run_deferred(self) -> None:
-        """Run the queued updates and projections, and keep deferring.
-
-        The queued fused updates run in one kernel call (with the rates counted when each was
-        queued), then the other updates' projections in one.
-        """
-        deferred, self._deferred = self._deferred, []
-        updates, self._deferred_updates = self._deferred_updates, []
-        self._deferred_size = 0
-        indices: List[Any] = []
+    def _run_queued(self) -> None:
+        """Run the queued fused updates in one kernel call, then the other updates' projections in
+        one, and keep deferring. The kvstore hands the updater new array objects at every push,
+        so nothing about them is kept."""
+        queued, self._queued, self._queued_size = self._queued or [], [], 0
+        indices = [i for update in queued for i in update.indices] + self.projector.deferred_indices
         try:
-            if updates:
-                queued, weights, grads, plans, projections, rates = (
-                    [item for entry in updates for item in entry[k]] for k in range(6))
-                indices += queued
-                # The kvstore hands the updater new array objects at every push, so there is no
-                # call to keep; its own copies are plain, never blocked by a forward pass.
-                call = assemble_fused_update(fused_rule(self.inner)[0], weights, grads, plans, plain=True)
-                self._fused_update(queued, weights, projections, call, rates)
-            if deferred:
-                items, stats, casts, projected = (sum((list(part[k]) for part in deferred), [])
-                                                  for k in range(4))
-                indices += projected
-                self._project(items, stats, casts)
+            if queued:
+                columns = [[item for update in queued for item in getattr(update, field)]
+                           for field in ("indices", "weights", "grads", "entries", "rates")]
+                self._run_fused(rule_of(self.inner), *columns, plain=True)
+            self.projector.run_deferred()
         except Exception as error:
             raise self._failed(indices, error) from error
 
@@ -433,80 +416,6 @@ class ConstrainedOptimizer(Optimizer):
             counts.add(inner.begin_num_update)
         return len(counts) > 1 and max(counts) + 1 > inner.num_update
 
-    def _project_with_state(self, index: Any, constraint: Constraint, reduction: Reduction,
-                            full: Any) -> None:
-        """Project ``full`` in place, continuing from the state kept for this copy."""
-        key = (index, str(full.context))
-        last = self.iterates.get(key)
-        out, self.iterates[key] = constraint.project_with_state(
-            full, reduction, None if last is None else last.as_in_context(full.context))
-        out.copyto(full)
-
-    def _stats_for(self, index: Any, array: Any) -> Any:
-        """The statistics buffer of parameter ``index`` on ``array``'s context (the fused update
-        kernel also writes statistics of unconstrained weights, under ``("unreported", i)``)."""
-        key = (index, str(array.context))
-        if key not in self.stats:
-            self.stats[key] = ndarray.zeros((3,), ctx=array.context, dtype=np.float32)
-        return self.stats[key]
-
-    def _due(self, index: Any, projection: Optional[Projection]) -> Optional[Projection]:
-        """What the coming update of ``index`` projects: None between every-th updates, a
-        ``Scheduled`` constraint resolved at the update's count (the same objects while the
-        resolved constraint does not change)."""
-        if projection is None or (self.every == 1 and not isinstance(projection.constraint, Scheduled)):
-            return projection
-        update = compat.update_count(self.inner, index) + 1
-        if update % self.every:
-            return None
-        if not isinstance(projection.constraint, Scheduled):
-            return projection
-        resolved = projection.constraint.at(update)
-        cached = self._resolved.get(index)
-        if cached is None or cached[0] is not resolved or cached[1] is not projection:
-            cached = (resolved, projection, projection._replace(constraint=resolved))
-            self._resolved[index] = cached
-        return cached[2]
-
-    def projection_for(self, index: Any) -> Optional[Projection]:
-        """The projection of parameter ``index``: live from ``param_dict``, else the snapshot.
-
-        The cached projection is reused while the parameter keeps the same constraint object,
-        the same owning layer (or recorded layout) and the same shape (constraints are immutable, so their values
-        cannot change behind the cache).
-
-        Parameters
-        ----------
-        index : int
-            The Trainer's index of the parameter (its kvstore key).
-        """
-        param = self.param_dict.get(index)
-        if param is None:
-            return self.projections.get(index)
-        from ..gluon.attachment import constraint_of, layout_of, owner_of, reduction_of  # workers only
-
-        constraint = constraint_of(param)
-        if constraint is None:
-            return None
-        owner, layout = owner_of(param), layout_of(param)
-        shape = compat.data_shape(param)
-        cached = self._cache.get(index)
-        if cached is not None and cached[0] is constraint and cached[1] is owner \
-                and cached[2] is layout and cached[3].shape == shape:
-            return cached[3]
-        projection = Projection(constraint, reduction_of(param, shape), shape)
-        self._cache[index] = (constraint, owner, layout, projection)
-        return projection
-
-    def snapshot(self) -> Dict[int, Projection]:
-        """``{index: Projection}`` for every constrained parameter in ``param_dict``."""
-        table = dict(self.projections)
-        for index in self.param_dict:
-            projection = self.projection_for(index)
-            if projection is not None:
-                table[index] = projection
-        return table
-
     def take_failure(self) -> Optional[EnforcementError]:
         """The last update's failure, cleared (None if none)."""
         failure, self.failure = self.failure, None
@@ -514,21 +423,23 @@ class ConstrainedOptimizer(Optimizer):
 
     # -- pickling (kvstore servers, save_states) ----------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
-        return {"inner": self.inner, "projections": self.snapshot(), "iterates": self.iterates,
+        return {"inner": self.inner, "projections": self.projections, "iterates": self.iterates,
                 "every": self.every}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # Files written by 0.1.0 have neither "iterates" nor "every". Monitoring is off in a copy
         # (on servers nobody reads it); a trainer that loads states sets its own.
-        self._own(state["inner"], state["projections"], state.get("iterates", {}),
-                  state.get("every", 1), False)
+        projector = Projector(dict(state["projections"]), state.get("every", 1), False)
+        for (index, context), value in state.get("iterates", {}).items():
+            projector.record(index).iterates[context] = value
+        self._set_own_state(state["inner"], projector)
 
     def __repr__(self) -> str:
         return f"ConstrainedOptimizer({type(self.inner).__name__})"
 
 
-def cadence(every: Any) -> int:
-    """Validate a projection cadence: an int >= 1.
+def projection_interval(every: Any) -> int:
+    """Validate ``every=``, the projection interval: an int >= 1.
 
     Raises
     ------
@@ -561,14 +472,3 @@ def _listed(index: Any, weight: Any, grad: Any, state: Any) -> Tuple[Sequence[An
     if isinstance(index, (list, tuple)):
         return index, weight, grad, state
     return (index,), (weight,), (grad,), (state,)
-
-
-def _full_shape(array: Any, shape: Sequence[int]) -> Any:
-    """``array`` viewed with the parameter's shape (servers hold weights flattened to 1-D)."""
-    if tuple(array.shape) == tuple(shape):
-        return array
-    if array.size != math.prod(shape):
-        # A server holding a piece of a big array; the trainer refuses this before training.
-        raise EnforcementError(f"gluon-constraints got a piece of {array.size} elements of a "
-                               f"weight of shape {tuple(shape)}: it cannot be projected.")
-    return array.reshape(shape)

@@ -6,11 +6,13 @@ writes (device copy, kvstore copy, server copy or float32 master). A post-``step
 device copies would be undone at the next step whenever the kvstore or a master copy is
 authoritative.
 
-What an enforcing trainer adds to ``gluon.Trainer`` is one mixin, :class:`EnforcedTraining`.
-``ConstrainedTrainer`` is ``gluon.Trainer`` with it; :func:`enforce` gives an existing trainer
-of any class (``horovod.mxnet.DistributedTrainer`` included) the same mixin by making the
-instance's class a subclass of its own class with the mixin (cached per class), so the instance
-keeps its type for ``isinstance`` and no method is replaced on the instance.
+What an enforcing trainer adds to ``gluon.Trainer`` is one mixin, :class:`EnforcedTraining`,
+and one record of its own state, :class:`TrainerState`, under the attribute
+``_gluon_constraints``. ``ConstrainedTrainer`` is ``gluon.Trainer`` with the mixin;
+:func:`enforce` gives an existing trainer of any class (``horovod.mxnet.DistributedTrainer``
+included) the same mixin by making the instance's class a subclass of its own class with the
+mixin (cached per class): the one extension point on a trainer, so the instance keeps its type
+for ``isinstance`` and no method is replaced on the instance.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -28,21 +31,55 @@ from mxnet.optimizer import SGLD, Nadam, Optimizer
 from .. import _mxnet_compat as compat
 from ..distributed.parameter_server import prepare_distributed, settle_initial_weights
 from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
-from ..catalogue import Scheduled
 from ..gluon.attachment import (attached_parameters, check_parameter, constraint_of, layout_of, owner_of,
                                 reduction_of)
 from ..kernels.projection import project_in_place
-from .optimizer import ConstrainedOptimizer, cadence, master_copy_slot, switch
+from .optimizer import ConstrainedOptimizer, Projection, master_copy_slot, projection_interval, switch
 from .monitoring import collect_stats
 from .verify import verify_constraints
 
-__all__ = ["ConstrainedTrainer", "EnforcedTraining", "enforce"]
+__all__ = ["ConstrainedTrainer", "EnforcedTraining", "TrainerState", "enforce", "STATE"]
+
+#: The one attribute this package sets on a trainer (besides making its class enforcing).
+STATE = "_gluon_constraints"
 
 # Optimizers whose update mutates optimizer-wide state or draws random numbers, so device copies
 # updated one by one (update_on_kvstore=False) drift apart: MXNet's behaviour, measured on 1.9.1.
 _PER_DEVICE_DIVERGING = (Nadam, SGLD)
 # The trainer each enforced optimizer belongs to (one optimizer, one trainer).
 _OPTIMIZER_USERS: "weakref.WeakKeyDictionary[Optimizer, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class TrainerState:
+    """Everything an enforcing trainer keeps, under its ``_gluon_constraints`` attribute.
+
+    Attributes
+    ----------
+    every, monitor
+        The trainer's ``every=`` and ``monitor=`` (given again to an optimizer that
+        ``load_states`` brings back).
+    given_order : dict
+        Parameter name to its position in the parameters the trainer was given (a
+        :class:`ConstrainedTrainer`'s ``collect_params()`` order): the push order's reverse.
+    checked : dict
+        Per index, the ``(constraint, owner, layout, shape)`` last checked and given to the
+        optimizer; a parameter whose objects differ is checked and given again.
+    updates : int
+        Updates this trainer made (the parameter servers count theirs).
+    dense_gradients : bool or None
+        Whether every trained parameter has dense gradients (decided at the first push).
+    warned_rates : bool
+        Whether the warning about devices' scheduled rates was given.
+    """
+
+    every: int
+    monitor: bool
+    given_order: Dict[str, int] = field(default_factory=dict)
+    checked: Dict[int, Tuple[Any, Any, Any, Any]] = field(default_factory=dict)
+    updates: int = 0
+    dense_gradients: Optional[bool] = None
+    warned_rates: bool = False
 
 
 class EnforcedTraining(compat.TrainerHooks):
@@ -55,7 +92,7 @@ class EnforcedTraining(compat.TrainerHooks):
     during the update is raised as :class:`~gluon_constraints.EnforcementError`.
     """
 
-    _gc_checked: Dict[int, Tuple[Any, Any, Any]]
+    _gluon_constraints: TrainerState
 
     def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
         """As ``gluon.Trainer.step``; every constrained parameter is projected after its update.
@@ -110,8 +147,11 @@ class EnforcedTraining(compat.TrainerHooks):
 
     # -- hooks ----------------------------------------------------------------------------------
     def before_kvstore(self) -> None:
-        """Check every constrained parameter (shapes are known now) and prepare distribution."""
+        """Check every constrained parameter (shapes are known now), give the optimizer the
+        projections (before a distributed kvstore sends it to the servers) and prepare
+        distribution."""
         check_parameters(compat.trainer_parameters(self), self.optimizer, owner=self)
+        self._give_changed_projections()
         prepare_distributed(self)
         _warn_unenforced(self)
 
@@ -132,8 +172,17 @@ class EnforcedTraining(compat.TrainerHooks):
         """
         if self.optimizer.rates_depend_on_order([index for index, _ in updated]):
             return updated
-        given = getattr(self, "_gc_given_order", {})
+        given = self._gluon_constraints.given_order
         return sorted(updated, key=lambda pair: -given.get(pair[1].name, pair[0]))
+
+    def pushes_all_then_pulls(self) -> bool:
+        """Whether a local kvstore that updates may take every push before any pull: every
+        trained parameter has dense gradients (decided once: it cannot change)."""
+        state = self._gluon_constraints
+        if state.dense_gradients is None:
+            state.dense_gradients = all(p.list_grad()[0].stype == "default"
+                                        for p in compat.trainer_parameters(self) if p.grad_req != "null")
+        return state.dense_gradients
 
     def before_pushes(self) -> None:
         """Let the kvstore's updates queue their projections (a local kvstore updates one
@@ -145,29 +194,43 @@ class EnforcedTraining(compat.TrainerHooks):
         self.optimizer.flush_projections()
 
     def after_load_states(self) -> None:
-        """After ``load_states`` from a plain trainer's file, wrap the loaded optimizer again."""
+        """After ``load_states``: wrap a plain trainer's loaded optimizer again, give the loaded
+        optimizer this trainer's settings and every parameter's projection."""
         if not isinstance(self.optimizer, ConstrainedOptimizer):
             compat.replace_loaded_optimizer(self, ConstrainedOptimizer(self.optimizer))
-        self.optimizer.every = self._gc_every  # this trainer's cadence, not the file's
-        self.optimizer.monitor = self._gc_monitor
-        _OPTIMIZER_USERS[self.optimizer.inner] = weakref.ref(self)
+        state = self._gluon_constraints
+        optimizer = self.optimizer
+        optimizer.every, optimizer.monitor = state.every, state.monitor  # this trainer's, not the file's
+        optimizer.installed = True
+        _OPTIMIZER_USERS[optimizer.inner] = weakref.ref(self)
+        state.checked.clear()
+        self._give_changed_projections()
 
     # -- internals ------------------------------------------------------------------------------
-    def _check_changed_constraints(self) -> None:
-        """Check constraints attached or replaced since the last step (cheap when none changed)."""
+    def _give_changed_projections(self) -> None:
+        """Check the constraints attached or replaced since the last step, and give the
+        optimizer their projections (cheap when none changed: an identity check per parameter)."""
+        checked, optimizer = self._gluon_constraints.checked, self.optimizer
         for index, param in enumerate(compat.trainer_parameters(self)):
-            constraint, owner, layout = getattr(param, "constraint", None), owner_of(param), layout_of(param)
-            checked = self._gc_checked.get(index)
-            if constraint is None or (checked and checked[0] is constraint and checked[1] is owner
-                                      and checked[2] is layout):
+            shape = compat.data_shape(param)
+            now = (getattr(param, "constraint", None), owner_of(param), layout_of(param), shape)
+            kept = checked.get(index)
+            if kept is not None and all(a is b for a, b in zip(kept[:3], now[:3])) and kept[3] == shape:
                 continue
-            check_parameter(param, constraint_of(param), compat.data_shape(param), owner)
-            self._gc_checked[index] = (constraint, owner, layout)  # objects: an id could be reused
+            if kept is None and now[0] is None:
+                continue
+            constraint = constraint_of(param)
+            if constraint is not None:
+                check_parameter(param, constraint, shape, now[1])
+            known = constraint is not None and shape is not None
+            optimizer.set_projection(index, Projection(constraint, reduction_of(param, shape), shape) if known else None)
+            checked[index] = now if known or constraint is None else (None, None, None, None)
 
     def _stepping(self, run: Any, batch_size: int, ignore_stale_grad: bool) -> None:
-        """Check changed constraints, run Gluon's ``step`` or ``update``, raise what the kvstore
-        swallowed, then project the copies the update skipped."""
-        self._check_changed_constraints()
+        """Check changed constraints (giving the optimizer their projections), run Gluon's
+        ``step`` or ``update``, raise what the kvstore swallowed, then project the copies the
+        update skipped."""
+        self._give_changed_projections()
         stale = _stale_copies(self) if ignore_stale_grad else []
         self._warn_diverging_rates()
         self._surfacing_failures(run, batch_size, ignore_stale_grad)
@@ -177,13 +240,14 @@ class EnforcedTraining(compat.TrainerHooks):
     def _warn_diverging_rates(self) -> None:
         """Warn once where the devices' updaters will give a parameter's copies different
         scheduled rates (MXNet's behaviour, plain Trainer too)."""
-        if self._gc_warned_rates or not compat.kvstore_initialized(self) or compat.updates_on_kvstore(self):
+        state = self._gluon_constraints
+        if state.warned_rates or not compat.kvstore_initialized(self) or compat.updates_on_kvstore(self):
             return
         updated = [(i, p) for i, p in enumerate(compat.trainer_parameters(self)) if p.grad_req != "null"]
         if len({c for _, p in updated for c in p.list_ctx()}) < 2:
             return
         if self.optimizer.rates_depend_on_order([i for i, _ in updated]):
-            self._gc_warned_rates = True
+            state.warned_rates = True
             warnings.warn(
                 "A learning-rate schedule with update_on_kvstore=False on several contexts, while "
                 "some parameters have had fewer updates than others (layers frozen for a while, or "
@@ -203,7 +267,7 @@ class EnforcedTraining(compat.TrainerHooks):
         failure = optimizer.take_failure()
         if failure is not None:  # raised inside MXNet's kvstore update, which discards it
             raise failure
-        self._gc_updates += 1
+        self._gluon_constraints.updates += 1
 
 
 class ConstrainedTrainer(EnforcedTraining, Trainer):
@@ -263,13 +327,12 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
                  kvstore: Any = "device", compression_params: Optional[dict] = None,
                  update_on_kvstore: Optional[bool] = None, every: int = 1,
                  monitor: bool = False) -> None:
-        every, monitor = cadence(every), switch("monitor", monitor)
+        every, monitor = projection_interval(every), switch("monitor", monitor)
         listed = _listed_parameters(params)
         check_parameters(listed, optimizer, optimizer_params)
         super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
                          compression_params=compression_params, update_on_kvstore=update_on_kvstore)
-        self._gc_given_order = {p.name: position for position, p in enumerate(listed)}
-        _install(self, every, monitor)
+        _install(self, every, monitor, {p.name: position for position, p in enumerate(listed)})
 
 
 def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
@@ -304,10 +367,10 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
     """
     if not isinstance(trainer, Trainer):
         raise TypeError(f"enforce expects an mxnet.gluon.Trainer: got {trainer!r}.")
-    every, monitor = cadence(every), switch("monitor", monitor)
+    every, monitor = projection_interval(every), switch("monitor", monitor)
     if isinstance(trainer, EnforcedTraining):
         if monitor:  # turning monitoring on is safe at any time
-            trainer._gc_monitor = trainer.optimizer.monitor = True
+            trainer._gluon_constraints.monitor = trainer.optimizer.monitor = True
         return trainer
     if compat.kvstore_initialized(trainer):
         raise EnforcementError(
@@ -317,7 +380,7 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
             "trainer, before load_states and the first step, or build a gc.ConstrainedTrainer.")
     check_parameters(compat.trainer_parameters(trainer), trainer.optimizer, owner=trainer)
     trainer.__class__ = _enforced_class(type(trainer))
-    _install(trainer, every, monitor)
+    _install(trainer, every, monitor, {})
     return trainer
 
 
@@ -357,16 +420,14 @@ def check_parameters(params: Iterable[Parameter], optimizer: Any,
             master_copy_slot(optimizer_class)
 
 
-def _install(trainer: Trainer, every: int, monitor: bool) -> None:
-    """Wrap the optimizer, record its owner, and warn where device copies will diverge."""
+def _install(trainer: Trainer, every: int, monitor: bool, given_order: Dict[str, int]) -> None:
+    """Wrap the optimizer, record its owner and the trainer's state, and warn where device
+    copies will diverge."""
     wrapper = ConstrainedOptimizer(trainer.optimizer, every=every, monitor=monitor)
+    wrapper.installed = True
     compat.install_optimizer(trainer, wrapper)
     _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
-    trainer._gc_checked = {}
-    trainer._gc_every = every
-    trainer._gc_monitor = monitor
-    trainer._gc_updates = 0  # updates this trainer made (the servers count theirs)
-    trainer._gc_warned_rates = False
+    setattr(trainer, STATE, TrainerState(every, monitor, given_order))
     _warn_diverging(trainer, type(wrapper.inner))
 
 
@@ -464,7 +525,7 @@ def _project_copies(optimizer: Optimizer, copies: List[Tuple[int, Parameter, Any
     items = []
     for index, param, copy in copies:
         constraint = constraint_of(param)
-        if isinstance(constraint, Scheduled):
+        if constraint.scheduled:
             constraint = constraint.at(compat.update_count(optimizer, index, copy.context.device_id))
         items.append((copy.as_nd_ndarray(), constraint, reduction_of(param)))
     project_in_place(items)

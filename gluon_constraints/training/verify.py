@@ -7,7 +7,6 @@ from typing import Any, List
 from mxnet import ndarray
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Scheduled
 from ..catalogue.feasibility import violation
 from ..errors import ConstraintViolationError
 from ..gluon.attachment import constraint_of, reduction_of
@@ -46,7 +45,7 @@ def verify_constraints(trainer: Any) -> None:
         constraint = constraint_of(param)
         if constraint is None or param.grad_req == "null":
             continue
-        if isinstance(constraint, Scheduled):  # the bound of the last update
+        if constraint.scheduled:  # the bound of the last update
             constraint = constraint.at(_last_update(trainer, index, on_kvstore and "dist" in kvstore.type))
         reduction = reduction_of(param)
         copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
@@ -73,5 +72,5 @@ def _last_update(trainer: Any, index: int, on_servers: bool) -> int:
     """The update count of parameter ``index``: the optimizer's, or where parameter servers
     update (and count), the number of updates this trainer made."""
     if on_servers:
-        return trainer._gc_updates
+        return trainer._gluon_constraints.updates
     return compat.update_count(getattr(trainer.optimizer, "inner", trainer.optimizer), index)
