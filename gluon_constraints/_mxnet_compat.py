@@ -17,12 +17,14 @@ from __future__ import annotations
 import operator
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+from .errors import DependencyError
+
 try:
     import mxnet
 except ModuleNotFoundError as missing:
     if missing.name != "mxnet":
         raise
-    raise ImportError(
+    raise DependencyError(
         "gluon-constraints needs MXNet 1.9.x, and no mxnet module is installed. Install the CPU "
         "build with pip install 'gluon-constraints[cpu]' (or 'mxnet==1.9.1'), or a GPU build "
         "matching your CUDA, e.g. pip install 'mxnet-cu112==1.9.1'.") from None
@@ -43,7 +45,7 @@ SUPPORTED_MXNET = ("1.9.",)
 
 _version = getattr(mxnet, "__version__", "")
 if not _version.startswith(SUPPORTED_MXNET):
-    raise ImportError(
+    raise DependencyError(
         f"gluon-constraints supports MXNet 1.9.x (any build: mxnet, mxnet-cu112, mxnet-cu117, ...): "
         f"found mxnet {_version or '(unknown version)'}. Install a 1.9 build, e.g. "
         f"pip install 'gluon-constraints[cpu]' or 'mxnet-cu112==1.9.1'.")

@@ -1,32 +1,48 @@
 """Every exception and warning gluon-constraints raises.
 
 Each exception subclasses the built-in exception that code not written for this library would
-catch for the same mistake, so ``except ValueError`` keeps working:
+catch for the same mistake, so ``except ValueError`` keeps working, and each message names the
+object, the value and the fix:
 
 - ``ValueError``: :class:`ConstraintArgumentError` (a constructor argument out of range),
   :class:`ConstraintShapeError` (axes that do not fit a shape), :class:`UnknownConstraintError`
   (an unregistered name), :class:`ConstraintConfigError` (a malformed constraints config,
-  ``constrain`` rule or registration) and :class:`UnsupportedOptimizerError` (a multi-precision state layout
-  the library cannot read).
-- ``TypeError``: :class:`ConstraintTypeError` (an array or parameter of a kind a projection cannot
-  take: integer dtype, sparse storage, not an array).
+  ``constrain`` rule, layer keyword or registration), :class:`UnsupportedOptimizerError` (a
+  multi-precision state layout the library cannot read) and :class:`LaunchError` (a local
+  cluster job that cannot start as asked).
+- ``TypeError``: :class:`ConstraintTypeError` (an argument of the wrong kind: not a number,
+  not a constraint, an integer or sparse array a projection cannot take).
+- ``AttributeError``: :class:`ImmutableConstraintError` (setting an attribute of a constraint).
 - ``RuntimeError``: :class:`ConstraintViolationError` (a copy found outside its set by
-  verification) and :class:`EnforcementError` (enforcement cannot be installed on, or run with, a
-  trainer as configured, or it failed during a step).
+  verification), :class:`EnforcementError` (enforcement cannot be installed on, or run with, a
+  trainer as configured, or it failed during a step) and :class:`KernelCallError` (the fused
+  kernel refused a call; also an ``MXNetError``, as MXNet's own operators raise).
+- ``ImportError``: :class:`DependencyError` (MXNet or an optional package missing or of an
+  unsupported version); ``FileNotFoundError``: :class:`ConstraintsFileNotFoundError`.
 
 The warnings are ``UserWarning`` subclasses, so each can be silenced on its own with
 ``warnings.simplefilter("ignore", gc.<Name>)``.
 """
+
+try:
+    from mxnet.base import MXNetError as _MXNetError
+except ImportError:  # no MXNet: _mxnet_compat raises DependencyError saying what to install
+    _MXNetError = RuntimeError  # type: ignore[misc,assignment]
 
 __all__ = [
     "ConstraintArgumentError",
     "ConstraintShapeError",
     "UnknownConstraintError",
     "ConstraintConfigError",
+    "LaunchError",
     "UnsupportedOptimizerError",
     "ConstraintTypeError",
+    "ImmutableConstraintError",
     "ConstraintViolationError",
     "EnforcementError",
+    "KernelCallError",
+    "DependencyError",
+    "ConstraintsFileNotFoundError",
     "AmbiguousLayoutWarning",
     "DivergingCopiesWarning",
     "UnenforcedConstraintWarning",
@@ -58,7 +74,12 @@ class UnsupportedOptimizerError(ValueError):
 
 
 class ConstraintTypeError(TypeError):
-    """A projection was given an array or parameter it cannot take (integer dtype, sparse storage)."""
+    """An argument of the wrong kind: not a number, not a constraint, not a parameter or layer,
+    or an array or parameter a projection cannot take (integer dtype, sparse storage)."""
+
+
+class ImmutableConstraintError(AttributeError):
+    """An attribute of a constraint was set or deleted: constraints are values; build a new one."""
 
 
 class ConstraintViolationError(RuntimeError):
@@ -67,6 +88,23 @@ class ConstraintViolationError(RuntimeError):
 
 class EnforcementError(RuntimeError):
     """Enforcement cannot be installed on, or run with, this trainer as configured."""
+
+
+class KernelCallError(_MXNetError):
+    """The fused kernel's library refused a call (a malformed group, rule or array count); as an
+    ``MXNetError``, what MXNet's own operators raise. Nothing was queued."""
+
+
+class DependencyError(ImportError):
+    """MXNet, or an optional package a feature needs, is missing or of an unsupported version."""
+
+
+class ConstraintsFileNotFoundError(FileNotFoundError):
+    """``gc.imports`` found no constraints file beside the exported model."""
+
+
+class LaunchError(ValueError):
+    """A local parameter-server job cannot start as asked (no workers or servers, no command)."""
 
 
 class AmbiguousLayoutWarning(UserWarning):

@@ -130,3 +130,41 @@ def test_help_opens_with_what_the_library_does_and_an_example_that_runs():
     exec(compile(example, "gluon_constraints.__doc__", "exec"), namespace)
     assert isinstance(namespace["trainer"], gc.ConstrainedTrainer)
     assert namespace["net"].weight.constraint == gc.MaxNorm(3.0)
+
+
+def raised_types(path):
+    """``(line, raised name, enclosing function)`` of each ``raise X(...)``/``raise x`` in ``path``."""
+    tree = ast.parse(path.read_text())
+    found = []
+
+    def visit(node, function):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Raise) and child.exc is not None:
+                exc = child.exc.func if isinstance(child.exc, ast.Call) else child.exc
+                name = exc.id if isinstance(exc, ast.Name) else getattr(exc, "attr", type(exc).__name__)
+                found.append((child.lineno, name, inner, isinstance(child.exc, ast.Call)))
+            visit(child, inner)
+
+    visit(tree, None)
+    return found
+
+
+def test_every_raise_is_a_type_of_errors_py():
+    # docs/architecture.md, "Errors": every exception the package raises is one of errors.py's,
+    # whose message names the object, the value and the fix. Besides re-raising an error built
+    # elsewhere, only Python's and argparse's protocols raise their own types: AttributeError
+    # from __getattr__ (a missing attribute), argparse.ArgumentTypeError from an argparse type.
+    from gluon_constraints import errors
+
+    wrong = []
+    for path in modules():
+        for line, name, function, called in raised_types(path):
+            if name in errors.__all__ or not called or name == "_failed":
+                continue  # ours, or re-raising an error already built
+            if (name, function) == ("AttributeError", "__getattr__"):
+                continue
+            if name == "ArgumentTypeError" and path.name == "launch.py":
+                continue
+            wrong.append(f"{path.relative_to(PACKAGE)}:{line}: raise {name} in {function}")
+    assert not wrong, "\n".join(wrong)

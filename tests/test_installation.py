@@ -87,12 +87,12 @@ def import_with_fake_mxnet(tmp_path, mxnet_source):
 def test_importing_without_mxnet_says_what_to_install(tmp_path):
     result = import_with_fake_mxnet(tmp_path, None)
     assert result.returncode != 0
-    assert ("ImportError: gluon-constraints needs MXNet 1.9.x, and no mxnet module is installed. "
+    assert ("DependencyError: gluon-constraints needs MXNet 1.9.x, and no mxnet module is installed. "
             "Install the CPU build with pip install 'gluon-constraints[cpu]'") in result.stderr
 
 
 def test_importing_beside_an_unsupported_mxnet_says_which_versions_work(tmp_path):
     result = import_with_fake_mxnet(tmp_path, "__version__ = '2.0.0'\n")
     assert result.returncode != 0
-    assert ("ImportError: gluon-constraints supports MXNet 1.9.x (any build: mxnet, mxnet-cu112, "
+    assert ("DependencyError: gluon-constraints supports MXNet 1.9.x (any build: mxnet, mxnet-cu112, "
             "mxnet-cu117, ...): found mxnet 2.0.0.") in result.stderr

@@ -33,7 +33,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 from mxnet.ndarray import NDArray
 
-from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError
+from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError, ImmutableConstraintError
 from .reduction import Axis, Reduction, normalize_axes, per_output_unit
 
 __all__ = ["Constraint", "BOUNDARY_RTOL", "ELEMENTWISE", "PER_UNIT", "WHOLE",
@@ -105,14 +105,16 @@ class Constraint(metaclass=_Immutable):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_frozen"):
-            raise AttributeError(
+            raise ImmutableConstraintError(
                 f"{type(self).__name__} is immutable: cannot set {name!r} to {value!r}. Build a "
                 f"new constraint (e.g. {type(self).__name__}(...)) and attach it with gc.attach "
                 f"or gc.constrain; every path then uses the new values.")
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}.")
+        raise ImmutableConstraintError(
+            f"{type(self).__name__} is immutable: cannot delete {name!r}. Build a new constraint "
+            f"and attach it with gc.attach or gc.constrain.")
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # Unpickled and copied constraints are frozen too (files written by 0.1.0 included).
@@ -377,13 +379,15 @@ def real_argument(owner: str, argument: str, value: object) -> float:
 
     Raises
     ------
-    TypeError
+    ConstraintTypeError
         If ``value`` is not a real number.
     ConstraintArgumentError
         If it is not finite (integers too large for a float included).
     """
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
-        raise TypeError(f"{owner} {argument} must be a real number: got {value!r}.")
+        raise ConstraintTypeError(
+            f"{owner} {argument} must be a real number: got {value!r} of type {type(value).__name__}. "
+            f"Pass a float such as {owner.split('(')[0]}({argument}=3.0).")
     try:
         number = float(value)
     except OverflowError:

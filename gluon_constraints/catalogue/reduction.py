@@ -12,7 +12,7 @@ import math
 import operator
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
-from ..errors import ConstraintShapeError
+from ..errors import ConstraintShapeError, ConstraintTypeError
 
 __all__ = ["Axis", "Reduction", "canonical_axis", "normalize_axes", "per_output_unit", "viewed", "unit_rows"]
 
@@ -50,7 +50,7 @@ def canonical_axis(axis: object, owner: str) -> Axis:
 
     Raises
     ------
-    TypeError
+    ConstraintTypeError
         If ``axis`` is not None, an int or a sequence of ints.
     """
     if axis is None:
@@ -61,14 +61,14 @@ def canonical_axis(axis: object, owner: str) -> Axis:
 
 
 def _as_int(value: object, owner: str, whole: object) -> int:
+    message = (f"{owner} axis must be None, an int or a tuple of ints (axes of the weight in "
+               f"Gluon's layout, e.g. axis=(1, 2)): got {whole!r}.")
     if isinstance(value, bool):
-        raise TypeError(f"{owner} axis must be None, an int or a tuple of ints: got {whole!r}.")
+        raise ConstraintTypeError(message)
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(
-            f"{owner} axis must be None, an int or a tuple of ints: got {whole!r}."
-        ) from None
+        raise ConstraintTypeError(message) from None
 
 
 def normalize_axes(axis: Union[int, Sequence[int]], shape: Sequence[int], where: str) -> Tuple[int, ...]:

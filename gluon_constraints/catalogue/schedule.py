@@ -54,7 +54,7 @@ class Scheduled(Constraint):
         If ``constraint`` is not one constraint, ``argument`` is not one of its float
         arguments, ``steps`` is not an int >= 1, or the constraint rebuilt with ``start`` is
         not valid (its own error).
-    TypeError
+    ConstraintTypeError
         If ``start`` is not a real number.
     """
 

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set
 
+from ..errors import LaunchError
+
 __all__ = ["Cluster", "StopSignals", "free_port", "main"]
 
 _PR_SET_PDEATHSIG = 1
@@ -110,10 +112,11 @@ class Cluster:
     def __init__(self, command: Sequence[str], workers: int, servers: int, host: str = "127.0.0.1",
                  log_dir: Optional[os.PathLike] = None, env: Optional[Dict[str, str]] = None) -> None:
         if workers < 1 or servers < 1:
-            raise ValueError(f"A job needs at least one worker and one server: got workers={workers}, "
-                             f"servers={servers}.")
+            raise LaunchError(f"A job needs at least one worker and one server: got workers={workers}, "
+                              f"servers={servers}. Pass workers >= 1 and servers >= 1.")
         if not command:
-            raise ValueError("No worker command given.")
+            raise LaunchError("No worker command given: pass the command each worker runs, e.g. "
+                              "['python', 'train.py'].")
         self.command = list(command)
         self.workers, self.servers, self.host = workers, servers, host
         self.log_dir = Path(log_dir) if log_dir is not None else None

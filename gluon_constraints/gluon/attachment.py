@@ -27,7 +27,8 @@ from mxnet.gluon.parameter import Parameter
 from .. import _mxnet_compat as compat
 from ..catalogue import Compose, Constraint, Reduction, get
 from ..catalogue.base import check_dtype
-from ..errors import AmbiguousLayoutWarning, ConstraintConfigError, ConstraintShapeError, ConstraintTypeError
+from ..errors import (AmbiguousLayoutWarning, ConstraintArgumentError, ConstraintConfigError, ConstraintShapeError,
+                      ConstraintTypeError)
 from .layouts import fan_in
 
 __all__ = ["attach", "constrain", "constraint_of", "owner_of", "layout_of", "reduction_of", "owned_parameters",
@@ -113,19 +114,20 @@ def attach(param: Parameter, constraint: Any, layer: Optional[Block] = None,
 
     Raises
     ------
-    TypeError
-        If ``param`` is not a Parameter, ``constraint`` is not a constraint, ``layout`` is not
-        a Reduction, or both ``layer`` and ``layout`` are given.
     ConstraintTypeError
-        If the parameter's dtype is not floating point.
+        If ``param`` is not a Parameter, ``constraint`` is not a constraint, ``layout`` is not
+        a Reduction, both ``layer`` and ``layout`` are given, or the parameter's dtype is not
+        floating point.
     ConstraintShapeError
         If an explicit axis or the layout does not fit the known shape. Nothing is attached
         when anything fails.
     """
     if not isinstance(param, Parameter):
-        raise TypeError(f"attach expects an mxnet.gluon.Parameter: got {param!r}.")
+        raise ConstraintTypeError(
+            f"attach expects an mxnet.gluon.Parameter: got {param!r} of type {type(param).__name__}. "
+            f"Pass a parameter such as net[0].weight, or use gc.constrain(net, rules) by name.")
     if layout is not None and (layer is not None or not isinstance(layout, Reduction)):
-        raise TypeError(f"attach layout= expects a gluon_constraints.Reduction for a parameter no "
+        raise ConstraintTypeError(f"attach layout= expects a gluon_constraints.Reduction for a parameter no "
                         f"layer owns (and no layer=): got layout={layout!r}, layer={layer!r} for "
                         f"parameter '{param.name}'.")
     resolved = get(constraint)
@@ -178,7 +180,9 @@ def constrain(block: Block, rules: Mapping[str, Any],
         If an axis does not fit a parameter's shape. Nothing is attached when anything fails.
     """
     if not isinstance(block, Block):
-        raise TypeError(f"constrain expects an mxnet.gluon.Block: got {block!r}.")
+        raise ConstraintTypeError(
+            f"constrain expects an mxnet.gluon.Block (a network or layer): got {block!r} of type "
+            f"{type(block).__name__}. For one parameter use gc.attach(param, constraint).")
     if not isinstance(rules, Mapping):
         raise ConstraintTypeError(
             f"constrain rules must be a dict mapping regular expressions (searched in parameter "
@@ -270,12 +274,12 @@ def constraint_of(param: Parameter) -> Optional[Constraint]:
 
     Raises
     ------
-    TypeError
+    ConstraintTypeError
         If ``param.constraint`` was set by hand to something that is not a Constraint.
     """
     constraint = getattr(param, "constraint", None)
     if constraint is not None and not isinstance(constraint, Constraint):
-        raise TypeError(
+        raise ConstraintTypeError(
             f"Parameter '{param.name}' has constraint {constraint!r}, which is not a "
             f"gluon_constraints.Constraint: attach it with gc.attach(param, {constraint!r}), "
             f"which accepts names, dicts and lists.")
@@ -377,14 +381,17 @@ def _check_on_allocation(param: Parameter, shape: Tuple[int, ...]) -> None:
 
 def _owner_entry(param: Parameter, layer: Block) -> Tuple[Block, str]:
     if not isinstance(layer, Block):
-        raise TypeError(f"attach layer= expects an mxnet.gluon.Block: got {layer!r}.")
+        raise ConstraintTypeError(
+            f"attach layer= expects the mxnet.gluon.Block that owns parameter '{param.name}': got "
+            f"{layer!r} of type {type(layer).__name__}.")
     own = compat.own_parameters(layer)
     for attr, candidate in own.items():
         if candidate is param:
             return layer, attr
-    raise ValueError(
+    raise ConstraintArgumentError(
         f"Parameter '{param.name}' is not a parameter of layer {type(layer).__name__} "
-        f"(its parameters: {', '.join(p.name for p in own.values()) or 'none'}).")
+        f"(its parameters: {', '.join(p.name for p in own.values()) or 'none'}): pass the layer "
+        f"that registered it as layer=, or no layer.")
 
 
 def _type_names(layers: Union[Type[Block], Tuple[Type[Block], ...]]) -> str:

@@ -32,7 +32,7 @@ from mxnet.gluon.block import Block
 
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint, UnitNorm
-from ..errors import UnknownConstraintError
+from ..errors import ConstraintConfigError, ConstraintTypeError, UnknownConstraintError
 from .attachment import attach
 from .layouts import fan_in
 
@@ -81,8 +81,10 @@ def from_keras(keras_constraint: Any, layer: Block, weight: Optional[str] = None
     ------
     UnknownConstraintError
         If the Keras class has no counterpart here (the message lists the known ones).
-    ValueError
+    ConstraintConfigError
         If the layer type or weight is not one this translation knows.
+    ConstraintTypeError
+        If ``keras_constraint`` is not a Keras constraint, its serialized dict or its name.
 
     Examples
     --------
@@ -137,7 +139,7 @@ def from_keras_layer(keras_layer_config: Any, layer: Block) -> Dict[str, Constra
 
     Raises
     ------
-    ValueError
+    ConstraintConfigError
         For ``depthwise_constraint`` / ``pointwise_constraint`` (Gluon has no separable layer)
         and for a constraint whose weight the layer does not have; nothing is attached then.
     """
@@ -146,23 +148,23 @@ def from_keras_layer(keras_layer_config: Any, layer: Block) -> Dict[str, Constra
     config = config.get("config", config) if "class_name" in config else config
     for key in _UNSUPPORTED_KEYS:
         if config.get(key) is not None:
-            raise ValueError(
+            raise ConstraintConfigError(
                 f"Keras {key} has no Gluon counterpart: a depthwise convolution is "
                 f"Conv2D(groups=in_channels) and a pointwise one a separate Conv2D with "
                 f"kernel_size=1; give each its weight_constraint.")
-    plan: List[Tuple[Any, Constraint]] = []
+    matched: List[Tuple[Any, Constraint]] = []
     for key, weight in _KERAS_KEYS.items():
         if config.get(key) is None:
             continue
         constraint = from_keras(config[key], layer, weight)
         targets = _parameters(layer, weight)
         if not targets:
-            raise ValueError(f"Keras {key} is set, but {type(layer).__name__} has no {weight} "
+            raise ConstraintConfigError(f"Keras {key} is set, but {type(layer).__name__} has no {weight} "
                              f"(was it built with use_bias=False?).")
-        plan.extend((param, constraint) for param in targets)
-    for param, constraint in plan:
+        matched.extend((param, constraint) for param in targets)
+    for param, constraint in matched:
         attach(param, constraint, layer=layer)
-    return {param.name: constraint for param, constraint in plan}
+    return {param.name: constraint for param, constraint in matched}
 
 
 def _keras_form(constraint: Any) -> Tuple[str, Dict[str, Any]]:
@@ -171,12 +173,14 @@ def _keras_form(constraint: Any) -> Tuple[str, Dict[str, Any]]:
         return constraint, {}
     if isinstance(constraint, Mapping):
         if not isinstance(constraint.get("class_name"), str):
-            raise TypeError(f"A serialized Keras constraint needs a 'class_name': got {constraint!r}.")
+            raise ConstraintTypeError(
+                f"A serialized Keras constraint needs a 'class_name' (as keras.constraints.serialize "
+                f"writes: {{'class_name': 'MaxNorm', 'config': {{...}}}}): got {constraint!r}.")
         return constraint["class_name"], dict(constraint.get("config") or {})
     if hasattr(constraint, "get_config"):
         return type(constraint).__name__, dict(constraint.get_config())
-    raise TypeError(f"from_keras expects a Keras constraint, its serialized dict or its name: "
-                    f"got {constraint!r}.")
+    raise ConstraintTypeError(f"from_keras expects a Keras constraint, its serialized dict or its name "
+                              f"(such as 'max_norm'): got {constraint!r} of type {type(constraint).__name__}.")
 
 
 def _main_weight(layer: Block) -> str:
@@ -210,7 +214,7 @@ def _layout(layer: Block, weight: str) -> Tuple[Optional[str], List[int]]:
             and weight in ("kernel", "recurrent_kernel"):
         found = _parameters(layer, weight)
         return (_attribute(layer, found[0]) if found else None), [1, 0]
-    raise ValueError(f"from_keras does not know the Keras {weight!r} of a {type(layer).__name__}: "
+    raise ConstraintConfigError(f"from_keras does not know the Keras {weight!r} of a {type(layer).__name__}: "
                      f"it translates Dense, Conv*/Conv*Transpose, Embedding, RNN/LSTM/GRU (layers "
                      f"and cells) and normalization layers.")
 

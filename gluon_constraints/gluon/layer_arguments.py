@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .. import _mxnet_compat as compat
 from ..catalogue import get
+from ..errors import ConstraintConfigError, ConstraintTypeError
 from .attachment import attach, constraint_of
 
 __all__ = ["ConstraintArguments", "constrained_layer"]
@@ -24,7 +25,7 @@ class ConstraintArguments:
     A subclass lists in ``constraint_groups`` each keyword group and the shell-style patterns of
     the parameter attributes it applies to, e.g. ``{"weight": ("weight",), "bias": ("bias",)}``.
     Shorthand keywords (``shorthands``) set several groups at once. A Keras keyword
-    (``kernel_constraint``, ...) is refused with a ``TypeError`` naming this layer's keyword for
+    (``kernel_constraint``, ...) is refused with a ``ConstraintTypeError`` naming this layer's keyword for
     it (``keras_names``), because a Keras constraint's explicit axes refer to Keras's layout.
     """
 
@@ -38,7 +39,7 @@ class ConstraintArguments:
         for group, constraint in chosen.items():
             targets = _matching_params(self, self.constraint_groups[group])
             if not targets:
-                raise ValueError(
+                raise ConstraintConfigError(
                     f"{type(self).__name__} got {group}_constraint={constraint!r} but has no "
                     f"{group.replace('_', ' ')} parameter (was it built with use_bias=False?).")
             for attr, param in targets:
@@ -106,7 +107,7 @@ def _pop_constraints(cls: type, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         ours = cls.keras_names.get(keras)  # type: ignore[attr-defined]
         instead = (f"use {ours}=" if ours else
                    f"{cls.__name__} has no such weight ({_KERAS_KEYWORDS[keras]})")
-        raise TypeError(
+        raise ConstraintTypeError(
             f"{cls.__name__} got {keras}= (Keras's name): {instead}. Keras constraints' explicit "
             f"axes refer to Keras's weight layout, so do not copy them: leave axis=None (per "
             f"output unit in Gluon's layout) or translate with gc.from_keras(constraint, layer).")
@@ -125,7 +126,7 @@ def _pop_constraints(cls: type, kwargs: Dict[str, Any]) -> Dict[str, Any]:
             continue
         if group in chosen:
             shorthand = next(s for s, gs in cls.shorthands.items() if group in gs)  # type: ignore[attr-defined]
-            raise ValueError(
+            raise ConstraintConfigError(
                 f"{cls.__name__} got both {shorthand}_constraint and {key}: pass one of them.")
         chosen[group] = value
     return chosen

@@ -17,6 +17,7 @@ from mxnet.gluon.block import Block
 
 from .. import _mxnet_compat as compat
 from ..catalogue.reduction import Reduction, normalize_axes, per_output_unit
+from ..errors import ConstraintTypeError
 
 __all__ = ["LayoutRule", "register_layout", "fan_in"]
 
@@ -42,7 +43,7 @@ def register_layout(block_class: type, rules: Mapping[str, LayoutRule]) -> None:
 
     Raises
     ------
-    TypeError
+    ConstraintTypeError
         If ``block_class`` is not a Block subclass or a rule is neither axes nor callable.
 
     Examples
@@ -50,13 +51,14 @@ def register_layout(block_class: type, rules: Mapping[str, LayoutRule]) -> None:
     >>> gc.register_layout(MyBilinear, {"weight": (1, 2)})  # doctest: +SKIP
     """
     if not (isinstance(block_class, type) and issubclass(block_class, Block)):
-        raise TypeError(
-            f"register_layout expects a subclass of mxnet.gluon.Block: got {block_class!r}.")
+        raise ConstraintTypeError(
+            f"register_layout expects a subclass of mxnet.gluon.Block: got {block_class!r}. Pass "
+            f"the class (MyBlock), not an instance.")
     checked: Dict[str, LayoutRule] = {}
     for name, rule in dict(rules).items():
         if not (callable(rule) or isinstance(rule, int) or
                 (isinstance(rule, tuple) and all(isinstance(a, int) for a in rule))):
-            raise TypeError(
+            raise ConstraintTypeError(
                 f"register_layout rule for '{name}' of {block_class.__name__} must be an int, a "
                 f"tuple of ints or a function (block, shape) -> axes: got {rule!r}.")
         checked[name] = rule

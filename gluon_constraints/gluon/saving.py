@@ -25,7 +25,7 @@ from mxnet.gluon.block import Block
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction, deserialize, serialize
 from ..catalogue.feasibility import violation
-from ..errors import ConstraintConfigError, InfeasibleWeightsWarning
+from ..errors import ConstraintConfigError, ConstraintsFileNotFoundError, InfeasibleWeightsWarning
 from .attachment import attach, check_parameter, constraint_of, owned_parameters, owner_of, reduction_of
 
 __all__ = ["constraints_config", "constrain_from_config", "export", "imports", "load_parameters",
@@ -108,7 +108,7 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
     owned = owned_parameters(net)
     by_name = {param.name: param for param, _ in owned}
     by_path = compat.structural_parameters(net)
-    plan: List[Tuple[Any, Any, Optional[Reduction], Constraint]] = []
+    matched: List[Tuple[Any, Any, Optional[Reduction], Constraint]] = []
     problems: List[str] = []
     for name, entry in entries.items():
         param = by_name.get(name) or by_path.get(entry.get("path") or "")
@@ -125,16 +125,16 @@ def constrain_from_config(net: Block, config: Dict[str, Any]) -> Dict[str, Const
         if owner is not None and entry.get("layer") not in (None, type(owner[0]).__name__):
             problems.append(f"{name}: saved for a {entry['layer']}, found in a {type(owner[0]).__name__}")
             continue
-        plan.append((param, owner, _recorded_layout(entry) if owner is None else None, constraint))
+        matched.append((param, owner, _recorded_layout(entry) if owner is None else None, constraint))
     if problems:
         raise ConstraintConfigError("constrain_from_config cannot attach these entries:\n" +
                          "\n".join(f"  {p}" for p in problems) +
                          f"\nParameter names: {', '.join(sorted(by_name))}.")
-    for param, owner, layout, constraint in plan:
+    for param, owner, layout, constraint in matched:
         check_parameter(param, constraint, compat.data_shape(param), owner, layout)
-    for param, owner, layout, constraint in plan:
+    for param, owner, layout, constraint in matched:
         attach(param, constraint, layer=owner[0] if owner else None, layout=layout)
-    return {param.name: constraint for param, _, _, constraint in plan}
+    return {param.name: constraint for param, _, _, constraint in matched}
 
 
 def export(net: Block, path: str, epoch: int = 0) -> str:
@@ -186,7 +186,7 @@ def imports(symbol_file: str, input_names: Any, param_file: Optional[str] = None
         else os.path.splitext(symbol_file)[0]
     config_file = Path(f"{prefix}{_SUFFIX}")
     if not config_file.is_file():
-        raise FileNotFoundError(
+        raise ConstraintsFileNotFoundError(
             f"No constraints file {str(config_file)!r} beside {symbol_file!r}: gc.imports reads "
             f"what gc.export wrote. For a model exported without constraints use "
             f"gluon.SymbolBlock.imports, then gc.constrain.")

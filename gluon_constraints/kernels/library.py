@@ -46,10 +46,9 @@ from pathlib import Path
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mxnet
-from mxnet.base import MXNetError
 
 from .. import _mxnet_compat as compat
-from ..errors import FusedKernelWarning
+from ..errors import FusedKernelWarning, KernelCallError
 from .boundary import Rates, UnitGroup, UpdateRule
 
 __all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library", "status",
@@ -95,7 +94,7 @@ class Kernel:
 
     Both compute in place on float32 arrays of CPU contexts (several contexts may be mixed),
     each weight described by a :class:`~.boundary.UnitGroup` (see :mod:`.boundary`). A malformed
-    call raises ``MXNetError`` when queued and queues nothing; an array that cannot be read in
+    call raises ``KernelCallError`` (an ``MXNetError``) when queued and queues nothing; an array that cannot be read in
     place when the call runs (MKL-DNN's blocked layout) fails it there, and MXNet raises that at
     the next wait on its arrays.
     """
@@ -146,7 +145,7 @@ class PreparedCall(NamedTuple):
     arrays: List[Any]
 
     def queue(self) -> None:
-        """Queue the call (``MXNetError`` if the library refuses it; nothing is queued then)."""
+        """Queue the call (``KernelCallError`` if the library refuses it; nothing is queued then)."""
         _queue(self.function, *self.arguments)
 
 
@@ -154,7 +153,7 @@ def _queue(function: Any, *arguments: Any) -> None:
     """Call one of the library's queuing functions; raise its message if it refused the call."""
     message = ctypes.create_string_buffer(_MESSAGE_SIZE)
     if function(*arguments, message, _MESSAGE_SIZE) != 0:
-        raise MXNetError(message.value.decode())
+        raise KernelCallError(message.value.decode())
 
 
 def _handles(arrays: Sequence[Any]) -> Any:

@@ -7,7 +7,7 @@ import os
 from typing import Any, Dict, Mapping, Optional
 
 from .. import _mxnet_compat as compat
-from ..errors import EnforcementError
+from ..errors import DependencyError, EnforcementError
 from ..gluon.attachment import constraint_of
 
 __all__ = ["collect_stats", "describe", "CSVWriter", "TensorBoardWriter"]
@@ -90,7 +90,7 @@ class TensorBoardWriter:
         try:
             from tensorboardX import SummaryWriter
         except ImportError as error:
-            raise ImportError(
+            raise DependencyError(
                 "gc.TensorBoardWriter needs tensorboardX: pip install 'gluon-constraints[tensorboard]' "
                 "(in the same pip command as the package, so that numpy stays below 1.24).") from error
         self.summary = SummaryWriter(logdir)

@@ -30,7 +30,7 @@ from mxnet.optimizer import SGLD, Nadam, Optimizer
 
 from .. import _mxnet_compat as compat
 from ..distributed.parameter_server import prepare_distributed, settle_initial_weights
-from ..errors import (DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning)
+from ..errors import ConstraintTypeError, DivergingCopiesWarning, EnforcementError, UnenforcedConstraintWarning
 from ..gluon.attachment import (attached_parameters, check_parameter, constraint_of, layout_of, owner_of,
                                 reduction_of)
 from ..kernels.projection import project_in_place
@@ -99,7 +99,7 @@ class EnforcedTraining(compat.TrainerHooks):
 
         Raises
         ------
-        TypeError, ConstraintShapeError, ConstraintTypeError
+        ConstraintShapeError, ConstraintTypeError
             If a constraint set or changed since the last step does not fit its parameter
             (checked before anything is updated).
         EnforcementError
@@ -312,7 +312,7 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
     ------
     ConstraintArgumentError
         If ``every`` is not an int >= 1.
-    TypeError, ConstraintShapeError, ConstraintTypeError
+    ConstraintShapeError, ConstraintTypeError
         If a constraint is not a Constraint, does not fit its parameter's shape or its dtype
         (naming the parameter).
     EnforcementError
@@ -366,7 +366,9 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
         parameter servers too), so the constraints could not be guaranteed.
     """
     if not isinstance(trainer, Trainer):
-        raise TypeError(f"enforce expects an mxnet.gluon.Trainer: got {trainer!r}.")
+        raise ConstraintTypeError(
+            f"enforce expects an mxnet.gluon.Trainer (or a subclass such as Horovod's): got "
+            f"{trainer!r} of type {type(trainer).__name__}.")
     every, monitor = projection_interval(every), switch("monitor", monitor)
     if isinstance(trainer, EnforcedTraining):
         if monitor:  # turning monitoring on is safe at any time
