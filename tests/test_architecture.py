@@ -168,3 +168,201 @@ def test_every_raise_is_a_type_of_errors_py():
                 continue
             wrong.append(f"{path.relative_to(PACKAGE)}:{line}: raise {name} in {function}")
     assert not wrong, "\n".join(wrong)
+
+
+def module_name(path):
+    """``path``'s dotted module name inside the package (``catalogue.norms``; ``__init__`` is
+    the package itself)."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path):
+    """The package's modules ``path`` imports, at import time or inside functions."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path).split(".") if module_name(path) else []
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            target = base + (node.module.split(".") if node.module else [])
+            for alias in node.names:
+                candidate = ".".join(target + [alias.name])
+                exists = (PACKAGE / candidate.replace(".", "/")).with_suffix(".py").exists() \
+                    or (PACKAGE / candidate.replace(".", "/") / "__init__.py").exists()
+                found.add(candidate if exists else ".".join(target))
+    return {name for name in found if name}
+
+
+def test_the_import_graph_has_no_circle():
+    # docs/architecture.md: imports flow one way, inside the layers too. Imports inside
+    # functions count: they used to hide the catalogue's circle (registry, compose, schedule).
+    graph = {module_name(path): package_imports(path) for path in modules() if module_name(path)}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(name, trail):
+        if name in done:
+            return
+        if name in visiting:
+            cycles.append(" -> ".join(trail[trail.index(name):] + [name]))
+            return
+        visiting.add(name)
+        for target in sorted(graph.get(name, ())):
+            visit(target, trail + [name])
+        visiting.discard(name)
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_one_fused_step_passes_through_each_subpackage_once():
+    # docs/architecture.md, "One training step": from the wrapper's update to the kernel call,
+    # the calls enter training/ (the wrapper, the update rules, the fused update) and then
+    # kernels/, without going back.
+    import sys
+
+    import mxnet as mx
+    from mxnet import autograd
+
+    import gluon_constraints as gc
+    from gluon_constraints import nn
+    from gluon_constraints.kernels import library
+    from gluon_constraints.training.optimizer import ConstrainedOptimizer
+
+    if library.kernel() is None:
+        pytest.skip("the fused kernel is not available here")
+    net = nn.Dense(8, in_units=4, weight_constraint=gc.MaxNorm(0.5))
+    net.initialize()
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "adam", {"learning_rate": 0.1})
+
+    def step():
+        with autograd.record():
+            loss = net(mx.nd.ones((2, 4))).sum()
+        loss.backward()
+        trainer.step(2)
+
+    step()  # the first step builds the records; the question is about every later one
+    entered = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            name = frame.f_globals.get("__name__", "")
+            if name.startswith("gluon_constraints.") and "._mxnet_compat" not in name:
+                entered.append(name.split(".")[1])
+
+    original = ConstrainedOptimizer.update_multi_precision
+
+    def traced(self, *arguments):
+        sys.setprofile(profile)
+        try:
+            return original(self, *arguments)
+        finally:
+            sys.setprofile(None)
+
+    ConstrainedOptimizer.update_multi_precision = traced
+    try:
+        step()
+    finally:
+        ConstrainedOptimizer.update_multi_precision = original
+    mx.nd.waitall()
+    passes = [name for at, name in enumerate(entered) if at == 0 or entered[at - 1] != name]
+    assert passes == ["training", "kernels"], passes
+
+
+def test_the_kernel_boundary_has_the_same_layout_on_both_sides():
+    # kernels/boundary.py declares the C++ structs with ctypes; the library reports its own
+    # sizes and offsets, which must be the same field by field.
+    import ctypes
+
+    from gluon_constraints.kernels import boundary, library
+
+    kernel = library.kernel()
+    if kernel is None:
+        pytest.skip("the fused kernel is not available here")
+    for structure, name in ((boundary.UnitGroup, "gc_unit_group"), (boundary.UpdateRule, "gc_update_rule"),
+                            (boundary.Rates, "gc_rates")):
+        assert kernel.layout(name) == ctypes.sizeof(structure), name
+        for field, _ in structure._fields_:
+            assert kernel.layout(name, field) == getattr(structure, field).offset, f"{name}.{field}"
+    assert kernel.layout("gc_unit_group", "no_such_field") == -1
+
+
+def test_each_mxnet_object_gets_one_record_of_ours():
+    # docs/architecture.md, "What the package adds to MXNet's objects": a trainer, a parameter
+    # and a block each get one attribute, _gluon_constraints (a parameter also its public
+    # constraint, and the one instance method MXNet leaves no other way to have, _init_impl);
+    # an enforced trainer's class is its own class with the mixin, nothing replaced on it.
+    import copy
+
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    import gluon_constraints as gc
+    from gluon_constraints import nn
+
+    net = nn.HybridSequential()
+    net.add(nn.Dense(8, in_units=4, weight_constraint=gc.MaxNorm(0.5)), nn.Dense(2, in_units=8))
+    net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    plain = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.1})
+    trainer = gc.enforce(plain, monitor=True)
+    for _ in range(2):
+        xs = gluon.utils.split_and_load(mx.nd.ones((4, 4)), [mx.cpu(0), mx.cpu(1)])
+        with autograd.record():
+            losses = [net(x).sum() for x in xs]
+        for loss in losses:
+            loss.backward()
+        trainer.step(4)
+    gc.apply_constraints(net)
+    ours = re.compile(r"_?gc_|_gluon_constraints")
+    assert [k for k in vars(trainer) if ours.search(k)] == ["_gluon_constraints"]
+    assert type(trainer).__bases__ == (gc.training.trainer.EnforcedTraining, gluon.Trainer)
+    assert not [k for k, v in vars(trainer).items() if callable(v) and not isinstance(v, type)
+                and k not in vars(gluon.Trainer(net.collect_params(), "sgd"))]
+    weight = net[0].weight
+    added = {k for k in vars(weight) if ours.search(k) or k in ("constraint", "_init_impl")}
+    assert added == {"constraint", "_gluon_constraints", "_init_impl"}
+    assert {k for k in vars(net) if ours.search(k)} == {"_gluon_constraints"}
+    # A copy (of a network no multi-context trainer has stepped: MXNet cannot copy those) gets
+    # the parameter's record, less its checked projection, and not the block's.
+    original = nn.Dense(8, in_units=4, weight_constraint=gc.MaxNorm(0.5))
+    original.initialize()
+    gc.apply_constraints(original)
+    assert original.weight._gluon_constraints.checked is not None
+    twin = copy.deepcopy(original)
+    assert vars(twin).get("_gluon_constraints") is None  # a copy starts afresh
+    assert twin.weight._gluon_constraints.owner[0] is twin
+    assert twin.weight._gluon_constraints.checked is None
+
+
+def test_a_family_is_one_module(tmp_path):
+    # docs/architecture.md, "Adding a family": the module shown there, added to a copy of the
+    # package, is registered, named by the package and listed in the API reference, and
+    # projects; nothing else of the package changes.
+    import shutil
+    import subprocess
+    import sys
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    start = text.index("written as `catalogue/hard_box.py`")
+    module = text[text.index("```text\n", start) + len("```text\n"):text.index("```", text.index("```text\n", start) + 7)]
+    copy = tmp_path / "gluon_constraints"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "catalogue" / "hard_box.py").write_text(module)
+    check = (
+        "import sys, runpy\n"
+        "import mxnet as mx\n"
+        "import gluon_constraints as gc\n"
+        f"assert gc.__file__.startswith({str(tmp_path)!r}), gc.__file__\n"
+        "c = gc.get('hard_box')\n"
+        "assert type(c) is gc.HardBox and 'HardBox' in gc.__all__\n"
+        "assert gc.deserialize(gc.serialize(gc.HardBox(0.5))) == gc.HardBox(0.5)\n"
+        "assert gc.HardBox(0.5)(mx.nd.array([[-2.0, 0.25, 3.0]])).asnumpy().tolist() == [[-0.5, 0.25, 0.5]]\n"
+        f"namespace = runpy.run_path({str(PACKAGE.parent / 'docs' / 'api_reference.py')!r}, run_name='render')\n"
+        "assert '### `gc.HardBox(bound=1.0)`' in namespace['render']()\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -298,7 +298,7 @@ def test_fused_updates_are_planned_once_per_parameter_and_device(ctx, uokv, monk
     original = projector.update_entry
 
     def counted(*arguments, **options):
-        planned.append(arguments[0].name)
+        planned.append(arguments[1].name)  # (kernel, rule, ...)
         return original(*arguments, **options)
 
     monkeypatch.setattr(projector, "update_entry", counted)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any, List, NamedTuple, Optional, Sequence
 
-from ..kernels.boundary import Rates, UnitGroup, kernel_can_take, unit_group
-from ..kernels.library import kernel
+from ..kernels.boundary import Rates, UnitGroup, UpdateRule, kernel_can_take, unit_group
 from ..kernels.projection import leading_rows, unit_groups
 from .update_rules import FusedRule, kernel_states
 
@@ -28,9 +27,9 @@ class UpdateEntry(NamedTuple):
     bank: bool
 
 
-def update_entry(rule: FusedRule, weight: Any, grad: Any, state: Any, projection: Optional[Any],
+def update_entry(kernel: Any, rule: FusedRule, weight: Any, grad: Any, state: Any, projection: Optional[Any],
                  monitored: bool = False) -> Optional[UpdateEntry]:
-    """How ``weight`` enters a fused update call, or None if the kernel cannot update it.
+    """How ``weight`` enters a fused update call of ``kernel``, or None if it cannot update it.
 
     The kernel does exactly what the optimizer's ``update_multi_precision`` (the update ``rule``
     names) followed by the projection would. It does not cover sparse gradients or states,
@@ -39,6 +38,8 @@ def update_entry(rule: FusedRule, weight: Any, grad: Any, state: Any, projection
 
     Parameters
     ----------
+    kernel : Kernel or None
+        The loaded kernel (None: no fused update).
     rule : FusedRule
         The update, from :func:`~.update_rules.rule_of`.
     weight, grad, state
@@ -49,7 +50,7 @@ def update_entry(rule: FusedRule, weight: Any, grad: Any, state: Any, projection
         Whether the call also writes the weight's statistics.
     """
     states = kernel_states(rule, state)
-    if kernel() is None or grad.stype != "default" or not kernel_can_take(weight) or states is None:
+    if kernel is None or grad.stype != "default" or not kernel_can_take(weight) or states is None:
         return None
     group = unit_group(leading_rows(weight.shape), "none")
     if projection is not None:
@@ -60,11 +61,12 @@ def update_entry(rule: FusedRule, weight: Any, grad: Any, state: Any, projection
     return UpdateEntry(group, states, weight.ndim > 2)
 
 
-def run_fused_update(optimizer: Any, rule: FusedRule, rates: Sequence[Rates], weights: Sequence[Any],
+def run_fused_update(kernel: Any, settings: UpdateRule, rates: Sequence[Rates], weights: Sequence[Any],
                      grads: Sequence[Any], entries: Sequence[UpdateEntry],
                      first_filters: Sequence[Any] = (), stats: Sequence[Any] = ()) -> None:
-    """Queue one kernel call that updates ``weights`` with ``optimizer``'s ``rule`` and projects
-    each, with ``rates`` from :func:`~.update_rules.step_rates`.
+    """Queue one call of ``kernel`` that updates ``weights`` as ``settings`` say (an optimizer's
+    rule, :meth:`~.update_rules.FusedRule.settings`) and projects each, with ``rates`` from
+    :func:`~.update_rules.step_rates`.
 
     ``first_filters``: one-filter views of the filter banks to multiply by 1 first
     (:func:`~gluon_constraints.kernels.projection.first_filter`: a weight MKL-DNN holds in its
@@ -76,4 +78,4 @@ def run_fused_update(optimizer: Any, rule: FusedRule, rates: Sequence[Rates], we
         arrays += [weight, grad, *entry.states]
     for first in first_filters:
         first *= 1.0
-    kernel().update(rule.settings(optimizer), [entry.group for entry in entries], rates, arrays, stats)
+    kernel.update(settings, [entry.group for entry in entries], rates, arrays, stats)

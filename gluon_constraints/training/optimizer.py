@@ -135,7 +135,7 @@ class ConstrainedOptimizer(Optimizer):
             raise ConstraintTypeError(
                 f"ConstrainedOptimizer is already wrapping {inner!r}: use it as it is.")
         self._set_own_state(inner, Projector(dict(projections or {}), projection_interval(every),
-                                             switch("monitor", monitor)))
+                                             switch("monitor", monitor), fused_kernel()))
 
     def _set_own_state(self, inner: Optimizer, projector: Projector) -> None:
         """Set the wrapper's own attributes (everything else lives on ``inner``)."""
@@ -171,7 +171,7 @@ class ConstrainedOptimizer(Optimizer):
         wrapped optimizer's own number.
         """
         size = self.inner.aggregate_num
-        if fused_kernel() is None:
+        if self.projector.kernel is None:
             return size
         # A multiple of the wrapped optimizer's own call size, so that its calls (by which it
         # counts updates and asks for scheduled rates) split the wrapper's calls exactly.
@@ -321,7 +321,7 @@ class ConstrainedOptimizer(Optimizer):
                         projections: Sequence[Optional[Projection]]) -> Optional[List[UpdateEntry]]:
         """Each weight's entry in a fused update call, or None where the kernel cannot take
         them all (then the wrapped optimizer updates)."""
-        if fused_kernel() is None:
+        if self.projector.kernel is None:
             return None
         entries = []
         for arguments in zip(indices, weights, grads, states, projections):
@@ -343,7 +343,7 @@ class ConstrainedOptimizer(Optimizer):
         # writes its statistics apart, so constraint_stats keeps the last projection's.
         stats = [projector.stats_for(i, w, reported=e.group.mode != MODES["none"])
                  for i, w, e in zip(indices, weights, entries)] if projector.monitor else []
-        run_fused_update(self.inner, rule, rates, weights, grads, entries, filters, stats)
+        run_fused_update(projector.kernel, rule.settings(self.inner), rates, weights, grads, entries, filters, stats)
 
     def _inner_update(self, index: Any, indices: Sequence[Any], weights: Sequence[Any],
                       grads: Sequence[Any], states: Sequence[Any], multi_precision: bool) -> None:
@@ -429,7 +429,7 @@ class ConstrainedOptimizer(Optimizer):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         # Files written by 0.1.0 have neither "iterates" nor "every". Monitoring is off in a copy
         # (on servers nobody reads it); a trainer that loads states sets its own.
-        projector = Projector(dict(state["projections"]), state.get("every", 1), False)
+        projector = Projector(dict(state["projections"]), state.get("every", 1), False, fused_kernel())
         for (index, context), value in state.get("iterates", {}).items():
             projector.record(index).iterates[context] = value
         self._set_own_state(state["inner"], projector)

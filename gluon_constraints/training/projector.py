@@ -92,12 +92,16 @@ class Projector:
         Project after updates ``every``, ``2 * every``, ... of each parameter only.
     monitor : bool
         Record each projection's statistics (:attr:`ParameterRecord.stats`).
+    kernel : Kernel or None
+        The fused kernel this process loaded (decided once, when the optimizer is made), or
+        None: fused updates are then never planned.
     """
 
-    def __init__(self, projections: Dict[Any, Projection], every: int, monitor: bool) -> None:
+    def __init__(self, projections: Dict[Any, Projection], every: int, monitor: bool, kernel: Any) -> None:
         self.records: Dict[Any, ParameterRecord] = {i: ParameterRecord(p) for i, p in projections.items()}
         self.every = every
         self.monitor = monitor
+        self.kernel = kernel
         self._deferred: Optional[List[Tuple[Any, ...]]] = None
 
     def record(self, index: Any) -> ParameterRecord:
@@ -141,7 +145,7 @@ class Projector:
         if kept is None or kept.state is not state or kept.projection is not projection \
                 or kept.rule != rule.name or kept.monitored != self.monitor:
             kept = _DeviceEntry(state, projection, rule.name, self.monitor,
-                                update_entry(rule, weight, grad, state, projection, self.monitor))
+                                update_entry(self.kernel, rule, weight, grad, state, projection, self.monitor))
             record.entries[device] = kept
         return kept.entry
 
