@@ -123,7 +123,7 @@ class SymmetricClip(gc.Constraint):
     def __init__(self, limit=1.0):
         self.limit = float(limit)
 
-    def project(self, w, axes, boundary_rtol):
+    def project(self, w, reduction, boundary_rtol):
         return mx.nd.clip(w, -self.limit, self.limit)
 
     def get_config(self):
@@ -184,3 +184,22 @@ def test_get_wraps_a_plain_function_which_runs_on_the_whole_weight_and_cannot_be
 def test_a_function_returning_another_shape_is_an_error_naming_it():
     with pytest.raises(gc.ConstraintShapeError, match="returned shape \\(2,\\) for a weight of shape \\(2, 2\\)"):
         gc.get(lambda w: w[0])(mx.nd.ones((2, 2)))
+
+
+class PeakNormalizedOldForm(gc.Constraint):
+    """Each slice divided by its largest magnitude, written for 0.1's project(w, axes, ...) on
+    the viewed weight."""
+
+    def project(self, w, axes, boundary_rtol):
+        return mx.nd.broadcast_div(w, mx.nd.max(mx.nd.abs(w), axis=axes, keepdims=True))
+
+
+def test_a_family_written_for_the_first_contract_still_projects_its_views():
+    # docs/constraints.md, "Writing a constraint": project(w, axes, boundary_rtol) receives the
+    # weight viewed with the reduction's view and its axes, as in 0.1.
+    w = np.random.default_rng(2).normal(size=(4, 6, 2)).astype(np.float32)
+    grouped = gc.Reduction((1, 3), view_shape=(2, 2, 6, 2))  # per (group, last index), over rows and columns
+    out = PeakNormalizedOldForm()(mx.nd.array(w), grouped).asnumpy()
+    view = w.reshape(2, 2, 6, 2)
+    expected = (view / np.abs(view).max(axis=(1, 3), keepdims=True)).reshape(w.shape)
+    np.testing.assert_allclose(out, expected, rtol=1e-7)

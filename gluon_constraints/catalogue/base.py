@@ -23,6 +23,7 @@ imported: parameter servers import the catalogue while ``import mxnet`` is still
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -34,7 +35,7 @@ import numpy as np
 from mxnet.ndarray import NDArray
 
 from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError, ImmutableConstraintError
-from .reduction import Axis, Reduction, normalize_axes, per_output_unit
+from .reduction import Axis, Reduction, normalize_axes, per_output_unit, viewed
 
 __all__ = ["Constraint", "BOUNDARY_RTOL", "ELEMENTWISE", "PER_UNIT", "WHOLE",
            "real_argument", "bound_argument", "axis_config", "check_array", "check_dtype"]
@@ -102,6 +103,12 @@ class Constraint(metaclass=_Immutable):
     #: Whether the projection follows the parameter's update count (a ``Scheduled`` constraint's
     #: ``at(update)``); the trainer resolves it at every update.
     scheduled: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        project = cls.__dict__.get("project")
+        if project is not None and list(inspect.signature(project).parameters)[2:3] == ["axes"]:
+            cls.project = _projecting_views(project)  # type: ignore[method-assign]
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_frozen"):
@@ -339,6 +346,18 @@ class Constraint(metaclass=_Immutable):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _projecting_views(project: Any) -> Any:
+    """A ``project(w, axes, boundary_rtol)`` of the first contract (0.1: the weight viewed with
+    the reduction's ``view_shape``, and its axes), as a :meth:`Constraint.project`: families
+    written for it keep working."""
+
+    @functools.wraps(project)
+    def adapted(self: Constraint, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
+        return project(self, viewed(w, reduction), reduction.axes, boundary_rtol).reshape(w.shape)
+
+    return adapted
 
 
 def check_array(w: Any, owner: str) -> None:

@@ -303,7 +303,7 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
     every : int, default 1
         Project after updates ``every``, ``2 * every``, ``3 * every``, ... of each parameter
         only (the optimizer's update count, which ``save_states`` keeps, so a resumed run keeps
-        the cadence). Between those steps the weights may leave their sets.
+        the interval). Between those steps the weights may leave their sets.
     monitor : bool, default False
         Record statistics of every projection for :meth:`constraint_stats`, as device arrays
         (no host synchronisation). Off, it costs nothing.
