@@ -27,12 +27,12 @@ LR, MOMENTUM, BOUND, STEPS, BATCH = 0.2, 0.9, 0.6, 6, 8
 OPERATIONS = STEPS * (2 * BATCH * ref.HIDDEN + 10)
 
 
-def run_job(tmp_path, *worker_args, servers=2, env=None, timeout=90):
-    """Run one job; return (exit code, {rank: report}, {rank: arrays}, server logs)."""
+def run_job(tmp_path, *worker_args, servers=2, env=None, timeout=90, worker="distributed_worker.py"):
+    """Run one job of ``worker``; return ({rank: report}, {rank: arrays}, server logs)."""
     logs = tmp_path / "logs"
     command = [sys.executable, "-m", "gluon_constraints.launch", "-n", "2", "-s", str(servers),
                "--timeout", str(timeout), "--log-dir", str(logs), "--",
-               sys.executable, str(HERE / "distributed_worker.py"), "--out", str(tmp_path), *worker_args]
+               sys.executable, str(HERE / worker), "--out", str(tmp_path), *worker_args]
     job_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     result = subprocess.run(command, env=job_env, timeout=timeout + 30, capture_output=True, text=True)
     pids = [int(line.split()[1]) for line in (logs / "pids").read_text().splitlines()]
@@ -208,3 +208,36 @@ def test_wider_catalogue_on_the_servers_matches_single_process(name, tmp_path):
             assert_float32_close(value, expected[key], OPERATIONS, err_msg=f"{name} {key}")
             if name == "spectral-norm" and key.endswith("weight"):
                 assert np.linalg.svd(value.astype(np.float64), compute_uv=False)[0] <= 0.5 * 1.05
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_servers_project_the_rows_they_update_of_row_sparse_weights(optimizer, tmp_path):
+    """dist_sync keeps a row-sparse weight whole on the servers, which update and project the rows
+    the gradients have, as one process's kvstore does with the two workers' halves on two contexts."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    import sparse_worker as job
+
+    reports, arrays, server_logs = run_job(tmp_path, "--kvstore", "dist_sync", "--optimizer", optimizer,
+                                           worker="sparse_worker.py")
+    assert "Exception ignored" not in server_logs
+    for rank in (0, 1):
+        assert reports[rank] == {"update_on_kvstore": True, "verified": "ok"}
+    assert arrays[1]["server"].tobytes() == arrays[0]["server"].tobytes()
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    net = job.build_net(contexts)
+    initial = net[0].weight._data[0].asnumpy()
+    trainer = gc.ConstrainedTrainer(net.collect_params(), optimizer, dict(job.OPTIONS[optimizer]))
+    for x in job.batches():
+        with autograd.record():
+            losses = [job.loss_of(net, mx.nd.array(x[r * job.BATCH:(r + 1) * job.BATCH], ctx=c))
+                      for r, c in enumerate(contexts)]
+        for loss in losses:
+            loss.backward()
+        trainer.step(1)
+    expected = job.stored_rows(trainer._kvstore, trainer, net[0].weight)
+    servers = arrays[0]["server"]
+    assert_float32_close(servers, expected, 8 * job.STEPS)
+    assert np.linalg.norm(servers.astype(np.float64), axis=1).max() <= job.BOUND * (1 + 1e-6)
+    np.testing.assert_array_equal(servers[30:], initial[30:])  # rows no batch touched

@@ -2,7 +2,6 @@
 
 import shutil
 import threading
-from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -542,10 +541,8 @@ def test_the_kernel_computes_the_same_on_every_instruction_set(march, tmp_path, 
     import subprocess
 
     built = tmp_path / "variant.so"
-    flags = [f"-march={march}" if flag == "-march=native" else flag for flag in library._FLAGS]
-    command = [shutil.which("g++"), *flags, str(library._SOURCE), "-I",
-               str(Path(mx.__file__).parent / "include"), "-o", str(built)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    subprocess.run(library.build_command(shutil.which("g++"), built, march), check=True, capture_output=True,
+                   timeout=300)
 
     rng = np.random.default_rng(21)
     weights = rng.normal(0, 1, (64, 96)).astype(np.float32)

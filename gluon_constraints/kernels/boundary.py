@@ -14,6 +14,9 @@ library's own, ``gc_layout``):
   rule's hyperparameters ``h1, h2, h3``;
 - :class:`Rates` (``gc_rates``): one weight's learning rate and weight decay for a step.
 
+The queued calls receive them as C structs; the library operator ``gc_touched_rows`` receives
+them as its attributes, in the text :func:`as_text` writes (the fields in declaration order).
+
 :func:`kernel_can_take` is the one place that says which arrays the kernels compute on.
 """
 
@@ -26,15 +29,18 @@ from typing import Any, Dict
 import numpy as np
 
 __all__ = ["UnitGroup", "UpdateRule", "Rates", "MODES", "RULES", "NORM_ORDERS", "unit_group",
-           "kernel_can_take"]
+           "as_text", "kernel_can_take"]
 
 #: ``mode`` values: ``"norm"`` rescales a unit whose norm lies outside ``[lo, hi]`` (within
 #: ``rtol``) by ``rate * t / n + (1 - rate)``; ``"nonneg"`` is ``w * (w >= 0)`` and ``"clip"``
 #: ``min(max(w, lo), hi)``, elementwise; ``"none"`` leaves the weight alone (an update only).
 MODES: Dict[str, int] = {"norm": 0, "nonneg": 1, "clip": 2, "none": 3}
 #: ``rule`` values: MXNet's ``sgd_mom_update``, ``nag_mom_update``, ``adam_update`` and
-#: ``rmsprop_update``.
-RULES: Dict[str, int] = {"sgd_mom": 0, "nag_mom": 1, "adam": 2, "rmsprop": 3}
+#: ``rmsprop_update`` (``gc_update``); the lazy updates of the rows a row-sparse gradient has,
+#: of ``sgd_update``, ``sgd_mom_update``, ``adam_update`` and the sparse ``adagrad_update`` on
+#: a dense weight, and ``"none"``, no update (``gc_touched_rows``).
+RULES: Dict[str, int] = {"sgd_mom": 0, "nag_mom": 1, "adam": 2, "rmsprop": 3, "sgd_lazy": 4,
+                         "sgd_mom_lazy": 5, "adam_lazy": 6, "adagrad_lazy": 7, "none": 8}
 #: ``norm_order`` values by norm order: 1, 2, and 0 for the max norm.
 NORM_ORDERS: Dict[float, int] = {1: 1, 2: 2, math.inf: 0}
 
@@ -68,6 +74,13 @@ def unit_group(layout: Any, mode: str, lo: float = 0.0, hi: float = 0.0, rate: f
     ``(groups, runs, units_per_group)``."""
     groups, runs, units_per_group = layout
     return UnitGroup(groups, runs, units_per_group, MODES[mode], NORM_ORDERS[order], lo, hi, rate, rtol)
+
+
+def as_text(structure: ctypes.Structure) -> str:
+    """``structure``'s fields in declaration order, comma-separated: integers in decimal, floats
+    as C99 hexadecimal (``float.hex``), which the library reads back exactly."""
+    return ",".join(value.hex() if isinstance(value, float) else str(value)
+                    for value in (getattr(structure, name) for name, _ in structure._fields_))
 
 
 def kernel_can_take(array: Any) -> bool:

@@ -8,6 +8,11 @@ its public C API (``MXEnginePushSyncND``), like an operator that reads and write
 arrays: MXNet gives every operator loaded from a library a temporary-space and a random-number
 resource that all CPU operators share, so each call would also wait for the backward pass still
 queued, and a multi-context step would lose the overlap of its updates with that pass.
+The third, ``gc_touched_rows`` (a lazy update of the rows a row-sparse gradient has, and their
+projection), is such a library operator all the same, registered with ``mxnet.library.load`` on
+first use: MXNet hands an operator a row-sparse array's row indices, which its C API hands over
+only by waiting for the array. (The gradient of an embedding, computed last by the backward
+pass, leaves little to overlap.)
 The library is built with the system's C++ compiler the first time it is needed (about 10
 seconds), cached under ``~/.cache/gluon_constraints`` (or ``$GLUON_CONSTRAINTS_CACHE``), and
 loaded with ``ctypes``.
@@ -49,10 +54,10 @@ import mxnet
 
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning, KernelCallError
-from .boundary import Rates, UnitGroup, UpdateRule
+from .boundary import Rates, UnitGroup, UpdateRule, as_text
 
 __all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library", "status",
-           "KernelStatus"]
+           "KernelStatus", "build_command"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")
@@ -69,6 +74,8 @@ _MXNET_FUNCTIONS = ("MXEnginePushSyncND", "MXNDArrayToDLPack", "MXNDArrayDetach"
 _MESSAGE_SIZE = 1024
 _log = logging.getLogger("gluon_constraints.kernels")
 _lock = threading.Lock()
+_OPERATOR = "gc_touched_rows"
+_registered: Optional[Path] = None  # the library whose gc_touched_rows MXNet has registered
 _loaded: Optional["Kernel"] = None
 _tried = False
 _unavailable = ""  # why the kernel could not be had in this process, once tried
@@ -99,7 +106,8 @@ class Kernel:
     the next wait on its arrays.
     """
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
         arrays, text = ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p
         self._project = library.gc_project
         self._project.argtypes = [ctypes.POINTER(UnitGroup), ctypes.c_int, ctypes.c_int, arrays,
@@ -127,6 +135,37 @@ class Kernel:
         count = len(groups)
         _queue(self._update, ctypes.byref(rule), (UnitGroup * count)(*groups), (Rates * count)(*rates),
                count, int(bool(stats)), _handles(listed), len(listed))
+
+    def touched_rows(self, rule: UpdateRule, group: UnitGroup, rates: Rates, weight: Any, rows: Any,
+                     states: Sequence[Any], stats: Any, measured: bool) -> None:
+        """Queue ``gc_touched_rows``: the rows that row-sparse ``rows`` has (its row indices) of
+        ``weight`` and ``states`` updated in place by ``rule`` (a lazy rule, with ``rows`` the
+        gradient, or ``"none"``), then projected as ``group`` (rows) says; ``stats`` (a float32
+        array of 3) receives the touched rows' statistics if ``measured`` (else zeros may be
+        all it gets).
+
+        Raises
+        ------
+        KernelCallError
+            If the library refuses the call (nothing is queued then), or MXNet cannot register
+            the operator from this library.
+        """
+        self._operator()(weight, rows, *states, group=as_text(group), rule=as_text(rule),
+                         rates=as_text(rates), stats="1" if measured else "0", out=stats)
+
+    def _operator(self) -> Any:
+        """``gc_touched_rows`` as an ``mxnet.ndarray`` function, registered from this library on
+        first use (once per process: MXNet keeps one operator of a name)."""
+        global _registered
+        with _lock:
+            if _registered is None:
+                from mxnet import library as mxnet_library
+                try:
+                    mxnet_library.load(str(self.path), verbose=False)
+                except mxnet.base.MXNetError as error:
+                    raise KernelCallError(f"MXNet could not register {_OPERATOR} from {self.path}: {error}") from error
+                _registered = self.path
+        return getattr(mxnet.ndarray, _OPERATOR)
 
     def layout(self, structure: str, field: Optional[str] = None) -> int:
         """The library's size of ``structure``, or with ``field`` its offset (-1: unknown name)."""
@@ -308,7 +347,7 @@ def loaded(path: Path) -> Kernel:
     functions = [compat.c_function(name) for name in _MXNET_FUNCTIONS]
     library.gc_bind.argtypes = [ctypes.c_void_p] * len(functions)
     library.gc_bind(*functions)
-    return Kernel(library)
+    return Kernel(library, path)
 
 
 def prepared_library(build: bool = True) -> Tuple[Optional[Path], str]:
@@ -350,15 +389,13 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         return None, f"no C++ compiler was found ({os.environ.get('CXX', 'g++')!r}; set CXX to one)."
-    mxnet_dir = Path(mxnet.__file__).parent
     directory.mkdir(parents=True, exist_ok=True)
     _log.warning("gluon-constraints: building its fused kernel once for this machine (10 to 70 s) "
                  "into %s", directory)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         built = Path(scratch) / "lib.so"
-        command = [compiler, *_FLAGS, str(_SOURCE), "-I", str(mxnet_dir / "include"), "-o", str(built)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(build_command(compiler, built), capture_output=True, text=True)
         if result.returncode != 0:
             said = (result.stderr or result.stdout).strip()
             return None, (f"{compiler} could not build it (exit status {result.returncode}"
@@ -371,6 +408,15 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
         os.replace(pointer, directory / _POINTER)
     _log.warning("gluon-constraints: fused kernel built in %.1f s", time.monotonic() - started)
     return directory / name, ""
+
+
+def build_command(compiler: str, output: Path, march: str = "native") -> List[str]:
+    """The command that compiles the library into ``output`` for ``-march=<march>``: the kernels,
+    and MXNet's ``lib_api.cc`` (the wheel ships it) through which MXNet loads its operator."""
+    mxnet_dir = Path(mxnet.__file__).parent
+    flags = [f"-march={march}" if flag == "-march=native" else flag for flag in _FLAGS]
+    return [compiler, *flags, str(_SOURCE), str(mxnet_dir / "src" / "lib_api.cc"), "-I", str(mxnet_dir / "include"),
+            "-o", str(output)]
 
 
 def _sha256(path: Path) -> str:

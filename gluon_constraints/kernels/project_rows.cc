@@ -66,6 +66,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <cstddef>
 #include <cstring>
@@ -73,12 +75,18 @@
 #include <vector>
 
 #include "dlpack/dlpack.h"
+#include "mxnet/lib_api.h"
 
 // -- the typed boundary (the same names in kernels/boundary.py) ------------------------------------
 extern "C" {
 
 enum { kModeNorm = 0, kModeNonNeg = 1, kModeClip = 2, kModeNone = 3 };
-enum { kRuleSGDMom = 0, kRuleNAGMom = 1, kRuleAdam = 2, kRuleRMSProp = 3 };
+// The dense rules (gc_update), then the lazy row updates of a row-sparse gradient and no update
+// (gc_touched_rows).
+enum {
+  kRuleSGDMom = 0, kRuleNAGMom = 1, kRuleAdam = 2, kRuleRMSProp = 3,
+  kRuleSGDLazy = 4, kRuleSGDMomLazy = 5, kRuleAdamLazy = 6, kRuleAdaGradLazy = 7, kRuleNone = 8
+};
 
 struct gc_unit_group {
   int64_t groups, runs, units_per_group;
@@ -255,7 +263,7 @@ void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b
                    bool read, const UpdateRun& update, Totals* totals) {
   int64_t first, count;
   block_units(l, b, &first, &count);
-  double measured[kBlock] = {0.0}, squares[kBlock] = {0.0};
+  double measured[kBlock], squares[kBlock];  // written for the block's units by measure_block
   if (read) measure_block<kUpdate>(p, w, l, first, count, update, measured, squares);
   if (p.g.mode == kModeNorm) {
     double factors[kBlock];
@@ -276,7 +284,8 @@ void project_block(const UnitProjection& p, float* w, const Layout& l, int64_t b
     }
     return;
   }
-  double after[kBlock] = {0.0};
+  double after[kBlock];
+  std::fill(after, after + count, 0.0);
   for (int64_t a = 0; a < l.runs; ++a) {
     for (int64_t k = 0; k < count; ++k) {
       float* run = w + l.offset(first + k, a);
@@ -327,7 +336,10 @@ struct Update {
   int rule;  // kRule*
   float lr, wd, rescale, clip, h1, h2, h3;
 
-  static int state_count(int rule) { return rule == kRuleAdam ? 2 : 1; }
+  static int state_count(int rule) {
+    if (rule == kRuleAdam || rule == kRuleAdamLazy) return 2;
+    return rule == kRuleSGDLazy || rule == kRuleNone ? 0 : 1;
+  }
 
   double row(float* w, const float* grad, float* s1, float* s2, int64_t length) const {
     double sum = 0.0;
@@ -383,6 +395,87 @@ struct Update {
           sum += static_cast<double>(updated) * updated;
         }
         break;
+      default:
+        sum = lazy_row(w, grad, s1, s2, length);
+    }
+    return sum;
+  }
+
+  // The lazy updates of the rows a row-sparse gradient has (MXNet's CPU kernels for a dense
+  // weight and a row-sparse gradient, term for term; `grad` is the gradient's row), or none.
+  // Clipping is decided once per row, so that each loop vectorises.
+  double lazy_row(float* w, const float* grad, float* s1, float* s2, int64_t length) const {
+    double sum = 0.0;
+    const bool clipping = clip >= 0.0f;
+    switch (rule) {
+      case kRuleSGDLazy: {  // SGDDnsRspKernel
+        const float keep = 1.f - lr * wd, step = lr * rescale;
+        if (clipping) {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            w[j] = keep * w[j] - lr * clipped(rescale * grad[j], clip);
+            sum += static_cast<double>(w[j]) * w[j];
+          }
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            w[j] = keep * w[j] - step * grad[j];
+            sum += static_cast<double>(w[j]) * w[j];
+          }
+        }
+        break;
+      }
+      case kRuleSGDMomLazy: {  // SGDMomDnsRspDnsKernel
+        const float rate = lr * wd, step = lr * rescale;
+        if (clipping) {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            s1[j] = h1 * s1[j] - rate * w[j] - lr * clipped(rescale * grad[j], clip);
+            w[j] = w[j] + s1[j];
+            sum += static_cast<double>(w[j]) * w[j];
+          }
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            s1[j] = h1 * s1[j] - rate * w[j] - step * grad[j];
+            w[j] = w[j] + s1[j];
+            sum += static_cast<double>(w[j]) * w[j];
+          }
+        }
+        break;
+      }
+      case kRuleAdamLazy:  // AdamDnsRspDnsKernel
+        if (clipping) {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            const float g = clipped(grad[j] * rescale + w[j] * wd, clip);
+            s1[j] = h1 * s1[j] + (1.f - h1) * g;
+            s2[j] = h2 * s2[j] + (1.f - h2) * (g * g);
+            w[j] = w[j] - lr * s1[j] / (std::sqrt(s2[j]) + h3);
+            sum += static_cast<double>(w[j]) * w[j];
+          }
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            const float g = grad[j] * rescale + w[j] * wd;
+            s1[j] = h1 * s1[j] + (1.f - h1) * g;
+            s2[j] = h2 * s2[j] + (1.f - h2) * g * g;
+            w[j] = w[j] - lr * s1[j] / (std::sqrt(s2[j]) + h3);
+            sum += static_cast<double>(w[j]) * w[j];
+          }
+        }
+        break;
+      case kRuleAdaGradLazy:  // AdagradDnsRspDnsKernel: s1 = history; h1 = epsilon
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < length; ++j) {
+          const float g = clipping ? clipped(grad[j] * rescale, clip) : grad[j] * rescale;
+          s1[j] = s1[j] + g * g;
+          w[j] = w[j] - g / std::sqrt(s1[j] + h1) * lr;
+          sum += static_cast<double>(w[j]) * w[j];
+        }
+        break;
+      default:  // kRuleNone
+        sum = sum_of_squares(w, length);
     }
     return sum;
   }
@@ -400,8 +493,11 @@ void check_group(const gc_unit_group& g, size_t i) {
     throw Failure(which + "groups, runs and units_per_group must be >= 1");
 }
 
-void check_rule(const gc_update_rule& r) {
-  if (r.rule < kRuleSGDMom || r.rule > kRuleRMSProp) throw Failure("unknown rule " + std::to_string(r.rule));
+// gc_update takes the dense rules, gc_touched_rows the lazy ones and kRuleNone.
+void check_rule(const gc_update_rule& r, bool lazy = false) {
+  const int first = lazy ? kRuleSGDLazy : kRuleSGDMom, last = lazy ? kRuleNone : kRuleRMSProp;
+  if (r.rule < first || r.rule > last)
+    throw Failure("unknown " + std::string(lazy ? "lazy " : "") + "rule " + std::to_string(r.rule));
 }
 
 // -- MXNet's C API, as handed over by gc_bind ------------------------------------------------
@@ -663,3 +759,229 @@ int64_t gc_layout(const char* structure, const char* field) {
 }
 
 }  // extern "C"
+
+// -- gc_touched_rows: the rows a row-sparse gradient has ------------------------------------------
+//
+// A library operator rather than a queued call: MXNet hands an operator a row-sparse array's row
+// indices where the kernel needs them, while the C API hands them over only by waiting for the
+// array. Inputs (w, rows, states...), of w's shape and float32 (rows of any type without an
+// update): w and the states are dense
+// or row-sparse with every row stored (as MXNet's own updates require of them); rows is
+// row-sparse, and its row indices are the rows touched. Attributes, the boundary structs as text
+// (fields in declaration order, comma-separated, integers and C99 hexadecimal floats):
+// "group" (a gc_unit_group of rows: (rows, 1, 1)), "rule" (a gc_update_rule: a lazy rule, whose
+// gradient is rows, or kRuleNone: rows only names the rows, and may be w itself, whose stored
+// rows it names then, all of them or not), "rates" (a
+// gc_rates), and "stats" ("1": measure). Each touched row is updated in place (w and states,
+// which MXNet's engine sees as written), then projected while in cache; other rows are not read
+// or written. One output, a float32 array of 3: with "stats", (fraction of touched rows the
+// projection changed, largest and mean row norm after it over the touched rows), zeros for no
+// touched rows. A malformed call fails when it is made (in parsing its attributes) and queues
+// nothing.
+
+namespace {
+
+using Attributes = std::unordered_map<std::string, std::string>;
+
+// One attribute's fields, read in order.
+class Fields {
+ public:
+  Fields(const Attributes& attrs, const char* key) : key_(key) {
+    const auto found = attrs.find(key);
+    if (found == attrs.end()) throw Failure(std::string("attribute \"") + key + "\" is missing");
+    at_ = found->second.c_str();
+  }
+  double real() {
+    char* end = nullptr;
+    const double value = std::strtod(at_, &end);
+    return advance(end), value;
+  }
+  int64_t integer() {
+    char* end = nullptr;
+    const long long value = std::strtoll(at_, &end, 10);
+    return advance(end), static_cast<int64_t>(value);
+  }
+  void done() const {
+    if (*at_ != '\0') throw Failure(std::string("attribute \"") + key_ + "\" has more fields than expected");
+  }
+
+ private:
+  void advance(char* end) {
+    if (end == at_ || (*end != ',' && *end != '\0'))
+      throw Failure(std::string("attribute \"") + key_ + "\" has a malformed or missing field at \"" + at_ + "\"");
+    at_ = *end == ',' ? end + 1 : end;
+  }
+  const char* key_;
+  const char* at_;
+};
+
+gc_unit_group group_of(const Attributes& attrs) {
+  Fields f(attrs, "group");
+  gc_unit_group g{};
+  g.groups = f.integer(), g.runs = f.integer(), g.units_per_group = f.integer();
+  g.mode = static_cast<int32_t>(f.integer()), g.norm_order = static_cast<int32_t>(f.integer());
+  g.lo = f.real(), g.hi = f.real(), g.rate = f.real(), g.rtol = f.real();
+  f.done();
+  check_group(g, 0);
+  if (g.runs != 1 || g.units_per_group != 1) throw Failure("the touched rows' group must be rows: (rows, 1, 1)");
+  return g;
+}
+
+gc_update_rule rule_of(const Attributes& attrs) {
+  Fields f(attrs, "rule");
+  gc_update_rule r{};
+  r.rule = static_cast<int32_t>(f.integer()), r.reserved = static_cast<int32_t>(f.integer());
+  r.rescale_grad = f.real(), r.clip_gradient = f.real(), r.h1 = f.real(), r.h2 = f.real(), r.h3 = f.real();
+  f.done();
+  check_rule(r, true);
+  return r;
+}
+
+gc_rates rates_of(const Attributes& attrs) {
+  Fields f(attrs, "rates");
+  gc_rates r{};
+  r.lr = f.real(), r.wd = f.real();
+  f.done();
+  return r;
+}
+
+// lib_api keeps every error message a library ever gave in one list, which MXNet quotes whole
+// with each new failure; a failure here replaces the list (its one member) with its own message.
+static_assert(sizeof(mxnet::ext::MXerrorMsgs) == sizeof(std::vector<std::stringstream*>),
+              "lib_api's MXerrorMsgs is expected to hold its message list alone");
+std::mutex reported_lock;
+
+// Runs `body`, turning a failure into MXNet's error message for a library operator.
+template <typename Body>
+mxnet::ext::MXReturnValue reported(const Body& body) {
+  try {
+    body();
+    return mxnet::ext::MX_SUCCESS;
+  } catch (const std::exception& error) {
+    std::lock_guard<std::mutex> hold(reported_lock);
+    auto* messages = reinterpret_cast<std::vector<std::stringstream*>*>(mxnet::ext::MXerrorMsgs::get());
+    for (std::stringstream* message : *messages) delete message;
+    messages->clear();
+    MX_ERROR_MSG << "gc_touched_rows: " << error.what();
+    return mxnet::ext::MX_FAIL;
+  }
+}
+
+mxnet::ext::MXReturnValue touched_parse(const Attributes& attrs, int* inputs, int* outputs) {
+  return reported([&] {
+    group_of(attrs), rates_of(attrs);
+    *inputs = 2 + Update::state_count(rule_of(attrs).rule);
+    *outputs = 1;
+  });
+}
+
+// Every input float32, except the rows without an update (only their row indices are read).
+mxnet::ext::MXReturnValue touched_type(const Attributes& attrs, std::vector<int>* in, std::vector<int>* out) {
+  return reported([&] {
+    const bool update = rule_of(attrs).rule != kRuleNone;
+    for (size_t i = 0; i < in->size(); ++i)
+      if ((*in)[i] != mxnet::ext::kFloat32 && (i != 1 || update))
+        throw Failure("input " + std::to_string(i) + " must be float32");
+    (*out)[0] = mxnet::ext::kFloat32;
+  });
+}
+
+mxnet::ext::MXReturnValue touched_storage(const Attributes&, std::vector<int>* in, std::vector<int>* out) {
+  return reported([&] {
+    if ((*in)[1] != mxnet::ext::kRowSparseStorage) throw Failure("input 1 (the rows) must be row-sparse");
+    for (size_t i = 0; i < in->size(); ++i)
+      if ((*in)[i] == mxnet::ext::kCSRStorage) throw Failure("input " + std::to_string(i) + " must not be CSR");
+    (*out)[0] = mxnet::ext::kDefaultStorage;
+  });
+}
+
+mxnet::ext::MXReturnValue touched_shape(const Attributes&, std::vector<std::vector<unsigned int>>* in,
+                                        std::vector<std::vector<unsigned int>>* out) {
+  return reported([&] {
+    if ((*in)[0].size() < 2) throw Failure("the weight must have at least 2 dimensions (rows)");
+    for (size_t i = 1; i < in->size(); ++i)
+      if ((*in)[i] != (*in)[0]) throw Failure("input " + std::to_string(i) + " must have the weight's shape");
+    (*out)[0] = {3};
+  });
+}
+
+mxnet::ext::MXReturnValue touched_mutates(const Attributes& attrs, std::vector<int>* indices) {
+  return reported([&] {
+    indices->push_back(0);
+    for (int k = 0; k < Update::state_count(rule_of(attrs).rule); ++k) indices->push_back(2 + k);
+  });
+}
+
+// The first element of row 0 of a dense array, or of a row-sparse one with every row stored.
+float* row_zero(mxnet::ext::MXTensor& t, const char* what) {
+  if (t.stype == mxnet::ext::kDefaultStorage) return t.data<float>();
+  const auto* sparse = reinterpret_cast<const mxnet::ext::MXSparse*>(t.data_ptr);
+  if (sparse->indices_len != t.shape[0])
+    throw Failure(std::string(what) + " is row-sparse with " + std::to_string(sparse->indices_len) + " of its " +
+                  std::to_string(t.shape[0]) + " rows stored: it must store every row, as MXNet's updates require");
+  return static_cast<float*>(sparse->data);
+}
+
+mxnet::ext::MXReturnValue touched_forward(const Attributes& attrs, std::vector<mxnet::ext::MXTensor>* inputs,
+                                          std::vector<mxnet::ext::MXTensor>* outputs,
+                                          const mxnet::ext::OpResource&) {
+  return reported([&] {
+    const gc_unit_group group = group_of(attrs);
+    const gc_update_rule r = rule_of(attrs);
+    const gc_rates rates = rates_of(attrs);
+    const auto stats_attribute = attrs.find("stats");
+    const bool stats = stats_attribute != attrs.end() && stats_attribute->second == "1";
+    auto& in = *inputs;
+    const int64_t rows = in[0].shape[0], length = in[0].size() / rows;
+    const auto* touched = reinterpret_cast<const mxnet::ext::MXSparse*>(in[1].data_ptr);
+    const int64_t count = touched->indices_len;
+    const int64_t* index = touched->indices;
+    const float* grad = static_cast<const float*>(touched->data);
+    // Rows that name a row-sparse weight's own rows: its k-th stored row is touched row k,
+    // whether or not it stores every row.
+    const bool own = in[0].stype == mxnet::ext::kRowSparseStorage && r.rule == kRuleNone &&
+                     reinterpret_cast<const mxnet::ext::MXSparse*>(in[0].data_ptr)->data == touched->data;
+    float* w = own ? static_cast<float*>(touched->data) : row_zero(in[0], "the weight");
+    float* s1 = in.size() > 2 ? row_zero(in[2], "the optimizer state") : nullptr;
+    float* s2 = in.size() > 3 ? row_zero(in[3], "the optimizer state") : nullptr;
+    for (int64_t k = 0; k < count; ++k)
+      if (index[k] < 0 || index[k] >= rows) throw Failure("row index " + std::to_string(index[k]) + " is out of range");
+    const UnitProjection p{group};
+    const Update step{r.rule, static_cast<float>(rates.lr), static_cast<float>(rates.wd),
+                      static_cast<float>(r.rescale_grad), static_cast<float>(r.clip_gradient),
+                      static_cast<float>(r.h1), static_cast<float>(r.h2), static_cast<float>(r.h3)};
+    const Layout row{1, 1, 1, length};
+    const bool read = group.mode == kModeNorm || stats || r.rule != kRuleNone;
+    double moved = 0.0, total = 0.0, largest = 0.0;
+#pragma omp parallel for schedule(static) if (count * length >= kParallelSize) \
+    reduction(+ : moved, total) reduction(max : largest)
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t at = index[k] * length;
+      float* unit = w + (own ? k * length : at);
+      Totals t;
+      project_block<true>(p, unit, row, 0, stats, read, [&](int64_t, int64_t) {
+        return step.lazy_row(unit, grad + k * length, s1 == nullptr ? nullptr : s1 + at,
+                             s2 == nullptr ? nullptr : s2 + at, length);
+      }, &t);
+      moved += t.moved;
+      total += t.total;
+      largest = std::fmax(largest, t.largest);
+    }
+    float* out = (*outputs)[0].data<float>();
+    out[0] = count ? static_cast<float>(moved / count) : 0.f;
+    out[1] = static_cast<float>(largest);
+    out[2] = count ? static_cast<float>(total / count) : 0.f;
+  });
+}
+
+}  // namespace
+
+REGISTER_OP(gc_touched_rows)
+    .setParseAttrs(touched_parse)
+    .setInferType(touched_type)
+    .setInferSType(touched_storage)
+    .setInferShape(touched_shape)
+    .setMutateInputs(touched_mutates)
+    .setForward(touched_forward, "cpu");
+
+extern "C" mxnet::ext::MXReturnValue initialize(int /* version */) { return mxnet::ext::MX_SUCCESS; }

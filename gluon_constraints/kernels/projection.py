@@ -4,8 +4,10 @@ Used by the optimizer wrapper (on the arrays an update wrote) and by ``apply_con
 constraint reaches the kernel through the :class:`~gluon_constraints.catalogue.lowering.RowLowering`
 registered for its class (:func:`unit_groups`); everything else uses the constraint's own
 stock-operator projection. No host synchronisation: every path only queues operators on MXNet's
-engine. This module knows constraints and arrays, not optimizers: the fused update lives with
-the update rules (``training/fused_update.py``).
+engine, except the stock projection of the rows a row-sparse array has
+(:func:`project_touched_rows`), which reads their indices. This module knows constraints and
+arrays, not optimizers: the fused update lives with the update rules
+(``training/fused_update.py``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import numpy as np
 from mxnet import ndarray
 
 from ..catalogue import BOUNDARY_RTOL, Constraint, Reduction
+from ..catalogue.base import ELEMENTWISE, PER_UNIT
 from ..catalogue.compose import Compose
 from ..catalogue.lowering import row_lowering
 from ..catalogue.norms import slice_norms, widened
 from ..catalogue.reduction import per_output_unit, unit_rows, viewed
-from .boundary import UnitGroup, kernel_can_take, unit_group
+from .boundary import RULES, Rates, UnitGroup, UpdateRule, kernel_can_take, unit_group
 from .library import PreparedCall, kernel
 
 __all__ = ["project_in_place", "KernelItem", "kernel_item", "ProjectionCall", "projection_call",
-           "run_and_measure", "unit_groups", "unit_layout", "leading_rows", "first_filter"]
+           "run_and_measure", "unit_groups", "unit_layout", "leading_rows", "first_filter",
+           "projects_rows", "touched_group", "project_touched_rows"]
 
 # The kernels compute in float32: the catalogue's float32 band, so both paths agree.
 _KERNEL_RTOL = BOUNDARY_RTOL[np.dtype(np.float32)]
@@ -164,8 +168,13 @@ def unit_groups(array: Any, constraint: Constraint, reduction: Reduction, monito
     """
     if not kernel_can_take(array):
         return None
+    return _shape_unit_groups(tuple(array.shape), constraint, reduction, monitored)
+
+
+def _shape_unit_groups(shape: Tuple[int, ...], constraint: Constraint, reduction: Reduction,
+                       monitored: bool) -> Optional[List[UnitGroup]]:
+    """:func:`unit_groups` for a weight of ``shape`` the kernel can take."""
     members = constraint.constraints if isinstance(constraint, Compose) else (constraint,)
-    shape = tuple(array.shape)
     layout = None
     lowerings = []
     for member in members:
@@ -236,3 +245,79 @@ def first_filter(array: Any) -> Any:
     of it will do.)
     """
     return array[0:1] if array.shape[0] > 1 else array.reshape((1, -1))
+
+
+# -- the rows a row-sparse array has ---------------------------------------------------------------
+def projects_rows(constraint: Constraint, reduction: Reduction, shape: Tuple[int, ...]) -> bool:
+    """Whether ``constraint`` projects each row (slice along axis 0) of a weight of ``shape`` on
+    its own: every step elementwise, or per unit with rows for units; none stateful.
+
+    Then projecting only some rows gives those rows what the whole weight's projection would.
+    """
+    members = constraint.constraints if isinstance(constraint, Compose) else (constraint,)
+    for member in members:
+        if member.stateful or member.locality not in (ELEMENTWISE, PER_UNIT):
+            return False
+        if member.locality == PER_UNIT:
+            resolved = member.reduction_for(shape, reduction)
+            view = resolved.view_shape if resolved.view_shape is not None else shape
+            if view[0] != shape[0] or tuple(sorted(resolved.axes)) != tuple(range(1, len(view))):
+                return False
+    return True
+
+
+def touched_group(array: Any, constraint: Constraint, reduction: Reduction) -> Optional[UnitGroup]:
+    """The kernel's unit group for ``constraint`` on rows of ``array`` (dense, or row-sparse
+    with every row stored), or None where ``gc_touched_rows`` does not compute exactly this
+    projection (one step whose units are rows)."""
+    if array.dtype != np.float32 or array.stype not in ("default", "row_sparse") or array.ndim < 2 \
+            or array.context.device_type not in ("cpu", "cpu_pinned"):
+        return None
+    shape = tuple(array.shape)
+    groups = _shape_unit_groups(shape, constraint, reduction, False)
+    if groups is None or len(groups) != 1 or (groups[0].groups, groups[0].runs, groups[0].units_per_group) \
+            != leading_rows(shape):
+        return None
+    return groups[0]
+
+
+def project_touched_rows(array: Any, rows: Any, constraint: Constraint, reduction: Reduction, stats: Any,
+                         measured: bool, group: Optional[UnitGroup] = None) -> None:
+    """Project in place the rows of ``array`` that row-sparse ``rows`` has (its row indices),
+    leaving every other row as it is, bit for bit.
+
+    ``constraint`` must project rows on their own (:func:`projects_rows`). With ``group``
+    (:func:`touched_group`) the kernel's ``gc_touched_rows`` runs without waiting; otherwise
+    stock operators do, after reading the row indices on the host (which waits for ``rows``).
+    ``array`` is dense, or row-sparse with every row stored (a kvstore's copy of a row-sparse
+    weight); ``rows`` may be ``array`` itself, row-sparse: then its stored rows are projected,
+    every row or not. ``stats`` (a float32 array of 3) receives, with ``measured``, the fraction of the
+    touched rows the projection changed and their largest and mean norm after it.
+    """
+    if group is not None:
+        loaded = kernel()
+        if loaded is not None:
+            loaded.touched_rows(UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0), group, Rates(0.0, 0.0),
+                                array, rows, [], stats, measured)
+            return
+    indices = rows.indices
+    if indices.size == 0:
+        if measured:
+            stats[:] = 0
+        return
+    dense = array.stype == "default"
+    values = ndarray.take(array, indices) if dense else ndarray.sparse.retain(array, indices).data
+    row_reduction = Reduction(tuple(range(1, values.ndim)))
+    project = lambda: constraint(values, constraint.reduction_for(values.shape, row_reduction)).copyto(values)
+    if measured:
+        run_and_measure(project, values, row_reduction, getattr(constraint, "ord", 2), stats)
+    else:
+        project()
+    if dense:
+        ndarray._internal._scatter_set_nd(array, values, indices.reshape((1, -1)), shape=array.shape, out=array)
+    elif rows is array:  # its own stored rows, every one of them or not
+        ndarray.sparse.row_sparse_array((values, indices), shape=array.shape, ctx=array.context).copyto(array)
+    else:
+        # A row-sparse array takes rows through a lazy SGD step: (1 - 1 * 1) * w - 1 * (-v) is v.
+        written = ndarray.sparse.row_sparse_array((-values, indices), shape=array.shape, ctx=array.context)
+        ndarray.sparse.sgd_update(array, written, lr=1.0, wd=1.0, rescale_grad=1.0, lazy_update=True, out=array)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from mxnet import ndarray
 from mxnet.gluon.block import Block
 from mxnet.gluon.parameter import Parameter, ParameterDict
 
 from .. import _mxnet_compat as compat
 from ..catalogue import Constraint, Reduction
-from ..errors import ConstraintShapeError, ConstraintTypeError
+from ..errors import ConstraintShapeError, ConstraintTypeError, EnforcementError
 from ..gluon.attachment import Owner, check_parameter, constraint_of, layout_of, owner_of, reduction_of, state_of
 from ..kernels.library import kernel
-from ..kernels.projection import KernelItem, ProjectionCall, kernel_item, project_in_place, projection_call
+from ..kernels.projection import (KernelItem, ProjectionCall, kernel_item, project_in_place, project_touched_rows,
+                                  projection_call, projects_rows, touched_group)
 
-__all__ = ["apply_constraints", "parameters_of"]
+__all__ = ["apply_constraints", "parameters_of", "check_storage"]
 
 Target = Union[Block, ParameterDict, Parameter, Iterable[Parameter]]
 
@@ -88,10 +90,47 @@ def apply_constraints(target: Target, include_frozen: bool = False) -> List[str]
     for _, projection in checked:
         if projection.items is None:
             first, *others = [_classic(a) for a in projection.copies]
-            project_in_place([(first, projection.constraint, projection.reduction)], use_fused=False)
+            _project_whole(first, projection.constraint, projection.reduction)
             for copy in others:
                 first.copyto(copy)
     return [param.name for param, _ in checked]
+
+
+def _project_whole(array: Any, constraint: Constraint, reduction: Reduction) -> None:
+    """Project ``array`` in place with stock operators; a row-sparse one row by row (its rows are
+    its own row indices: every row a weight stores)."""
+    if array.stype != "row_sparse":
+        project_in_place([(array, constraint, reduction)], use_fused=False)
+        return
+    project_touched_rows(array, array, constraint, reduction, ndarray.zeros((3,), ctx=array.context), False,
+                         touched_group(array, constraint, reduction) if kernel() is not None else None)
+
+
+def check_storage(param: Parameter, constraint: Any, shape: Optional[Sequence[int]]) -> None:
+    """Refuse a constraint on a row-sparse weight unless it projects each row on its own.
+
+    A row-sparse weight (``Parameter(stype='row_sparse')``) lives whole only on the kvstore,
+    which updates the rows a gradient has; devices pull the rows they use. Constraints that
+    project rows (``MaxNorm``, ``MinMaxNorm``, ``UnitNorm``, ``NonNeg``, ``Clip``, ``Simplex``,
+    ``L1Ball`` along rows) run there on the rows an update wrote; ``SpectralNorm`` and
+    ``Orthogonal`` need the whole matrix.
+
+    Raises
+    ------
+    EnforcementError
+        Naming the parameter, its constraint and the families it can take.
+    """
+    storage = compat.storage_type(param)
+    if storage == "default" or shape is None:
+        return
+    if storage != "row_sparse" or not projects_rows(constraint, reduction_of(param, shape), tuple(shape)):
+        raise EnforcementError(
+            f"Parameter '{param.name}' has {storage} storage and the constraint {constraint!r}, which "
+            f"projects more than one row at a time: a row-sparse weight is updated a few rows at a "
+            f"time on its kvstore, so it takes constraints that project each row on its own "
+            f"(MaxNorm, MinMaxNorm, UnitNorm, NonNeg, Clip, Simplex, L1Ball along rows; see "
+            f"docs/training.md, 'Row-sparse gradients'). Use a dense weight for {constraint!r}.")
+
 
 
 def parameters_of(target: Target) -> List[Parameter]:
@@ -127,6 +166,7 @@ def _checked_projection(param: Parameter, constraint: Any, loaded: Any) -> Check
             f"known only after the first forward pass): initialize it and run a forward pass "
             f"before apply_constraints.")
     check_parameter(param, constraint, compat.data_shape(param), owner)
+    check_storage(param, constraint, compat.data_shape(param))
     reduction = reduction_of(param)
     items = [kernel_item(_classic(a), constraint, reduction) for a in copies]
     state.checked = CheckedProjection(constraint, owner, layout_of(param), copies, loaded, reduction,

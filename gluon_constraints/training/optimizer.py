@@ -27,6 +27,7 @@ from ..kernels.boundary import MODES
 from ..kernels.library import kernel as fused_kernel
 from .fused_update import UpdateEntry, run_fused_update
 from .projector import Projection, Projector
+from .touched_rows import update_row_sparse
 from .update_rules import FusedRule, rule_of, step_rates
 
 __all__ = ["ConstrainedOptimizer", "Projection", "master_copy_slot", "projection_interval", "switch"]
@@ -281,6 +282,12 @@ class ConstrainedOptimizer(Optimizer):
         indices, weights, grads, states = _listed(index, weight, grad, state)
         projector = self.projector
         projections = [projector.due(self.inner, i) for i in indices]
+        if any(g.stype == "row_sparse" for g in grads):
+            dense = self._update_row_sparse(indices, weights, grads, states, projections, multi_precision)
+            if not dense:
+                return
+            indices, weights, grads, states, projections = (list(column) for column in zip(*dense))
+            index = indices if isinstance(index, (list, tuple)) else indices[0]
         # Deferred (kvstore pushes) or between every-th projections, calls with nothing to
         # project take the fused update too (one call, not MXNet's one per parameter).
         rule = rule_of(self.inner) if multi_precision and (
@@ -300,6 +307,23 @@ class ConstrainedOptimizer(Optimizer):
             self._queued_size += sum(w.size for w in weights) if projector.deferring else 0
         if self._queued is not None and self._queued_size >= _DEFERRED_SIZE:
             self._run_queued()
+
+    def _update_row_sparse(self, indices: Sequence[Any], weights: Sequence[Any], grads: Sequence[Any],
+                           states: Sequence[Any], projections: Sequence[Optional[Projection]],
+                           multi_precision: bool) -> List[Tuple[Any, ...]]:
+        """Update (and project) the parameters of a call whose gradients are row-sparse, one by
+        one (:mod:`.touched_rows`); return the others' arguments."""
+        master = master_copy_slot(type(self.inner)) if multi_precision and self.inner.multi_precision else None
+        inner_update = self.inner.update_multi_precision if multi_precision else self.inner.update
+        dense = []
+        for arguments in zip(indices, weights, grads, states, projections):
+            i, w, g, s, projection = arguments
+            if g.stype != "row_sparse":
+                dense.append(arguments)
+                continue
+            update_row_sparse(self.inner, self.projector, i, w, g, s, projection, master,
+                              lambda i=i, w=w, g=g, s=s: inner_update(i, w, g, s))
+        return dense
 
     def _refuse_unowned(self) -> None:
         """Refuse to update for a trainer that did not install it, or after another trainer

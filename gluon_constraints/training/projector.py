@@ -67,9 +67,17 @@ class ParameterRecord:
     unreported : dict
         Per context, where a fused update writes the statistics of a step that does not project
         the weight (kept apart from :attr:`stats`, which hold the last projection's).
+    feasible : dict
+        Per context, the projection under which that copy was last projected whole: while it
+        is the one due, a lazy update of a row-sparse gradient projects only the rows it wrote
+        (:mod:`.touched_rows`).
+    row_plans : dict
+        Per context, how that copy's updates of a row-sparse gradient project their rows
+        (:class:`~.touched_rows.RowsPlan`).
     """
 
-    __slots__ = ("projection", "resolved", "entries", "filters", "iterates", "stats", "unreported")
+    __slots__ = ("projection", "resolved", "entries", "filters", "iterates", "stats", "unreported", "feasible",
+                 "row_plans")
 
     def __init__(self, projection: Optional[Projection] = None) -> None:
         self.projection = projection
@@ -79,6 +87,8 @@ class ParameterRecord:
         self.iterates: Dict[str, Any] = {}
         self.stats: Dict[str, Any] = {}
         self.unreported: Dict[str, Any] = {}
+        self.feasible: Dict[str, Projection] = {}
+        self.row_plans: Dict[str, Any] = {}
 
 
 class Projector:

@@ -34,6 +34,7 @@ from ..errors import ConstraintTypeError, DivergingCopiesWarning, EnforcementErr
 from ..gluon.attachment import (attached_parameters, check_parameter, constraint_of, layout_of, owner_of,
                                 reduction_of)
 from ..kernels.projection import project_in_place
+from .apply import check_storage
 from .optimizer import ConstrainedOptimizer, Projection, master_copy_slot, projection_interval, switch
 from .monitoring import collect_stats
 from .verify import verify_constraints
@@ -222,6 +223,7 @@ class EnforcedTraining(compat.TrainerHooks):
             constraint = constraint_of(param)
             if constraint is not None:
                 check_parameter(param, constraint, shape, now[1])
+                check_storage(param, constraint, shape)
             known = constraint is not None and shape is not None
             optimizer.set_projection(index, Projection(constraint, reduction_of(param, shape), shape) if known else None)
             checked[index] = now if known or constraint is None else (None, None, None, None)
@@ -413,11 +415,8 @@ def check_parameters(params: Iterable[Parameter], optimizer: Any,
         constraint = constraint_of(param)
         if constraint is None:
             continue
-        if compat.storage_type(param) != "default":
-            raise EnforcementError(
-                f"Parameter '{param.name}' has a constraint but {compat.storage_type(param)} "
-                f"storage: gluon-constraints projects dense weights only.")
         check_parameter(param, constraint, compat.data_shape(param), owner_of(param))
+        check_storage(param, constraint, compat.data_shape(param))
         if multi_precision and optimizer_class is not None and np.dtype(param.dtype) == np.float16:
             master_copy_slot(optimizer_class)
 

@@ -1,9 +1,10 @@
 """MXNet's update rules that the fused kernel computes, and the rates MXNet would give them.
 
 Everything this package knows about optimizers' arithmetic is here: which optimizers' updates
-the kernel computes (:func:`rule_of`), which of their state arrays it updates
-(:func:`kernel_states`), and the learning rates and weight decays of a step, counted and asked
-for as MXNet's own update calls would (:func:`step_rates`; Adam's bias correction included).
+the kernel computes (:func:`rule_of`), which update only the rows a row-sparse gradient has
+(:func:`updates_rows_only`) and how (:func:`lazy_rule`), which of their state arrays the kernel updates (:func:`kernel_states`),
+and the learning rates and weight decays of a step, counted and asked for as MXNet's own update
+calls would (:func:`step_rates`; Adam's bias correction included).
 The kernel itself (``kernels/``) knows none of it: it receives a rule code and numbers.
 """
 
@@ -13,12 +14,12 @@ import math
 from typing import Any, List, NamedTuple, Optional, Sequence
 
 import numpy as np
-from mxnet.optimizer import NAG, SGD, Adam, RMSProp
+from mxnet.optimizer import NAG, SGD, AdaGrad, Adam, Ftrl, RMSProp
 
 from .. import _mxnet_compat as compat
 from ..kernels.boundary import RULES, Rates, UpdateRule
 
-__all__ = ["FusedRule", "rule_of", "kernel_states", "step_rates"]
+__all__ = ["FusedRule", "rule_of", "updates_rows_only", "lazy_rule", "kernel_states", "step_rates"]
 
 
 class FusedRule(NamedTuple):
@@ -57,9 +58,50 @@ def rule_of(optimizer: Any) -> Optional[FusedRule]:
     return None
 
 
+def updates_rows_only(optimizer: Any, weight_stype: str, casting_master: bool = False) -> bool:
+    """Whether ``optimizer``'s update of a row-sparse gradient writes (weight and state) only the
+    rows the gradient has: a lazy update.
+
+    MXNet's are SGD's and Adam's with ``lazy_update=True`` (the default), AdaGrad's, and FTRL's
+    on a row-sparse weight (on a dense one MXNet computes FTRL densely: every row is rewritten
+    from its state). Every other optimizer (NAG, RMSProp, ...) updates a row-sparse gradient as
+    a dense one, every row. ``casting_master``: the update is ``multi_precision``'s on float16
+    weights, where SGD updates every row (its float16 operators take dense gradients only); the
+    others update their float32 master copy as lazily. Exact classes only, read at every call.
+    """
+    kind = type(optimizer)
+    if kind is SGD:
+        return bool(optimizer.lazy_update) and not casting_master
+    if kind is Adam:
+        return bool(optimizer.lazy_update)
+    return kind is AdaGrad or (kind is Ftrl and weight_stype == "row_sparse")
+
+
+def lazy_rule(optimizer: Any) -> Optional[FusedRule]:
+    """The kernel's rule for ``optimizer``'s lazy update of a dense float32 weight's rows that a
+    row-sparse gradient has, or None where the kernel does not compute it.
+
+    ``sgd_lazy`` for SGD without momentum, ``sgd_mom_lazy`` with it (``momentum``), both with
+    ``lazy_update=True``; ``adam_lazy`` (``beta1``, ``beta2``, ``epsilon``) with
+    ``lazy_update=True``; ``adagrad_lazy`` (``eps``). Exact classes only.
+    """
+    kind = type(optimizer)
+    if kind is SGD and optimizer.lazy_update:
+        if optimizer.momentum > 0:
+            return FusedRule("sgd_mom_lazy", (float(optimizer.momentum), 0.0, 0.0), 1)
+        return FusedRule("sgd_lazy", (0.0, 0.0, 0.0), 0)
+    if kind is Adam and optimizer.lazy_update:
+        return FusedRule("adam_lazy", (float(optimizer.beta1), float(optimizer.beta2), float(optimizer.epsilon)), 2)
+    if kind is AdaGrad:
+        return FusedRule("adagrad_lazy", (float(optimizer.float_stable_eps), 0.0, 0.0), 1)
+    return None
+
+
 def kernel_states(rule: FusedRule, state: Any) -> Optional[List[Any]]:
     """The optimizer state arrays the kernel updates for ``rule``, or None if ``state`` is not
     the dense float32 state it expects (a multi-precision pair, sparse, centered RMSProp)."""
+    if rule.state_count == 0:
+        return [] if state is None else None
     arrays = [state] if rule.state_count == 1 and not isinstance(state, (tuple, list)) else (
         list(state) if isinstance(state, (tuple, list)) else [])
     if len(arrays) != rule.state_count:
@@ -82,7 +124,7 @@ def step_rates(optimizer: Any, rule: FusedRule, indices: Sequence[Any]) -> List[
     frozen for a while, stale gradients skipped), a learning-rate schedule gives each the rate
     MXNet's own update would.
 
-    Adam's learning rate carries its bias correction, ``lr * sqrt(1 - beta2^t) / (1 - beta1^t)``
+    Adam's learning rate (lazy or not) carries its bias correction, ``lr * sqrt(1 - beta2^t) / (1 - beta1^t)``
     at the parameter's update count ``t``, as ``Adam.update`` computes it.
     """
     listed = list(indices)
@@ -92,7 +134,7 @@ def step_rates(optimizer: Any, rule: FusedRule, indices: Sequence[Any]) -> List[
         call = listed[start:start + size]
         compat.count_update(optimizer, call)
         for index, (lr, wd) in zip(call, compat.optimizer_rates(optimizer, call)):
-            if rule.name == "adam":
+            if rule.name in ("adam", "adam_lazy"):
                 beta1, beta2, _ = rule.hyperparameters
                 t = compat.update_count(optimizer, index)
                 lr *= math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)

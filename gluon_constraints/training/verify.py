@@ -17,7 +17,9 @@ def verify_constraints(trainer: Any) -> None:
     """Check that every copy of every constrained parameter satisfies its constraint.
 
     Checks each device copy and, where the update runs on a kvstore (``update_on_kvstore``), the
-    copy the kvstore keeps (pulled back; on a distributed kvstore, the servers' copy). A copy is
+    copy the kvstore keeps (pulled back; on a distributed kvstore, the servers' copy). Of a
+    row-sparse weight (``stype='row_sparse'``) it checks every row of the kvstore's copy: the
+    devices hold only the rows they last pulled, as they were before the update. A copy is
     violated if it holds a NaN or an infinity, or if projecting it would change it by more than
     float rounding. All copies must also be bitwise identical, except a ``dist_async`` server
     copy, which moves on with other workers' pushes. A constraint that moves a slice only part
@@ -48,11 +50,14 @@ def verify_constraints(trainer: Any) -> None:
         if constraint.scheduled:  # the bound of the last update
             constraint = constraint.at(_last_update(trainer, index, on_kvstore and "dist" in kvstore.type))
         reduction = reduction_of(param)
-        copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
-        if on_kvstore:
-            stored = ndarray.zeros(copies[0][1].shape, ctx=copies[0][1].context, dtype=param.dtype)
-            kvstore.pull(index, out=stored)
-            copies.append(("kvstore copy", stored))
+        if compat.storage_type(param) == "row_sparse":
+            copies = [("kvstore copy", _stored_rows(kvstore, index, param))]
+        else:
+            copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
+            if on_kvstore:
+                stored = ndarray.zeros(copies[0][1].shape, ctx=copies[0][1].context, dtype=param.dtype)
+                kvstore.pull(index, out=stored)
+                copies.append(("kvstore copy", stored))
         for label, array in copies:
             found = violation(constraint, array, reduction)
             if found is not None:
@@ -66,6 +71,13 @@ def verify_constraints(trainer: Any) -> None:
         raise ConstraintViolationError(
             "Constraints are violated:\n" + "\n".join(f"  {p}" for p in problems))
 
+
+
+def _stored_rows(kvstore: Any, index: int, param: Any) -> Any:
+    """Every row of the kvstore's copy of row-sparse ``param``, pulled as a dense array."""
+    rows = ndarray.sparse.zeros("row_sparse", param.shape, dtype=param.dtype)
+    kvstore.row_sparse_pull(index, out=rows, row_ids=ndarray.arange(param.shape[0], dtype="int64"))
+    return rows.tostype("default")
 
 
 def _last_update(trainer: Any, index: int, on_servers: bool) -> int:
