@@ -484,3 +484,16 @@ def test_apply_constraints_projects_every_row_of_a_row_sparse_weight(fused, monk
     for copy in net[0].weight._data:
         assert copy.stype == "row_sparse"
         assert_float32_close(copy.asnumpy(), max_norm_rows(before), 4)
+
+
+def test_a_scheduled_bound_that_tightens_reaches_the_untouched_rows():
+    net = build([mx.cpu(0)], gc.Scheduled(gc.MaxNorm(0.1), start=0.5, steps=2), "tighten_", scale=0.1)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.5})
+    data = batches()
+    for x in data[:3]:  # the bound reaches 0.1 at the second update and stays there
+        step(net, trainer, x, [mx.cpu(0)])
+    assert np.linalg.norm(embedding(net)[30:], axis=1).max() <= 0.1 * (1 + 1e-6)  # never touched
+    before = embedding(net)
+    step(net, trainer, data[3], [mx.cpu(0)])
+    untouched = np.setdiff1d(np.arange(VOCABULARY), np.unique(data[3]).astype(int))
+    np.testing.assert_array_equal(embedding(net)[untouched], before[untouched])

@@ -318,8 +318,8 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
         If a constraint is not a Constraint, does not fit its parameter's shape or its dtype
         (naming the parameter).
     EnforcementError
-        If a constrained parameter is sparse, or the optimizer instance already belongs to
-        another live trainer.
+        If a row-sparse weight has a constraint that does not project each row on its own, or
+        the optimizer instance already belongs to another live trainer.
     UnsupportedOptimizerError
         If ``multi_precision=True``, a constrained parameter is float16 and the optimizer keeps its
         float32 master copy in a layout the wrapper does not know.
