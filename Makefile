@@ -28,6 +28,8 @@ benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.enforcement --optimizers --models paper-mlp resnet18 dense50 dcgan \
 		--plot docs/benchmark-ratios.png
 	$(VENV)/bin/python -m benchmarks.enforcement --monitoring --models paper-mlp resnet18
+	$(VENV)/bin/python -m benchmarks.sparse_embedding
+	$(VENV)/bin/python -m benchmarks.sparse_embedding --rows
 
 # Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
 docs: $(INSTALLED)

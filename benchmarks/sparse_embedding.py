@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import mxnet as mx
 import numpy as np
@@ -31,11 +30,10 @@ from gluon_constraints import nn
 from gluon_constraints.catalogue import Reduction
 from gluon_constraints.kernels.projection import project_touched_rows, touched_group
 
-from .enforcement import print_heading
+from .enforcement import STEPS, print_heading, run_steps, timed
 
 DIM = 64
 BATCH = (512, 4)
-STEPS = 10
 BATCHES = 4  # distinct batches cycled through, drawn once
 OPTIMIZERS = {"sgd": ("sgd", {"learning_rate": 0.1}),
               "adam": ("adam", {"learning_rate": 0.01})}
@@ -72,21 +70,6 @@ class Setup:
         self.trainer.step(BATCH[0])
 
 
-def timed(fn: Callable[[], None]) -> float:
-    mx.nd.waitall()
-    start = time.perf_counter()
-    fn()
-    mx.nd.waitall()
-    return time.perf_counter() - start
-
-
-def steps(setup: Setup) -> Callable[[], None]:
-    def run() -> None:
-        for _ in range(STEPS):
-            setup.step()
-    return run
-
-
 def measure(vocabulary: int, ctx: List[mx.Context], optimizer: str, repeats: int) -> Dict[str, float]:
     """Constrained / plain training time, interleaved blocks of steps."""
     plain = Setup(vocabulary, ctx, False, optimizer)
@@ -96,8 +79,8 @@ def measure(vocabulary: int, ctx: List[mx.Context], optimizer: str, repeats: int
             s.step()
     ratios, plain_times = [], []
     for _ in range(repeats):
-        plain_times.append(timed(steps(plain)))
-        ratios.append(timed(steps(ours)) / plain_times[-1])
+        plain_times.append(timed(run_steps(plain, wait_each=False)))
+        ratios.append(timed(run_steps(ours, wait_each=False)) / plain_times[-1])
     return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios),
             "step_ms": statistics.median(plain_times) / STEPS * 1e3}
 

@@ -8,6 +8,8 @@ projection leaves alone is compared bitwise (the fused kernel computes MXNet's l
 term for term).
 """
 
+import ctypes
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ import reference as ref
 from gluon_constraints import nn
 from gluon_constraints.catalogue import Reduction
 from gluon_constraints.kernels import library
-from gluon_constraints.kernels.boundary import RULES, Rates, UpdateRule, unit_group
+from gluon_constraints.kernels.boundary import RULES, Rates, UnitGroup, UpdateRule, as_text, unit_group
 from gluon_constraints.kernels.projection import project_touched_rows, projects_rows, touched_group
 from steps import forbid_host_synchronisation
 from tolerances import assert_float32_close
@@ -383,24 +385,38 @@ def test_which_constraints_project_rows_on_their_own():
     assert not projects_rows(gc.Orthogonal(), rows, shape)
 
 
+def group_with_mode(mode):
+    group = unit_group((6, 1, 1), "norm", 0.0, 0.5, 1.0)
+    group.mode = mode
+    return group
+
+
+GOOD_CALL = {"group": as_text(unit_group((6, 1, 1), "norm", 0.0, 0.5, 1.0)),
+             "rule": as_text(UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0)),
+             "rates": as_text(Rates(0.0, 0.0)), "stats": "0"}
+GROUP_SIZE = ctypes.sizeof(UnitGroup)
+
+
 @pytest.mark.skipif(library.kernel() is None, reason="needs the fused kernel")
 @pytest.mark.parametrize("attribute,value,message", [
-    ("group", "1,1,1,7,2,0x0p+0,0x1p+0,0x1p+0,0x0p+0", "unknown mode 7"),
-    ("group", "1,2,1,0,2,0x0p+0,0x1p+0,0x1p+0,0x0p+0", "must be rows"),
-    ("rule", "0,0,0x1p+0,-0x1p+0,0x0p+0,0x0p+0,0x0p+0", "unknown lazy rule 0"),
-    ("rates", "0x1p+0", "malformed or missing field"),
-    ("rates", "0x1p+0,0x0p+0,7", "more fields than expected"),
-])
+    ("group", GOOD_CALL["group"][:-2], f"has {2 * GROUP_SIZE - 2} hexadecimal digits, not {2 * GROUP_SIZE}"),
+    ("group", "zz" + GOOD_CALL["group"][2:], "is not hexadecimal"),
+    ("group", as_text(group_with_mode(7)), "unknown mode 7"),
+    ("group", as_text(unit_group((6, 2, 1), "norm", 0.0, 0.5, 1.0)), "must be rows"),
+    ("rule", as_text(UpdateRule(RULES["adam"], 0, 1.0, -1.0, 0.9, 0.999, 1e-8)), "unknown lazy rule 2"),
+    ("rates", "", f"has 0 hexadecimal digits, not {2 * ctypes.sizeof(Rates)}"),
+], ids=["short", "not-hex", "mode", "not-rows", "dense-rule", "empty"])
 def test_a_malformed_call_fails_when_made_and_changes_nothing(attribute, value, message):
     operator = library.kernel()._operator()  # registered on first use
     weight = mx.nd.ones((6, 2))
     rows = mx.nd.sparse.row_sparse_array((np.ones((1, 2), np.float32), [1]), shape=(6, 2))
-    attributes = {"group": "6,1,1,0,2,0x0p+0,0x1p-1,0x1p+0,0x0p+0", "rule": "8,0,0x1p+0,-0x1p+0,0x0p+0,0x0p+0,0x0p+0",
-                  "rates": "0x0p+0,0x0p+0", "stats": "0", attribute: value}
     with pytest.raises(mx.base.MXNetError, match=message) as raised:
-        operator(weight, rows, out=mx.nd.zeros((3,)), **attributes)
+        operator(weight, rows, out=mx.nd.zeros((3,)), **{**GOOD_CALL, attribute: value})
     assert str(raised.value).count("gc_touched_rows:") == 1  # not earlier calls' messages too
-    np.testing.assert_array_equal(weight.asnumpy(), np.ones((6, 2)))
+    operator(weight, rows, out=mx.nd.zeros((3,)), **GOOD_CALL)  # the same call, well formed, projects
+    expected = np.ones((6, 2))
+    expected[1] = 0.5 / np.sqrt(2.0)  # row 1 only, onto norm 0.5
+    assert_float32_close(weight.asnumpy(), expected, 2)
 
 
 # -- row-sparse weights: the kvstore's copy is the one projected --------------------------------------

@@ -15,7 +15,7 @@ library's own, ``gc_layout``):
 - :class:`Rates` (``gc_rates``): one weight's learning rate and weight decay for a step.
 
 The queued calls receive them as C structs; the library operator ``gc_touched_rows`` receives
-them as its attributes, in the text :func:`as_text` writes (the fields in declaration order).
+them as its attributes, their bytes in hexadecimal (:func:`as_text`).
 
 :func:`kernel_can_take` is the one place that says which arrays the kernels compute on.
 """
@@ -77,10 +77,10 @@ def unit_group(layout: Any, mode: str, lo: float = 0.0, hi: float = 0.0, rate: f
 
 
 def as_text(structure: ctypes.Structure) -> str:
-    """``structure``'s fields in declaration order, comma-separated: integers in decimal, floats
-    as C99 hexadecimal (``float.hex``), which the library reads back exactly."""
-    return ",".join(value.hex() if isinstance(value, float) else str(value)
-                    for value in (getattr(structure, name) for name, _ in structure._fields_))
+    """``structure``'s bytes in hexadecimal: how the library operator ``gc_touched_rows``, whose
+    attributes are text, receives the boundary structs (exactly, and in the layout
+    ``gc_layout`` checks)."""
+    return bytes(structure).hex()
 
 
 def kernel_can_take(array: Any) -> bool:

@@ -768,8 +768,7 @@ int64_t gc_layout(const char* structure, const char* field) {
 // update): w and the states are dense
 // or row-sparse with every row stored (as MXNet's own updates require of them); rows is
 // row-sparse, and its row indices are the rows touched. Attributes, the boundary structs as text
-// (fields in declaration order, comma-separated, integers and C99 hexadecimal floats):
-// "group" (a gc_unit_group of rows: (rows, 1, 1)), "rule" (a gc_update_rule: a lazy rule, whose
+// (their bytes in hexadecimal): "group" (a gc_unit_group of rows: (rows, 1, 1)), "rule" (a gc_update_rule: a lazy rule, whose
 // gradient is rows, or kRuleNone: rows only names the rows, and may be w itself, whose stored
 // rows it names then, all of them or not), "rates" (a
 // gc_rates), and "stats" ("1": measure). Each touched row is updated in place (w and states,
@@ -783,67 +782,44 @@ namespace {
 
 using Attributes = std::unordered_map<std::string, std::string>;
 
-// One attribute's fields, read in order.
-class Fields {
- public:
-  Fields(const Attributes& attrs, const char* key) : key_(key) {
-    const auto found = attrs.find(key);
-    if (found == attrs.end()) throw Failure(std::string("attribute \"") + key + "\" is missing");
-    at_ = found->second.c_str();
+// A boundary struct from its attribute: the struct's bytes in hexadecimal, as Python's
+// bytes(structure).hex() writes them (the layout test checks that both sides agree on it).
+template <typename Struct>
+Struct struct_of(const Attributes& attrs, const char* key) {
+  const auto found = attrs.find(key);
+  if (found == attrs.end()) throw Failure(std::string("attribute \"") + key + "\" is missing");
+  const std::string& text = found->second;
+  if (text.size() != 2 * sizeof(Struct))
+    throw Failure(std::string("attribute \"") + key + "\" has " + std::to_string(text.size()) + " hexadecimal digits, not " +
+                  std::to_string(2 * sizeof(Struct)));
+  Struct value;
+  unsigned char* bytes = reinterpret_cast<unsigned char*>(&value);
+  for (size_t i = 0; i < sizeof(Struct); ++i) {
+    int byte = 0;
+    for (const char c : {text[2 * i], text[2 * i + 1]}) {
+      const int digit = c >= '0' && c <= '9' ? c - '0' : (c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1);
+      if (digit < 0) throw Failure(std::string("attribute \"") + key + "\" is not hexadecimal");
+      byte = byte * 16 + digit;
+    }
+    bytes[i] = static_cast<unsigned char>(byte);
   }
-  double real() {
-    char* end = nullptr;
-    const double value = std::strtod(at_, &end);
-    return advance(end), value;
-  }
-  int64_t integer() {
-    char* end = nullptr;
-    const long long value = std::strtoll(at_, &end, 10);
-    return advance(end), static_cast<int64_t>(value);
-  }
-  void done() const {
-    if (*at_ != '\0') throw Failure(std::string("attribute \"") + key_ + "\" has more fields than expected");
-  }
-
- private:
-  void advance(char* end) {
-    if (end == at_ || (*end != ',' && *end != '\0'))
-      throw Failure(std::string("attribute \"") + key_ + "\" has a malformed or missing field at \"" + at_ + "\"");
-    at_ = *end == ',' ? end + 1 : end;
-  }
-  const char* key_;
-  const char* at_;
-};
+  return value;
+}
 
 gc_unit_group group_of(const Attributes& attrs) {
-  Fields f(attrs, "group");
-  gc_unit_group g{};
-  g.groups = f.integer(), g.runs = f.integer(), g.units_per_group = f.integer();
-  g.mode = static_cast<int32_t>(f.integer()), g.norm_order = static_cast<int32_t>(f.integer());
-  g.lo = f.real(), g.hi = f.real(), g.rate = f.real(), g.rtol = f.real();
-  f.done();
+  const auto g = struct_of<gc_unit_group>(attrs, "group");
   check_group(g, 0);
   if (g.runs != 1 || g.units_per_group != 1) throw Failure("the touched rows' group must be rows: (rows, 1, 1)");
   return g;
 }
 
 gc_update_rule rule_of(const Attributes& attrs) {
-  Fields f(attrs, "rule");
-  gc_update_rule r{};
-  r.rule = static_cast<int32_t>(f.integer()), r.reserved = static_cast<int32_t>(f.integer());
-  r.rescale_grad = f.real(), r.clip_gradient = f.real(), r.h1 = f.real(), r.h2 = f.real(), r.h3 = f.real();
-  f.done();
+  const auto r = struct_of<gc_update_rule>(attrs, "rule");
   check_rule(r, true);
   return r;
 }
 
-gc_rates rates_of(const Attributes& attrs) {
-  Fields f(attrs, "rates");
-  gc_rates r{};
-  r.lr = f.real(), r.wd = f.real();
-  f.done();
-  return r;
-}
+gc_rates rates_of(const Attributes& attrs) { return struct_of<gc_rates>(attrs, "rates"); }
 
 // lib_api keeps every error message a library ever gave in one list, which MXNet quotes whole
 // with each new failure; a failure here replaces the list (its one member) with its own message.
