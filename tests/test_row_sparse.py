@@ -8,8 +8,6 @@ projection leaves alone is compared bitwise (the fused kernel computes MXNet's l
 term for term).
 """
 
-import ctypes
-
 import mxnet as mx
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ import reference as ref
 from gluon_constraints import nn
 from gluon_constraints.catalogue import Reduction
 from gluon_constraints.kernels import library
-from gluon_constraints.kernels.boundary import RULES, Rates, UnitGroup, UpdateRule, as_text, unit_group
+from gluon_constraints.kernels.boundary import RULES, Rates, UpdateRule, unit_group
 from gluon_constraints.kernels.projection import project_touched_rows, projects_rows, touched_group
 from steps import forbid_host_synchronisation
 from tolerances import assert_float32_close
@@ -344,8 +342,9 @@ def test_the_kernels_lazy_rules_are_mxnets_bit_for_bit(rule, clip, rng):
         kwargs["lazy_update"] = True
     operator(theirs, grad, *their_states, out=theirs, **kwargs)
     group = unit_group((50, 1, 1), "norm", 0.0, 1e30, 1.0, 0.0, 2)  # a bound nothing reaches
+    indices = mx.nd.empty((51,), dtype=np.int64)
     library.kernel().touched_rows(UpdateRule(RULES[rule], 0, 0.5, clip, *h), group, Rates(0.1, wd), ours, grad,
-                                  our_states, mx.nd.zeros((3,)), False)
+                                  indices, our_states)
     np.testing.assert_array_equal(ours.asnumpy(), theirs.asnumpy())
     for mine, other in zip(our_states, their_states):
         np.testing.assert_array_equal(mine.asnumpy(), other.asnumpy())
@@ -362,7 +361,7 @@ def test_projecting_touched_rows_of_a_table(storage, fused, rng):
     group = touched_group(array, constraint, reduction) if fused else None
     assert (group is not None) == (fused and library.kernel() is not None) or not fused
     stats = mx.nd.zeros((3,))
-    project_touched_rows(array, rows, constraint, reduction, stats, True, group)
+    project_touched_rows(array, rows, constraint, reduction, stats, group)
     expected = values.copy()
     expected[touched] = ref.max_norm(values[touched], 1.0, (1,))
     result = array.asnumpy()
@@ -385,38 +384,48 @@ def test_which_constraints_project_rows_on_their_own():
     assert not projects_rows(gc.Orthogonal(), rows, shape)
 
 
-def group_with_mode(mode):
-    group = unit_group((6, 1, 1), "norm", 0.0, 0.5, 1.0)
+def group_with_mode(mode, runs=1):
+    group = unit_group((6, runs, 1), "norm", 0.0, 0.5, 1.0)
     group.mode = mode
     return group
 
 
-GOOD_CALL = {"group": as_text(unit_group((6, 1, 1), "norm", 0.0, 0.5, 1.0)),
-             "rule": as_text(UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0)),
-             "rates": as_text(Rates(0.0, 0.0)), "stats": "0"}
-GROUP_SIZE = ctypes.sizeof(UnitGroup)
+NONE = UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0)
 
 
 @pytest.mark.skipif(library.kernel() is None, reason="needs the fused kernel")
-@pytest.mark.parametrize("attribute,value,message", [
-    ("group", GOOD_CALL["group"][:-2], f"has {2 * GROUP_SIZE - 2} hexadecimal digits, not {2 * GROUP_SIZE}"),
-    ("group", "zz" + GOOD_CALL["group"][2:], "is not hexadecimal"),
-    ("group", as_text(group_with_mode(7)), "unknown mode 7"),
-    ("group", as_text(unit_group((6, 2, 1), "norm", 0.0, 0.5, 1.0)), "must be rows"),
-    ("rule", as_text(UpdateRule(RULES["adam"], 0, 1.0, -1.0, 0.9, 0.999, 1e-8)), "unknown lazy rule 2"),
-    ("rates", "", f"has 0 hexadecimal digits, not {2 * ctypes.sizeof(Rates)}"),
-], ids=["short", "not-hex", "mode", "not-rows", "dense-rule", "empty"])
-def test_a_malformed_call_fails_when_made_and_changes_nothing(attribute, value, message):
-    operator = library.kernel()._operator()  # registered on first use
+@pytest.mark.parametrize("call,message", [
+    (lambda k, w, r, i: k.touched_rows(NONE, group_with_mode(7), Rates(0, 0), w, r, i), "unknown mode 7"),
+    (lambda k, w, r, i: k.touched_rows(NONE, group_with_mode(0, runs=2), Rates(0, 0), w, r, i), "must be rows"),
+    (lambda k, w, r, i: k.touched_rows(UpdateRule(RULES["adam"], 0, 1, -1, 0.9, 0.999, 1e-8), group_with_mode(0),
+                                       Rates(0, 0), w, r, i), "unknown lazy rule 2"),
+    (lambda k, w, r, i: k.touched_rows(UpdateRule(RULES["sgd_mom_lazy"], 0, 1, -1, 0.9, 0, 0), group_with_mode(0),
+                                       Rates(0, 0), w, r, i), "3 arrays where the rule takes 4"),
+], ids=["mode", "not-rows", "dense-rule", "missing-state"])
+def test_a_malformed_call_fails_when_made_and_changes_nothing(call, message):
     weight = mx.nd.ones((6, 2))
     rows = mx.nd.sparse.row_sparse_array((np.ones((1, 2), np.float32), [1]), shape=(6, 2))
-    with pytest.raises(mx.base.MXNetError, match=message) as raised:
-        operator(weight, rows, out=mx.nd.zeros((3,)), **{**GOOD_CALL, attribute: value})
-    assert str(raised.value).count("gc_touched_rows:") == 1  # not earlier calls' messages too
-    operator(weight, rows, out=mx.nd.zeros((3,)), **GOOD_CALL)  # the same call, well formed, projects
+    indices = mx.nd.empty((7,), dtype=np.int64)
+    with pytest.raises(gc.KernelCallError, match=message):
+        call(library.kernel(), weight, rows, indices)
+    np.testing.assert_array_equal(weight.asnumpy(), np.ones((6, 2)))
+    library.kernel().touched_rows(NONE, group_with_mode(0), Rates(0, 0), weight, rows, indices)  # well formed
     expected = np.ones((6, 2))
     expected[1] = 0.5 / np.sqrt(2.0)  # row 1 only, onto norm 0.5
     assert_float32_close(weight.asnumpy(), expected, 2)
+
+
+@pytest.mark.skipif(library.kernel() is None, reason="needs the fused kernel")
+def test_row_indices_that_do_not_fit_their_buffer_fail_with_one_message():
+    rows = mx.nd.sparse.row_sparse_array((np.ones((3, 2), np.float32), [1, 2, 4]), shape=(6, 2))
+    library.kernel().touched_rows(NONE, group_with_mode(0), Rates(0, 0), mx.nd.ones((6, 2)), rows,
+                                  mx.nd.empty((7,), dtype=np.int64))  # registers gc_row_indices
+    for _ in range(2):
+        with pytest.raises(mx.base.MXNetError, match="3 rows do not fit an output of 3") as raised:
+            mx.nd.gc_row_indices(rows, capacity="3").asnumpy()
+        assert str(raised.value).count("gc_row_indices:") == 1  # not earlier failures' messages too
+    with pytest.raises(mx.base.MXNetError, match='attribute "capacity" must be an integer >= 1: got "0"'):
+        mx.nd.gc_row_indices(rows, capacity="0")
 
 
 # -- row-sparse weights: the kvstore's copy is the one projected --------------------------------------

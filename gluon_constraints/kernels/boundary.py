@@ -14,9 +14,6 @@ library's own, ``gc_layout``):
   rule's hyperparameters ``h1, h2, h3``;
 - :class:`Rates` (``gc_rates``): one weight's learning rate and weight decay for a step.
 
-The queued calls receive them as C structs; the library operator ``gc_touched_rows`` receives
-them as its attributes, their bytes in hexadecimal (:func:`as_text`).
-
 :func:`kernel_can_take` is the one place that says which arrays the kernels compute on.
 """
 
@@ -29,7 +26,7 @@ from typing import Any, Dict
 import numpy as np
 
 __all__ = ["UnitGroup", "UpdateRule", "Rates", "MODES", "RULES", "NORM_ORDERS", "unit_group",
-           "as_text", "kernel_can_take"]
+           "kernel_can_take"]
 
 #: ``mode`` values: ``"norm"`` rescales a unit whose norm lies outside ``[lo, hi]`` (within
 #: ``rtol``) by ``rate * t / n + (1 - rate)``; ``"nonneg"`` is ``w * (w >= 0)`` and ``"clip"``
@@ -74,13 +71,6 @@ def unit_group(layout: Any, mode: str, lo: float = 0.0, hi: float = 0.0, rate: f
     ``(groups, runs, units_per_group)``."""
     groups, runs, units_per_group = layout
     return UnitGroup(groups, runs, units_per_group, MODES[mode], NORM_ORDERS[order], lo, hi, rate, rtol)
-
-
-def as_text(structure: ctypes.Structure) -> str:
-    """``structure``'s bytes in hexadecimal: how the library operator ``gc_touched_rows``, whose
-    attributes are text, receives the boundary structs (exactly, and in the layout
-    ``gc_layout`` checks)."""
-    return bytes(structure).hex()
 
 
 def kernel_can_take(array: Any) -> bool:

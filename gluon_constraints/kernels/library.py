@@ -9,10 +9,10 @@ arrays: MXNet gives every operator loaded from a library a temporary-space and a
 resource that all CPU operators share, so each call would also wait for the backward pass still
 queued, and a multi-context step would lose the overlap of its updates with that pass.
 The third, ``gc_touched_rows`` (a lazy update of the rows a row-sparse gradient has, and their
-projection), is such a library operator all the same, registered with ``mxnet.library.load`` on
-first use: MXNet hands an operator a row-sparse array's row indices, which its C API hands over
-only by waiting for the array. (The gradient of an embedding, computed last by the backward
-pass, leaves little to overlap.)
+projection), is queued the same way, after a small library operator, ``gc_row_indices``
+(registered with ``mxnet.library.load`` on first use), has copied the row indices into a dense
+array: MXNet hands an operator a row-sparse array's indices, which its C API hands over only by
+waiting for the array, and that operator holds the shared resources for a copy only.
 The library is built with the system's C++ compiler the first time it is needed (about 10
 seconds), cached under ``~/.cache/gluon_constraints`` (or ``$GLUON_CONSTRAINTS_CACHE``), and
 loaded with ``ctypes``.
@@ -54,7 +54,7 @@ import mxnet
 
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning, KernelCallError
-from .boundary import Rates, UnitGroup, UpdateRule, as_text
+from .boundary import RULES, Rates, UnitGroup, UpdateRule
 
 __all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library", "status",
            "KernelStatus", "build_command"]
@@ -74,8 +74,8 @@ _MXNET_FUNCTIONS = ("MXEnginePushSyncND", "MXNDArrayToDLPack", "MXNDArrayDetach"
 _MESSAGE_SIZE = 1024
 _log = logging.getLogger("gluon_constraints.kernels")
 _lock = threading.Lock()
-_OPERATOR = "gc_touched_rows"
-_registered: Optional[Path] = None  # the library whose gc_touched_rows MXNet has registered
+_OPERATOR = "gc_row_indices"
+_registered: Optional[Path] = None  # the library whose gc_row_indices MXNet has registered
 _loaded: Optional["Kernel"] = None
 _tried = False
 _unavailable = ""  # why the kernel could not be had in this process, once tried
@@ -115,6 +115,9 @@ class Kernel:
         self._update = library.gc_update
         self._update.argtypes = [ctypes.POINTER(UpdateRule), ctypes.POINTER(UnitGroup), ctypes.POINTER(Rates),
                                  ctypes.c_int, ctypes.c_int, arrays, ctypes.c_int, text, ctypes.c_int]
+        self._touched = library.gc_touched
+        self._touched.argtypes = [ctypes.POINTER(UpdateRule), ctypes.POINTER(UnitGroup), ctypes.POINTER(Rates),
+                                  ctypes.c_int, arrays, ctypes.c_int, text, ctypes.c_int]
         self._layout = library.gc_layout
         self._layout.argtypes, self._layout.restype = [text, text], ctypes.c_int64
 
@@ -136,25 +139,32 @@ class Kernel:
         _queue(self._update, ctypes.byref(rule), (UnitGroup * count)(*groups), (Rates * count)(*rates),
                count, int(bool(stats)), _handles(listed), len(listed))
 
-    def touched_rows(self, rule: UpdateRule, group: UnitGroup, rates: Rates, weight: Any, rows: Any,
-                     states: Sequence[Any], stats: Any, measured: bool) -> None:
+    def touched_rows(self, rule: UpdateRule, group: UnitGroup, rates: Rates, weight: Any, rows: Any, indices: Any,
+                     states: Sequence[Any] = (), stats: Optional[Any] = None) -> None:
         """Queue ``gc_touched_rows``: the rows that row-sparse ``rows`` has (its row indices) of
         ``weight`` and ``states`` updated in place by ``rule`` (a lazy rule, with ``rows`` the
         gradient, or ``"none"``), then projected as ``group`` (rows) says; ``stats`` (a float32
-        array of 3) receives the touched rows' statistics if ``measured`` (else zeros may be
-        all it gets).
+        array of 3, or None) receives the touched rows' statistics.
+
+        ``indices`` is a dense int64 array on ``weight``'s context with room for the row count
+        and the indices (``weight.shape[0] + 1`` entries always do), which ``gc_row_indices``
+        fills first. ``weight`` stores every row (dense, or row-sparse with every row), or, with
+        no update, it may be ``rows`` itself: then its stored rows are projected.
 
         Raises
         ------
         KernelCallError
-            If the library refuses the call (nothing is queued then), or MXNet cannot register
-            the operator from this library.
+            If the library refuses the call (no weight is written then), or MXNet cannot
+            register ``gc_row_indices`` from this library.
         """
-        self._operator()(weight, rows, *states, group=as_text(group), rule=as_text(rule),
-                         rates=as_text(rates), stats="1" if measured else "0", out=stats)
+        self._operator()(rows, capacity=str(indices.size), out=indices)
+        update = [rows] if rule.rule != RULES["none"] else []
+        arrays = [weight, indices, *update, *states, *([stats] if stats is not None else [])]
+        _queue(self._touched, ctypes.byref(rule), ctypes.byref(group), ctypes.byref(rates), int(stats is not None),
+               _handles(arrays), len(arrays))
 
     def _operator(self) -> Any:
-        """``gc_touched_rows`` as an ``mxnet.ndarray`` function, registered from this library on
+        """``gc_row_indices`` as an ``mxnet.ndarray`` function, registered from this library on
         first use (once per process: MXNet keeps one operator of a name)."""
         global _registered
         with _lock:

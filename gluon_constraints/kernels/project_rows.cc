@@ -23,8 +23,8 @@
 //                   rmsprop: gamma1, epsilon, clip_weights (< 0: none); unused ones 0).
 //   gc_rates        one weight's learning rate and weight decay for this step.
 //
-// Two calls, queued on MXNet's engine (gc_project and gc_update below) rather than registered
-// as MXNet operators: MXNet gives every library operator a temporary-space and a random-number
+// Three calls, queued on MXNet's engine (gc_project, gc_update and gc_touched below) rather than
+// registered as MXNet operators: MXNet gives every library operator a temporary-space and a random-number
 // resource, shared by all CPU operators, so each call would wait for the backward pass still
 // queued (and the engine would order all calls one after another), which costs a multi-context
 // step its overlap of updates with the backward pass. A queued call waits only for its arrays.
@@ -53,13 +53,17 @@
 // after all the others: a float32 array of 3 receiving (fraction of units the projection
 // changed, largest and mean unit norm after it). The norm is the band's (by norm_order) in
 // kModeNorm, L2 in the elementwise modes.
+// gc_touched: one weight's rows that a row-sparse array has (listed first by gc_row_indices, a
+//   library operator, at the end of this file), updated by one of MXNet's lazy rules (SGD, SGD
+//   with momentum, Adam, AdaGrad, on the gradient's rows) or not, then projected, while in cache.
 // A malformed call (an unknown mode or rule, a layout that does not divide its weight's size,
 // the wrong number of arrays) fails when it is queued, and queues nothing; an array that cannot
 // be read in place when the call runs (MKL-DNN's blocked layout) fails the call there, and MXNet
 // raises the failure at the next wait on its arrays.
 // Build (gluon_constraints/kernels/library.py does it): g++ -shared -fPIC -std=c++17 -O3
 //   -march=native -ffp-contract=off -fno-math-errno -fopenmp -Wl,-Bsymbolic
-//   -Wl,--version-script=exports.map project_rows.cc -I <mxnet>/include -o libgc_project_rows.so
+//   -Wl,--version-script=exports.map project_rows.cc <mxnet>/src/lib_api.cc -I <mxnet>/include
+//   -o libgc_project_rows.so
 
 #include <algorithm>
 #include <cmath>
@@ -524,17 +528,20 @@ bool on_cpu(int dev_type) { return dev_type == 1 || dev_type == 3 || dev_type ==
 // an array MKL-DNN holds in its blocked layout fails (it is never read as if it were plain).
 class Memory {
  public:
-  explicit Memory(void* handle) {
+  // `code` and `bits`: the element type it must have (float32 unless said). A row-sparse array's
+  // memory is the rows it stores.
+  explicit Memory(void* handle, uint8_t code = kDLFloat, uint8_t bits = 32) {
     if (mxnet_api.to_dlpack(handle, &tensor_) != 0)
       throw Failure(std::string("cannot read an array in place (MKL-DNN may hold it in its blocked "
                                 "layout): ") + mxnet_api.last_error());
     const DLTensor& t = tensor_->dl_tensor;
-    if (t.dtype.code != kDLFloat || t.dtype.bits != 32 || t.dtype.lanes != 1 || t.strides != nullptr) {
+    if (t.dtype.code != code || t.dtype.bits != bits || t.dtype.lanes != 1 || t.strides != nullptr) {
       tensor_->deleter(tensor_);
-      throw Failure("its arrays must be compact float32");
+      throw Failure(code == kDLFloat ? "its arrays must be compact float32" : "its index array must be compact int64");
     }
     size_ = 1;
     for (int d = 0; d < t.ndim; ++d) size_ *= t.shape[d];
+    rows_ = t.ndim > 0 ? t.shape[0] : 1;
   }
   ~Memory() { tensor_->deleter(tensor_); }
   Memory(const Memory&) = delete;
@@ -545,10 +552,11 @@ class Memory {
                                     tensor_->dl_tensor.byte_offset);
   }
   int64_t size() const { return size_; }
+  int64_t rows_of() const { return rows_; }
 
  private:
   DLManagedTensor* tensor_ = nullptr;
-  int64_t size_ = 0;
+  int64_t size_ = 0, rows_ = 0;
 };
 
 // A queued call: copies of its groups, rule and rates, and its own references to the arrays (so
@@ -636,10 +644,15 @@ void run_call(const Call& call) {
 
 // What MXNet's engine runs. A failure is thrown to the engine, which keeps it with the call's
 // written arrays and raises it (an MXNetError) at the next wait on them, as for its own operators.
+void run_touched(const Call& call);
+
 void run(void* /* run_context */, void* queued) {
   const Call& call = *static_cast<Call*>(queued);
   try {
-    run_call(call);
+    if (std::strcmp(call.name, "gc_touched_rows") == 0)
+      run_touched(call);
+    else
+      run_call(call);
   } catch (const Failure& failure) {
     throw Failure(std::string(call.name) + ": " + failure.what());
   }
@@ -760,66 +773,18 @@ int64_t gc_layout(const char* structure, const char* field) {
 
 }  // extern "C"
 
-// -- gc_touched_rows: the rows a row-sparse gradient has ------------------------------------------
+// -- the rows a row-sparse array has ------------------------------------------------------------
 //
-// A library operator rather than a queued call: MXNet hands an operator a row-sparse array's row
-// indices where the kernel needs them, while the C API hands them over only by waiting for the
-// array. Inputs (w, rows, states...), of w's shape and float32 (rows of any type without an
-// update): w and the states are dense
-// or row-sparse with every row stored (as MXNet's own updates require of them); rows is
-// row-sparse, and its row indices are the rows touched. Attributes, the boundary structs as text
-// (their bytes in hexadecimal): "group" (a gc_unit_group of rows: (rows, 1, 1)), "rule" (a gc_update_rule: a lazy rule, whose
-// gradient is rows, or kRuleNone: rows only names the rows, and may be w itself, whose stored
-// rows it names then, all of them or not), "rates" (a
-// gc_rates), and "stats" ("1": measure). Each touched row is updated in place (w and states,
-// which MXNet's engine sees as written), then projected while in cache; other rows are not read
-// or written. One output, a float32 array of 3: with "stats", (fraction of touched rows the
-// projection changed, largest and mean row norm after it over the touched rows), zeros for no
-// touched rows. A malformed call fails when it is made (in parsing its attributes) and queues
-// nothing.
+// MXNet's C API hands a row-sparse array's row indices over only by waiting for the array; an
+// operator is handed them. So a small library operator, gc_row_indices, copies them into a dense
+// int64 array (its first entry the count), and gc_touched, a queued call like the others (it
+// holds no shared resource, so the calls of several contexts run at once), updates and projects
+// those rows. Library operators each hold a temporary-space and a random-number resource that
+// every CPU operator shares; gc_row_indices holds them for a copy of the indices only.
 
 namespace {
 
 using Attributes = std::unordered_map<std::string, std::string>;
-
-// A boundary struct from its attribute: the struct's bytes in hexadecimal, as Python's
-// bytes(structure).hex() writes them (the layout test checks that both sides agree on it).
-template <typename Struct>
-Struct struct_of(const Attributes& attrs, const char* key) {
-  const auto found = attrs.find(key);
-  if (found == attrs.end()) throw Failure(std::string("attribute \"") + key + "\" is missing");
-  const std::string& text = found->second;
-  if (text.size() != 2 * sizeof(Struct))
-    throw Failure(std::string("attribute \"") + key + "\" has " + std::to_string(text.size()) + " hexadecimal digits, not " +
-                  std::to_string(2 * sizeof(Struct)));
-  Struct value;
-  unsigned char* bytes = reinterpret_cast<unsigned char*>(&value);
-  for (size_t i = 0; i < sizeof(Struct); ++i) {
-    int byte = 0;
-    for (const char c : {text[2 * i], text[2 * i + 1]}) {
-      const int digit = c >= '0' && c <= '9' ? c - '0' : (c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1);
-      if (digit < 0) throw Failure(std::string("attribute \"") + key + "\" is not hexadecimal");
-      byte = byte * 16 + digit;
-    }
-    bytes[i] = static_cast<unsigned char>(byte);
-  }
-  return value;
-}
-
-gc_unit_group group_of(const Attributes& attrs) {
-  const auto g = struct_of<gc_unit_group>(attrs, "group");
-  check_group(g, 0);
-  if (g.runs != 1 || g.units_per_group != 1) throw Failure("the touched rows' group must be rows: (rows, 1, 1)");
-  return g;
-}
-
-gc_update_rule rule_of(const Attributes& attrs) {
-  const auto r = struct_of<gc_update_rule>(attrs, "rule");
-  check_rule(r, true);
-  return r;
-}
-
-gc_rates rates_of(const Attributes& attrs) { return struct_of<gc_rates>(attrs, "rates"); }
 
 // lib_api keeps every error message a library ever gave in one list, which MXNet quotes whole
 // with each new failure; a failure here replaces the list (its one member) with its own message.
@@ -827,7 +792,7 @@ static_assert(sizeof(mxnet::ext::MXerrorMsgs) == sizeof(std::vector<std::strings
               "lib_api's MXerrorMsgs is expected to hold its message list alone");
 std::mutex reported_lock;
 
-// Runs `body`, turning a failure into MXNet's error message for a library operator.
+// Runs `body`, turning a failure into MXNet's error message for the library operator.
 template <typename Body>
 mxnet::ext::MXReturnValue reported(const Body& body) {
   try {
@@ -838,126 +803,165 @@ mxnet::ext::MXReturnValue reported(const Body& body) {
     auto* messages = reinterpret_cast<std::vector<std::stringstream*>*>(mxnet::ext::MXerrorMsgs::get());
     for (std::stringstream* message : *messages) delete message;
     messages->clear();
-    MX_ERROR_MSG << "gc_touched_rows: " << error.what();
+    MX_ERROR_MSG << "gc_row_indices: " << error.what();
     return mxnet::ext::MX_FAIL;
   }
 }
 
-mxnet::ext::MXReturnValue touched_parse(const Attributes& attrs, int* inputs, int* outputs) {
+// The output's length: the attribute "capacity", an integer >= 1.
+unsigned int capacity_of(const Attributes& attrs) {
+  const auto found = attrs.find("capacity");
+  if (found == attrs.end()) throw Failure("attribute \"capacity\" is missing");
+  char* end = nullptr;
+  const long long value = std::strtoll(found->second.c_str(), &end, 10);
+  if (end == found->second.c_str() || *end != '\0' || value < 1 || value > 0xFFFFFFFFLL)
+    throw Failure("attribute \"capacity\" must be an integer >= 1: got \"" + found->second + "\"");
+  return static_cast<unsigned int>(value);
+}
+
+// gc_row_indices: input a row-sparse array (any type); output a dense int64 array of
+// "capacity" entries: the number of rows the input stores, then their indices (the rest is
+// left as it was).
+mxnet::ext::MXReturnValue indices_parse(const Attributes& attrs, int* inputs, int* outputs) {
   return reported([&] {
-    group_of(attrs), rates_of(attrs);
-    *inputs = 2 + Update::state_count(rule_of(attrs).rule);
-    *outputs = 1;
+    capacity_of(attrs);
+    *inputs = *outputs = 1;
   });
 }
 
-// Every input float32, except the rows without an update (only their row indices are read).
-mxnet::ext::MXReturnValue touched_type(const Attributes& attrs, std::vector<int>* in, std::vector<int>* out) {
-  return reported([&] {
-    const bool update = rule_of(attrs).rule != kRuleNone;
-    for (size_t i = 0; i < in->size(); ++i)
-      if ((*in)[i] != mxnet::ext::kFloat32 && (i != 1 || update))
-        throw Failure("input " + std::to_string(i) + " must be float32");
-    (*out)[0] = mxnet::ext::kFloat32;
-  });
+mxnet::ext::MXReturnValue indices_type(const Attributes&, std::vector<int>*, std::vector<int>* out) {
+  (*out)[0] = mxnet::ext::kInt64;
+  return mxnet::ext::MX_SUCCESS;
 }
 
-mxnet::ext::MXReturnValue touched_storage(const Attributes&, std::vector<int>* in, std::vector<int>* out) {
+mxnet::ext::MXReturnValue indices_storage(const Attributes&, std::vector<int>* in, std::vector<int>* out) {
   return reported([&] {
-    if ((*in)[1] != mxnet::ext::kRowSparseStorage) throw Failure("input 1 (the rows) must be row-sparse");
-    for (size_t i = 0; i < in->size(); ++i)
-      if ((*in)[i] == mxnet::ext::kCSRStorage) throw Failure("input " + std::to_string(i) + " must not be CSR");
+    if ((*in)[0] != mxnet::ext::kRowSparseStorage) throw Failure("its input must be row-sparse");
     (*out)[0] = mxnet::ext::kDefaultStorage;
   });
 }
 
-mxnet::ext::MXReturnValue touched_shape(const Attributes&, std::vector<std::vector<unsigned int>>* in,
+mxnet::ext::MXReturnValue indices_shape(const Attributes& attrs, std::vector<std::vector<unsigned int>>*,
                                         std::vector<std::vector<unsigned int>>* out) {
+  return reported([&] { (*out)[0] = {capacity_of(attrs)}; });
+}
+
+mxnet::ext::MXReturnValue indices_forward(const Attributes&, std::vector<mxnet::ext::MXTensor>* inputs,
+                                          std::vector<mxnet::ext::MXTensor>* outputs, const mxnet::ext::OpResource&) {
   return reported([&] {
-    if ((*in)[0].size() < 2) throw Failure("the weight must have at least 2 dimensions (rows)");
-    for (size_t i = 1; i < in->size(); ++i)
-      if ((*in)[i] != (*in)[0]) throw Failure("input " + std::to_string(i) + " must have the weight's shape");
-    (*out)[0] = {3};
+    const auto* rows = reinterpret_cast<const mxnet::ext::MXSparse*>((*inputs)[0].data_ptr);
+    mxnet::ext::MXTensor& out = (*outputs)[0];
+    if (rows->indices_len + 1 > out.size())
+      throw Failure(std::to_string(rows->indices_len) + " rows do not fit an output of " + std::to_string(out.size()));
+    int64_t* written = out.data<int64_t>();
+    written[0] = rows->indices_len;
+    std::copy(rows->indices, rows->indices + rows->indices_len, written + 1);
   });
 }
 
-mxnet::ext::MXReturnValue touched_mutates(const Attributes& attrs, std::vector<int>* indices) {
-  return reported([&] {
-    indices->push_back(0);
-    for (int k = 0; k < Update::state_count(rule_of(attrs).rule); ++k) indices->push_back(2 + k);
-  });
-}
+// One array's memory as a typed pointer while a queued call runs (float32 or int64).
+template <typename T>
+T* typed(const Memory& memory) { return reinterpret_cast<T*>(memory.data()); }
 
-// The first element of row 0 of a dense array, or of a row-sparse one with every row stored.
-float* row_zero(mxnet::ext::MXTensor& t, const char* what) {
-  if (t.stype == mxnet::ext::kDefaultStorage) return t.data<float>();
-  const auto* sparse = reinterpret_cast<const mxnet::ext::MXSparse*>(t.data_ptr);
-  if (sparse->indices_len != t.shape[0])
-    throw Failure(std::string(what) + " is row-sparse with " + std::to_string(sparse->indices_len) + " of its " +
-                  std::to_string(t.shape[0]) + " rows stored: it must store every row, as MXNet's updates require");
-  return static_cast<float*>(sparse->data);
-}
-
-mxnet::ext::MXReturnValue touched_forward(const Attributes& attrs, std::vector<mxnet::ext::MXTensor>* inputs,
-                                          std::vector<mxnet::ext::MXTensor>* outputs,
-                                          const mxnet::ext::OpResource&) {
-  return reported([&] {
-    const gc_unit_group group = group_of(attrs);
-    const gc_update_rule r = rule_of(attrs);
-    const gc_rates rates = rates_of(attrs);
-    const auto stats_attribute = attrs.find("stats");
-    const bool stats = stats_attribute != attrs.end() && stats_attribute->second == "1";
-    auto& in = *inputs;
-    const int64_t rows = in[0].shape[0], length = in[0].size() / rows;
-    const auto* touched = reinterpret_cast<const mxnet::ext::MXSparse*>(in[1].data_ptr);
-    const int64_t count = touched->indices_len;
-    const int64_t* index = touched->indices;
-    const float* grad = static_cast<const float*>(touched->data);
-    // Rows that name a row-sparse weight's own rows: its k-th stored row is touched row k,
-    // whether or not it stores every row.
-    const bool own = in[0].stype == mxnet::ext::kRowSparseStorage && r.rule == kRuleNone &&
-                     reinterpret_cast<const mxnet::ext::MXSparse*>(in[0].data_ptr)->data == touched->data;
-    float* w = own ? static_cast<float*>(touched->data) : row_zero(in[0], "the weight");
-    float* s1 = in.size() > 2 ? row_zero(in[2], "the optimizer state") : nullptr;
-    float* s2 = in.size() > 3 ? row_zero(in[3], "the optimizer state") : nullptr;
-    for (int64_t k = 0; k < count; ++k)
-      if (index[k] < 0 || index[k] >= rows) throw Failure("row index " + std::to_string(index[k]) + " is out of range");
-    const UnitProjection p{group};
-    const Update step{r.rule, static_cast<float>(rates.lr), static_cast<float>(rates.wd),
-                      static_cast<float>(r.rescale_grad), static_cast<float>(r.clip_gradient),
-                      static_cast<float>(r.h1), static_cast<float>(r.h2), static_cast<float>(r.h3)};
-    const Layout row{1, 1, 1, length};
-    const bool read = group.mode == kModeNorm || stats || r.rule != kRuleNone;
-    double moved = 0.0, total = 0.0, largest = 0.0;
+// gc_touched's arrays: the weight, the row indices (gc_row_indices' output), the gradient if
+// there is an update (its values: the rows it stores, in the indices' order), the states, and
+// the statistics. A weight that stores every row (dense, or row-sparse with all rows) has row r
+// at r * length; one that stores fewer (a row-sparse weight projected on its own rows, with no
+// update) has its k-th stored row at k * length.
+void run_touched(const Call& call) {
+  const gc_unit_group& g = call.groups[0];
+  const gc_update_rule& r = call.rule;
+  const int states = Update::state_count(r.rule);
+  const bool update = r.rule != kRuleNone;
+  const size_t at_states = update ? 3 : 2;
+  Memory weight(call.arrays[0]), indices(call.arrays[1], kDLInt, 64);
+  const int64_t rows = g.groups, length = weight.rows_of() > 0 ? weight.size() / weight.rows_of() : 0;
+  const int64_t stored = weight.rows_of();
+  const int64_t* listed = typed<int64_t>(indices);
+  const int64_t count = listed[0];
+  if (count < 0 || count + 1 > indices.size()) throw Failure("the row indices are malformed");
+  const int64_t* index = listed + 1;
+  const bool own = stored != rows;
+  if (own && (update || count != stored))
+    throw Failure("a weight that stores " + std::to_string(stored) + " of its " + std::to_string(rows) +
+                  " rows takes no update, and only its own rows");
+  std::unique_ptr<Memory> gradient(update ? new Memory(call.arrays[2]) : nullptr);
+  if (gradient && gradient->size() != count * length) throw Failure("the gradient does not hold the indexed rows");
+  std::vector<std::unique_ptr<Memory>> state(states);
+  for (int k = 0; k < states; ++k) {
+    state[k].reset(new Memory(call.arrays[at_states + k]));
+    if (state[k]->size() != rows * length) throw Failure("an optimizer state must store every row of the weight");
+  }
+  for (int64_t k = 0; k < count; ++k)
+    if (index[k] < 0 || index[k] >= rows) throw Failure("row index " + std::to_string(index[k]) + " is out of range");
+  float* w = weight.data();
+  const float* grad = gradient ? gradient->data() : nullptr;
+  float* s1 = states > 0 ? state[0]->data() : nullptr;
+  float* s2 = states > 1 ? state[1]->data() : nullptr;
+  const UnitProjection p{g};
+  const Update step{r.rule, static_cast<float>(call.rates[0].lr), static_cast<float>(call.rates[0].wd),
+                    static_cast<float>(r.rescale_grad), static_cast<float>(r.clip_gradient),
+                    static_cast<float>(r.h1), static_cast<float>(r.h2), static_cast<float>(r.h3)};
+  const Layout row{1, 1, 1, length};
+  const bool read = g.mode == kModeNorm || call.stats || update;
+  double moved = 0.0, total = 0.0, largest = 0.0;
 #pragma omp parallel for schedule(static) if (count * length >= kParallelSize) \
     reduction(+ : moved, total) reduction(max : largest)
-    for (int64_t k = 0; k < count; ++k) {
-      const int64_t at = index[k] * length;
-      float* unit = w + (own ? k * length : at);
-      Totals t;
-      project_block<true>(p, unit, row, 0, stats, read, [&](int64_t, int64_t) {
-        return step.lazy_row(unit, grad + k * length, s1 == nullptr ? nullptr : s1 + at,
-                             s2 == nullptr ? nullptr : s2 + at, length);
-      }, &t);
-      moved += t.moved;
-      total += t.total;
-      largest = std::fmax(largest, t.largest);
-    }
-    float* out = (*outputs)[0].data<float>();
-    out[0] = count ? static_cast<float>(moved / count) : 0.f;
-    out[1] = static_cast<float>(largest);
-    out[2] = count ? static_cast<float>(total / count) : 0.f;
-  });
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t at = index[k] * length;
+    float* unit = w + (own ? k * length : at);
+    Totals t;
+    project_block<true>(p, unit, row, 0, call.stats, read, [&](int64_t, int64_t) {
+      return step.lazy_row(unit, grad == nullptr ? nullptr : grad + k * length, s1 == nullptr ? nullptr : s1 + at,
+                           s2 == nullptr ? nullptr : s2 + at, length);
+    }, &t);
+    moved += t.moved;
+    total += t.total;
+    largest = std::fmax(largest, t.largest);
+  }
+  if (call.stats) write_stats(call.arrays.back(), moved, total, largest, std::max<int64_t>(count, 1));
 }
 
 }  // namespace
 
-REGISTER_OP(gc_touched_rows)
-    .setParseAttrs(touched_parse)
-    .setInferType(touched_type)
-    .setInferSType(touched_storage)
-    .setInferShape(touched_shape)
-    .setMutateInputs(touched_mutates)
-    .setForward(touched_forward, "cpu");
+REGISTER_OP(gc_row_indices)
+    .setParseAttrs(indices_parse)
+    .setInferType(indices_type)
+    .setInferSType(indices_storage)
+    .setInferShape(indices_shape)
+    .setForward(indices_forward, "cpu");
 
-extern "C" mxnet::ext::MXReturnValue initialize(int /* version */) { return mxnet::ext::MX_SUCCESS; }
+extern "C" {
+
+mxnet::ext::MXReturnValue initialize(int /* version */) { return mxnet::ext::MX_SUCCESS; }
+
+// Queues gc_touched: one weight's rows listed in `arrays`' second array (gc_row_indices'
+// output) updated by `rule` (a lazy rule, or kRuleNone) and projected as `group` (rows: its
+// `groups` is the weight's row count) says; arrays (weight, indices, gradient if an update,
+// states..., then a stats array if `stats`). Returns 0, or -1 with the reason in `message`
+// (nothing queued).
+int gc_touched(const gc_update_rule* rule, const gc_unit_group* group, const gc_rates* rates, int stats,
+               void** arrays, int array_count, char* message, int size) {
+  try {
+    std::unique_ptr<Call> call(new Call("gc_touched_rows", true, stats != 0));
+    check_rule(*rule, true);
+    check_group(*group, 0);
+    if (group->runs != 1 || group->units_per_group != 1) throw Failure("the group must be rows: (rows, 1, 1)");
+    call->rule = *rule;
+    call->groups.assign(group, group + 1);
+    call->rates.assign(rates, rates + 1);
+    const bool update = rule->rule != kRuleNone;
+    const int expected = 2 + (update ? 1 : 0) + Update::state_count(rule->rule) + (stats ? 1 : 0);
+    if (array_count != expected)
+      throw Failure(std::to_string(array_count) + " arrays where the rule takes " + std::to_string(expected));
+    std::vector<bool> read_only(array_count, false);
+    read_only[1] = true;  // the indices
+    if (update) read_only[2] = true;  // the gradient
+    queue(std::move(call), arrays, array_count, read_only);
+    return 0;
+  } catch (const std::exception& error) {
+    return failed(error, "gc_touched_rows", message, size);
+  }
+}
+
+}  // extern "C"

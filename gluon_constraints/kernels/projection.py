@@ -281,43 +281,45 @@ def touched_group(array: Any, constraint: Constraint, reduction: Reduction) -> O
     return groups[0]
 
 
-def project_touched_rows(array: Any, rows: Any, constraint: Constraint, reduction: Reduction, stats: Any,
-                         measured: bool, group: Optional[UnitGroup] = None) -> None:
+def project_touched_rows(array: Any, rows: Any, constraint: Constraint, reduction: Reduction, stats: Optional[Any],
+                         group: Optional[UnitGroup] = None, indices: Optional[Any] = None) -> None:
     """Project in place the rows of ``array`` that row-sparse ``rows`` has (its row indices),
     leaving every other row as it is, bit for bit.
 
     ``constraint`` must project rows on their own (:func:`projects_rows`). With ``group``
-    (:func:`touched_group`) the kernel's ``gc_touched_rows`` runs without waiting; otherwise
-    stock operators do, after reading the row indices on the host (which waits for ``rows``).
+    (:func:`touched_group`) the kernel runs without waiting (``indices``: a dense int64 buffer
+    of ``array.shape[0] + 1`` entries on its context, made here if None); otherwise stock
+    operators do, after reading the row indices on the host (which waits for ``rows``).
     ``array`` is dense, or row-sparse with every row stored (a kvstore's copy of a row-sparse
     weight); ``rows`` may be ``array`` itself, row-sparse: then its stored rows are projected,
-    every row or not. ``stats`` (a float32 array of 3) receives, with ``measured``, the fraction of the
+    every row or not. ``stats`` (a float32 array of 3, or None) receives the fraction of the
     touched rows the projection changed and their largest and mean norm after it.
     """
-    if group is not None:
-        loaded = kernel()
-        if loaded is not None:
-            loaded.touched_rows(UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0), group, Rates(0.0, 0.0),
-                                array, rows, [], stats, measured)
-            return
-    indices = rows.indices
-    if indices.size == 0:
-        if measured:
+    loaded = kernel() if group is not None else None
+    if loaded is not None:
+        if indices is None:
+            indices = ndarray.empty((array.shape[0] + 1,), ctx=array.context, dtype=np.int64)
+        loaded.touched_rows(UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0), group, Rates(0.0, 0.0),
+                            array, rows, indices, stats=stats)
+        return
+    listed = rows.indices
+    if listed.size == 0:
+        if stats is not None:
             stats[:] = 0
         return
     dense = array.stype == "default"
-    values = ndarray.take(array, indices) if dense else ndarray.sparse.retain(array, indices).data
+    values = ndarray.take(array, listed) if dense else ndarray.sparse.retain(array, listed).data
     row_reduction = Reduction(tuple(range(1, values.ndim)))
     project = lambda: constraint(values, constraint.reduction_for(values.shape, row_reduction)).copyto(values)
-    if measured:
+    if stats is not None:
         run_and_measure(project, values, row_reduction, getattr(constraint, "ord", 2), stats)
     else:
         project()
     if dense:
-        ndarray._internal._scatter_set_nd(array, values, indices.reshape((1, -1)), shape=array.shape, out=array)
+        ndarray._internal._scatter_set_nd(array, values, listed.reshape((1, -1)), shape=array.shape, out=array)
     elif rows is array:  # its own stored rows, every one of them or not
-        ndarray.sparse.row_sparse_array((values, indices), shape=array.shape, ctx=array.context).copyto(array)
+        ndarray.sparse.row_sparse_array((values, listed), shape=array.shape, ctx=array.context).copyto(array)
     else:
         # A row-sparse array takes rows through a lazy SGD step: (1 - 1 * 1) * w - 1 * (-v) is v.
-        written = ndarray.sparse.row_sparse_array((-values, indices), shape=array.shape, ctx=array.context)
+        written = ndarray.sparse.row_sparse_array((-values, listed), shape=array.shape, ctx=array.context)
         ndarray.sparse.sgd_update(array, written, lr=1.0, wd=1.0, rescale_grad=1.0, lazy_update=True, out=array)

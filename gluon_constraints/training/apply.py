@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from mxnet import ndarray
 from mxnet.gluon.block import Block
 from mxnet.gluon.parameter import Parameter, ParameterDict
 
@@ -102,7 +101,7 @@ def _project_whole(array: Any, constraint: Constraint, reduction: Reduction) -> 
     if array.stype != "row_sparse":
         project_in_place([(array, constraint, reduction)], use_fused=False)
         return
-    project_touched_rows(array, array, constraint, reduction, ndarray.zeros((3,), ctx=array.context), False,
+    project_touched_rows(array, array, constraint, reduction, None,
                          touched_group(array, constraint, reduction) if kernel() is not None else None)
 
 

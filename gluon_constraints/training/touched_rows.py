@@ -71,22 +71,20 @@ def update_row_sparse(inner: Any, projector: Projector, index: Any, weight: Any,
         inner_update()
         if projection is not None and target.stype == "row_sparse":  # stored whole: project every row
             project_touched_rows(target, target, projection.constraint, projection.reduction,
-                                 projector.stats_for(index, target, reported=projector.monitor), projector.monitor,
-                                 plan.group)
+                                 _stats(projector, index, target), plan.group, plan.indices)
         else:
             projector.project([(index, projection, weight, state)], master_slot)
         if projection is not None:
             record.feasible[copy] = projection
         return
-    stats = projector.stats_for(index, target, reported=projector.monitor)
+    stats = _stats(projector, index, target)
     if plan.states is not None and _rates_allowed(rule.name, inner, index):
         rates = step_rates(inner, rule, [index])
-        projector.kernel.touched_rows(rule.settings(inner), plan.group, rates[0], weight, grad, plan.states,
-                                      stats, projector.monitor)
+        projector.kernel.touched_rows(rule.settings(inner), plan.group, rates[0], weight, grad, plan.indices,
+                                      plan.states, stats)
         return
     inner_update()
-    project_touched_rows(target, grad, projection.constraint, projection.reduction, stats, projector.monitor,
-                         plan.group)
+    project_touched_rows(target, grad, projection.constraint, projection.reduction, stats, plan.group, plan.indices)
     if casting:
         ndarray.cast(target, dtype=weight.dtype, out=weight)
 
@@ -97,7 +95,8 @@ class RowsPlan(NamedTuple):
 
     ``by_rows``: the constraint projects rows on their own (else the whole copy is projected);
     ``group``: the kernel's unit group for them (None: stock operators); ``states``: the state
-    arrays of a fused update (None: the wrapped optimizer updates).
+    arrays of a fused update (None: the wrapped optimizer updates); ``indices``: the kernel's
+    buffer for the row indices (``rows + 1`` int64 entries on the copy's context).
     """
 
     projection: Projection
@@ -107,6 +106,7 @@ class RowsPlan(NamedTuple):
     by_rows: bool
     group: Optional[UnitGroup]
     states: Optional[List[Any]]
+    indices: Optional[Any]
 
 
 def _plan(plans: Dict[str, RowsPlan], copy: str, projector: Projector, projection: Projection, target: Any,
@@ -120,8 +120,14 @@ def _plan(plans: Dict[str, RowsPlan], copy: str, projector: Projector, projectio
         by_rows = projects_rows(constraint, reduction, shape)
         group = touched_group(target, constraint, reduction) if by_rows and projector.kernel is not None else None
         states = kernel_states(rule, state) if group is not None and rule is not None else None
-        kept = plans[copy] = RowsPlan(projection, state, name, projector.monitor, by_rows, group, states)
+        indices = None if group is None else ndarray.empty((target.shape[0] + 1,), ctx=target.context, dtype=np.int64)
+        kept = plans[copy] = RowsPlan(projection, state, name, projector.monitor, by_rows, group, states, indices)
     return kept
+
+
+def _stats(projector: Projector, index: Any, target: Any) -> Optional[Any]:
+    """Where the touched rows' statistics go: the parameter's monitoring buffer, or None."""
+    return projector.stats_for(index, target) if projector.monitor else None
 
 
 def _rates_allowed(rule: str, inner: Any, index: Any) -> bool:
