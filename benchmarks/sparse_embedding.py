@@ -10,9 +10,9 @@ projection follows it (``docs/training.md``, "Row-sparse gradients"), so the rat
 with the vocabulary.
 
 A second table (``--rows``) times the projection of the touched rows alone
-(``gc_touched_rows`` with no update, the kernel's call) for a growing number of touched rows in
-the 10^6-row table, against one pass over those rows (``take``), to show the cost is
-proportional to the rows touched.
+(``gc_row_indices`` and ``gc_touched_rows`` with no update, the kernel's calls) for a growing
+number of touched rows in the 10^6-row table, against one pass over those rows (``take``), to
+show the cost is proportional to the rows touched.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def measure_rows(touched: int, repeats: int, vocabulary: int = 10 ** 6) -> Dict[
     index_array = mx.nd.array(indices, dtype=np.int64)
     constraint, reduction = gc.MaxNorm(1.0), Reduction((1,))
     group = touched_group(weight, constraint, reduction)
-    stats = mx.nd.zeros((3,))
-    project = lambda: project_touched_rows(weight, rows, constraint, reduction, stats, False, group)  # noqa: E731
+    indices = mx.nd.empty((vocabulary + 1,), dtype=np.int64)  # the buffer a trainer keeps per weight
+    project = lambda: project_touched_rows(weight, rows, constraint, reduction, None, group, indices)  # noqa: E731
     read = lambda: mx.nd.take(weight, index_array)  # noqa: E731
     timed(project), timed(read)
     projections, reads = [], []
