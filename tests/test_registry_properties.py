@@ -42,6 +42,11 @@ def kernels():
         lambda s: entries((s[0], s[1], s[2], s[2])))
 
 
+def matrices_and_kernels():
+    """Dense weights (2-D) and 2-D convolution kernels (what OperatorNorm applies to)."""
+    return hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6).flatmap(entries) | kernels()
+
+
 orders = st.sampled_from([1, 2, "inf"])
 
 FAMILIES = {
@@ -62,6 +67,8 @@ FAMILIES = {
     "Scheduled": (st.builds(lambda b, steps: gc.Scheduled(gc.MaxNorm(b), start=2 * b, steps=steps),
                             bounds, st.integers(1, 10)), weights()),
     "RadialConstraint": (st.just(gc.RadialConstraint()), kernels()),
+    "OperatorNorm": (st.builds(lambda b, n, p: gc.OperatorNorm(b, input_shape=n, padding=p), bounds,
+                               st.integers(1, 6), st.integers(0, 2)), matrices_and_kernels()),
     "Compose": (bounds.map(lambda b: gc.Compose([gc.NonNeg(), gc.MaxNorm(b)])), weights()),
 }
 

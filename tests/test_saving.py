@@ -115,6 +115,7 @@ SAMPLES = {
     "SpectralNorm": gc.SpectralNorm(0.5),
     "Orthogonal": gc.Orthogonal(),
     "RadialConstraint": gc.RadialConstraint(),
+    "OperatorNorm": gc.OperatorNorm(0.5, input_shape=7, padding=1),
     "Scheduled": gc.Scheduled(gc.MaxNorm(0.5), start=1.0, steps=3),
     "Scheduled-SpectralNorm": gc.Scheduled(gc.SpectralNorm(0.5), start=2.0, steps=3),
     "Compose": gc.Compose([gc.NonNeg(), gc.MaxNorm(0.5)]),
@@ -163,11 +164,12 @@ def test_every_family_projects_after_export_and_imports_as_on_the_saved_network(
     block = original[0]
     param = getattr(block, attribute)
     values = param.data().copy()
-    checked = []
+    checked, refused = [], []
     for family, constraint in SAMPLES.items():
         try:
             gc.attach(param, constraint, layer=block)
-        except gc.ConstraintShapeError:  # RadialConstraint on a weight without square 2-D kernels
+        except gc.ConstraintShapeError:
+            refused.append(family)
             continue
         prefix = str(tmp_path / family)
         gc.export(original, prefix)
@@ -183,7 +185,9 @@ def test_every_family_projects_after_export_and_imports_as_on_the_saved_network(
         gc.apply_constraints(imported)
         assert twin.data().asnumpy().tobytes() == param.data().asnumpy().tobytes(), family
         checked.append(family)
-    assert len(checked) >= len(SAMPLES) - 1, checked
+    # RadialConstraint needs square 2-D kernels, OperatorNorm a matrix or a kernel
+    assert set(refused) <= {"RadialConstraint"} | ({"OperatorNorm"} if layer == "BatchNorm" else set()), refused
+    assert len(checked) + len(refused) == len(SAMPLES)
 
 
 def test_entries_that_match_nothing_or_another_layer_are_all_named_and_nothing_is_attached():

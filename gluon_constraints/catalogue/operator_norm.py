@@ -1,0 +1,196 @@
+"""``OperatorNorm``: a bound on the exact operator norm of a convolution (Sedghi, Gupta and Long
+2019), projected by alternating between the frequencies' singular values and the kernel's taps;
+the norms themselves are computed in :mod:`.spectrum`."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from mxnet import ndarray as nd
+from mxnet.ndarray import NDArray
+
+from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError
+from .base import WHOLE, Constraint, bound_argument
+from .reduction import Reduction
+from .registry import register_constraint
+from .spectrum import conv_operator_norm, on_grid, tap_positions
+
+__all__ = ["OperatorNorm"]
+
+
+@register_constraint
+class OperatorNorm(Constraint):
+    """Bound the exact operator norm of a convolution (or the spectral norm of a Dense weight).
+
+    The set is ``{K : ||conv_K|| <= max_value}``, where ``||conv_K||`` is the largest singular
+    value of the convolution with kernel ``K`` on inputs of spatial size ``input_shape`` with
+    circular padding, computed exactly from the kernel's Fourier transform (Sedghi, Gupta and
+    Long 2019; :func:`conv_operator_norm`). For a convolution with zero padding ``p`` give
+    ``padding=p`` (the layer's): the set then bounds the circular convolution on ``n + 2p``,
+    which bounds the zero-padded one; strides only lower the norm. A kernel outside the set is
+    projected by alternating between the two sets it must lie in (Sedghi et al., section 4):
+    each frequency's singular values clipped to ``max_value``, then the inverse transform cut
+    back to the kernel's support, until the norm is at most ``max_value * (1 + tolerance)``
+    or ``iterations`` are done; the result is then rescaled by ``max_value / ||conv_K||`` if it
+    is still above, so it always lies in the set (to float rounding of its entries). The
+    result is a feasible kernel near the input, not always the nearest one. A kernel inside
+    the set is returned unchanged, bit for bit.
+
+    A 2-D weight (Dense) ignores ``input_shape``: its singular values above ``max_value`` are
+    clipped to it (``U min(S, max_value) V^T``, the nearest matrix in the set).
+
+    Computed in float64 with numpy: each projection reads the weight to the host and writes it
+    back (``every=`` spaces them out for large layers). The layer's layout gives the kernel
+    axes (channels-last convolutions included); a transposed convolution's weight has its
+    adjoint's singular values, so the same set applies.
+
+    Parameters
+    ----------
+    max_value : float, default 1.0
+        The largest allowed operator norm: finite, > 0 and a normal float32 number.
+    input_shape : sequence of int or None, default None
+        The spatial size of the layer's input (without padding); required for convolutions.
+    padding, dilation : int or sequence of int, default 0 and 1
+        The layer's zero padding and dilation, per spatial axis or one for all.
+    groups : int, default 1
+        The layer's groups.
+    tolerance : float, default 1e-3
+        The alternating projection stops once the norm is at most ``max_value * (1 + tolerance)``.
+    iterations : int, default 50
+        At most this many alternations before the final rescale.
+
+    Examples
+    --------
+    >>> c = gc.OperatorNorm(1.0, input_shape=(8, 8), padding=1)
+    >>> w = c(mx.nd.ones((4, 3, 3, 3)))
+    >>> gc.conv_operator_norm(w.asnumpy(), (10, 10)) <= 1.0 + 1e-6
+    True
+    """
+
+    locality = WHOLE
+
+    def __init__(self, max_value: float = 1.0, input_shape: Optional[Sequence[int]] = None,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, tolerance: float = 1e-3,
+                 iterations: int = 50) -> None:
+        self.max_value = bound_argument("OperatorNorm", "max_value", max_value)
+        self.input_shape = None if input_shape is None else _sizes("input_shape", input_shape, 1)
+        self.padding = _sizes("padding", padding, 0)
+        self.dilation = _sizes("dilation", dilation, 1)
+        self.groups = _count("groups", groups)
+        self.tolerance = bound_argument("OperatorNorm", "tolerance", tolerance)
+        self.iterations = _count("iterations", iterations)
+
+    def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
+        """The weight unchanged if its operator norm is within the band, else projected."""
+        values = w.asnumpy().astype(np.float64)
+        if values.ndim == 2:
+            projected = self._dense(values, boundary_rtol)
+        else:
+            order = self._channels_first(values.shape, reduction)
+            kernel = values.transpose(order)
+            projected_kernel = self._kernel(kernel, boundary_rtol)
+            projected = None if projected_kernel is None else projected_kernel.transpose(np.argsort(order))
+        if projected is None:
+            return w.copy()
+        return nd.array(projected, ctx=w.context, dtype=w.dtype)
+
+    def check_shape(self, shape: Tuple[int, ...], reduction: Reduction, name: Optional[str]) -> None:
+        """A Dense (2-D) weight, or a convolution's whose spatial axes match ``input_shape``."""
+        if len(shape) == 2:
+            return
+        where = f" for parameter '{name}'" if name else ""
+        if len(shape) < 3:
+            raise ConstraintShapeError(f"OperatorNorm{where} needs a Dense or convolution weight: got shape {shape}.")
+        if self.input_shape is None:
+            raise ConstraintShapeError(
+                f"OperatorNorm{where} needs input_shape, the spatial size of the convolution's input "
+                f"(e.g. OperatorNorm(1.0, input_shape=(28, 28), padding=1)), for a weight of shape {shape}.")
+        order = self._channels_first(shape, reduction)
+        spatial = [shape[axis] for axis in order[2:]]
+        for what, values in (("input_shape", self.input_shape), ("padding", self.padding), ("dilation", self.dilation)):
+            if len(values) not in (1, len(spatial)):
+                raise ConstraintShapeError(
+                    f"OperatorNorm{where}: {what} {values} has {len(values)} entries for a kernel of "
+                    f"{len(spatial)} spatial axes (shape {shape}).")
+        if shape[order[0]] % self.groups:
+            raise ConstraintShapeError(
+                f"OperatorNorm{where}: groups={self.groups} does not divide axis 0 ({shape[order[0]]}) of shape {shape}.")
+
+    def get_config(self) -> Dict[str, Any]:
+        """The constructor arguments."""
+        return {"max_value": self.max_value, "input_shape": None if self.input_shape is None else list(self.input_shape),
+                "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+                "tolerance": self.tolerance, "iterations": self.iterations}
+
+    # -- the computation ----------------------------------------------------------------------------
+    def _dense(self, matrix: np.ndarray, rtol: float) -> Optional[np.ndarray]:
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        if s.max(initial=0.0) <= self.max_value * (1.0 + rtol):
+            return None
+        return (u * np.minimum(s, self.max_value)) @ vt
+
+    def _grid(self, kernel: np.ndarray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """The padded circular size and the dilation, per spatial axis of ``kernel``."""
+        spatial = kernel.ndim - 2
+        per_axis = lambda values: values * spatial if len(values) == 1 else values  # noqa: E731
+        size = tuple(n + 2 * p for n, p in zip(per_axis(self.input_shape), per_axis(self.padding)))
+        return size, per_axis(self.dilation)
+
+    def _kernel(self, kernel: np.ndarray, rtol: float) -> Optional[np.ndarray]:
+        size, dilation = self._grid(kernel)
+        norm = conv_operator_norm(kernel, size, dilation, self.groups)
+        if norm <= self.max_value * (1.0 + rtol):
+            return None
+        positions = tap_positions(kernel.shape[2:], size, dilation)
+        current = kernel
+        for _ in range(self.iterations):
+            current = self._alternate(current, size, dilation, positions)
+            norm = conv_operator_norm(current, size, dilation, self.groups)
+            if norm <= self.max_value * (1.0 + self.tolerance):
+                break
+        if norm > self.max_value:
+            current = current * (self.max_value / norm)
+        return current
+
+    def _alternate(self, kernel: np.ndarray, size: Tuple[int, ...], dilation: Tuple[int, ...],
+                   positions: np.ndarray) -> np.ndarray:
+        """One alternation: clip every frequency's singular values, back to the kernel's taps."""
+        spatial = kernel.ndim - 2
+        axes = tuple(range(2, 2 + spatial))
+        spectrum = np.fft.rfftn(on_grid(kernel, size, dilation), axes=axes)
+        a, b = kernel.shape[:2]
+        g = self.groups
+        matrices = spectrum.reshape(g, a // g, b, -1).transpose(0, 3, 1, 2)
+        u, s, vh = np.linalg.svd(matrices, full_matrices=False)
+        clipped = (u * np.minimum(s, self.max_value)[..., None, :]) @ vh
+        spectrum = clipped.transpose(0, 2, 3, 1).reshape(spectrum.shape)
+        grid = np.fft.irfftn(spectrum, s=size, axes=axes).reshape(a, b, -1)
+        return grid[:, :, positions].reshape(kernel.shape)
+
+    @staticmethod
+    def _channels_first(shape: Tuple[int, ...], reduction: Reduction) -> Tuple[int, ...]:
+        """The axis order that puts a kernel in ``(axis 0, other channel axis, spatial...)`` layout."""
+        spatial = tuple(reduction.kernel_axes) if reduction.kernel_axes is not None else tuple(range(2, len(shape)))
+        channels = [axis for axis in range(len(shape)) if axis not in spatial]
+        return (*channels, *spatial)
+
+
+def _sizes(argument: str, value: Any, least: int) -> Tuple[int, ...]:
+    """An int or a sequence of ints >= ``least``, as a tuple."""
+    values = (value,) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise ConstraintTypeError(f"OperatorNorm {argument} must be an int or a sequence of ints: got {value!r}.") from None
+    if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least for v in values):
+        raise ConstraintArgumentError(
+            f"OperatorNorm {argument} must be ints >= {least}: got {value!r}.")
+    return tuple(int(v) for v in values)
+
+
+def _count(argument: str, value: Any) -> int:
+    """A positive int argument of OperatorNorm."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConstraintArgumentError(f"OperatorNorm {argument} must be an int >= 1: got {value!r}.")
+    return int(value)
