@@ -38,6 +38,9 @@ SECTIONS = [
       "ConstraintHandler", "penalty"]),
     ("Monitoring", "([training.md](training.md#monitoring))",
      ["CSVWriter", "TensorBoardWriter"]),
+    ("Certification", "What the constraints guarantee: a network's Lipschitz bound and the robustness it "
+                      "certifies ([certification.md](certification.md)).",
+     ["lipschitz_bound", "register_lipschitz", "certified_radius", "certified_accuracy", "conv_operator_norm"]),
     ("Errors and warnings", inspect.getdoc(errors).split("\n\n")[0], list(errors.__all__)),
 ]
 # The Constraint contract: what a family overrides, then what every constraint does alike.

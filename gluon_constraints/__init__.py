@@ -24,6 +24,7 @@ from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version a
 from . import _moved  # noqa: F401 - lets files that name 0.1.0's module paths load
 from .catalogue import (FAMILIES, Constraint, Function, Reduction, deserialize, get, register_constraint,
                         registered_constraints, serialize)
+from .catalogue.spectrum import conv_operator_norm
 from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
@@ -51,6 +52,10 @@ _LAZY = {
     "load_parameters": "gluon.saving",
     "from_keras": "gluon.keras",
     "from_keras_layer": "gluon.keras",
+    "lipschitz_bound": "certify.lipschitz",
+    "register_lipschitz": "certify.lipschitz",
+    "certified_radius": "certify.robustness",
+    "certified_accuracy": "certify.robustness",
     "nn": None,
     "rnn": None,
 }
@@ -65,6 +70,7 @@ __all__ = [
     "deserialize",
     "register_constraint",
     "registered_constraints",
+    "conv_operator_norm",
     *_LAZY,
     *_ERRORS,
 ]

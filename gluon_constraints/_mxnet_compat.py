@@ -36,7 +36,7 @@ __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_opt
            "is_allocated", "data_arrays", "data_shape", "own_parameters", "block_parameters",
            "BlockState", "block_state", "ParameterWalk", "same_objects",
            "structural_parameters",
-           "convolution_settings", "convolution_base",
+           "convolution_settings", "layer_arguments", "child_blocks", "pooling_base", "convolution_base",
            "recurrent_layer_base", "optimizer_rates", "count_update", "update_count",
            "update_counts_by_device", "c_function"]
 
@@ -377,6 +377,31 @@ def convolution_settings(block: Any) -> Tuple[bool, int, str]:
     """``(transposed, groups, layout)`` of a Gluon convolution block."""
     return (block._op_name == "Deconvolution", int(block._kwargs["num_group"]),
             str(block._kwargs["layout"]))
+
+
+def layer_arguments(block: Any) -> Dict[str, Any]:
+    """The operator arguments a Gluon convolution, pooling or normalisation block passes
+    (``kernel``, ``stride``, ``dilate``, ``pad``, ``num_group``, ``layout``, ``eps``,
+    ``fix_gamma``, ``count_include_pad``, ``global_pool`` ...: MXNet's names), ``slope``, the
+    ``alpha`` of a LeakyReLU or ELU block, and ``act_type``, an Activation block's function."""
+    arguments = dict(getattr(block, "_kwargs", {}))
+    if hasattr(block, "_alpha"):
+        arguments["slope"] = block._alpha
+    if hasattr(block, "_act_type"):
+        arguments["act_type"] = block._act_type
+    return arguments
+
+
+def child_blocks(block: Any) -> List[Any]:
+    """A block's child blocks, in the order they were registered (a Sequential's order)."""
+    return list(block._children.values())
+
+
+def pooling_base() -> type:
+    """The base class of every Gluon pooling block (max, average, global)."""
+    from mxnet.gluon.nn import conv_layers
+
+    return conv_layers._Pooling
 
 
 def convolution_base() -> type:

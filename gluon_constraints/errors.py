@@ -43,6 +43,7 @@ __all__ = [
     "KernelCallError",
     "DependencyError",
     "ConstraintsFileNotFoundError",
+    "CertificationError",
     "AmbiguousLayoutWarning",
     "DivergingCopiesWarning",
     "UnenforcedConstraintWarning",
@@ -57,6 +58,11 @@ class ConstraintArgumentError(ValueError):
 
 class ConstraintShapeError(ValueError):
     """A constraint's reduction axes do not fit the shape of the array or parameter."""
+
+
+class CertificationError(ValueError):
+    """A network (or a block of it) that ``lipschitz_bound`` cannot bound, or arguments that a
+    certification function cannot take; the message names the block or the value."""
 
 
 class UnknownConstraintError(ValueError):
