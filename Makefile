@@ -12,10 +12,14 @@ WITH_HOROVOD := $(VENV)/.installed-horovod
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MPI=1
 
-.PHONY: demo test benchmark docs clean
+.PHONY: demo certified test benchmark docs clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python examples/digits_maxnorm.py
+
+# The second demo: certified robustness of constrained networks (docs/certification.md).
+certified: $(INSTALLED)
+	$(VENV)/bin/python examples/certified.py
 
 # Two pytest workers: about a third of the suite's time is spent starting processes (clusters,
 # the demo, kernel builds) and waiting on them, which the other worker overlaps; on a 2-core
@@ -30,6 +34,8 @@ benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.enforcement --monitoring --models paper-mlp resnet18
 	$(VENV)/bin/python -m benchmarks.sparse_embedding
 	$(VENV)/bin/python -m benchmarks.sparse_embedding --rows
+	$(VENV)/bin/python -m benchmarks.certification
+	$(VENV)/bin/python -m benchmarks.certification --projection
 
 # Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
 docs: $(INSTALLED)

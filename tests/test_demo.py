@@ -1,5 +1,7 @@
-"""The demo (README, docs/index.md#the-demo): its numbers on one context, two contexts and a
-parameter-server job agree, and it draws its pictures."""
+"""The demos (README, docs/index.md#the-demo, docs/certification.md#the-demo-certified-digits):
+the max-norm demo's numbers on one context, two contexts and a parameter-server job agree, the
+certification demo's attack changes no prediction inside a certified radius, and both draw
+their pictures."""
 
 import os
 import re
@@ -45,3 +47,20 @@ def test_the_distributed_example_gives_the_numbers_of_one_process(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     printed = "".join(p.read_text(errors="replace") for p in logs.glob("worker*.log"))
     assert f"2 workers: test error {constrained.split()[0]} (finite)" in printed, printed[-3000:]
+
+
+def test_the_certification_demo_certifies_and_no_attack_breaks_a_certificate(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "certified.py"), "--epochs", "2",
+                          "--restarts", "2", "--steps", "5", "--out", str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {tuple(m.group(1, 2)): m.group(3).split()
+            for m in re.finditer(r"^(MLP|ConvNet)\s+(\w+)\s+(.*?)\s+0 changed$", out.stdout, re.M)}
+    assert len(rows) == 8, out.stdout
+    for (model, kind), numbers in rows.items():
+        bound, certified = float(numbers[1]), [float(v) for v in numbers[3:]]
+        assert certified == sorted(certified, reverse=True)  # fewer examples at larger radii
+        if kind == "OperatorNorm" or (kind == "Orthogonal" and model == "MLP"):
+            assert bound <= 1.001 ** 3, (model, kind)  # three layers, each at most 1 (+ tolerance)
+    assert "No attack changed a prediction inside its certified radius." in out.stdout
+    assert (tmp_path / "certified.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
