@@ -132,10 +132,10 @@ class OperatorNorm(Constraint):
 
     # -- the computation ----------------------------------------------------------------------------
     def _dense(self, matrix: np.ndarray, rtol: float) -> Optional[np.ndarray]:
-        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        _, s, vt = np.linalg.svd(matrix, full_matrices=False)
         if s.max(initial=0.0) <= self.max_value * (1.0 + rtol):
             return None
-        return (u * np.minimum(s, self.max_value)) @ vt
+        return _clip_singular_values(matrix, s, vt, self.max_value)
 
     def _grid(self, kernel: np.ndarray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         """The padded circular size and the dilation, per spatial axis of ``kernel``."""
@@ -150,10 +150,11 @@ class OperatorNorm(Constraint):
         if norm <= self.max_value * (1.0 + rtol):
             return None
         positions = tap_positions(kernel.shape[2:], size, dilation)
-        u, s, vh = self._singular_values(kernel, size, dilation)
+        transfer = self._transfer(kernel, size, dilation)
+        _, s, vh = np.linalg.svd(transfer, full_matrices=False)
 
         def clipped(target: float) -> Tuple[np.ndarray, float]:
-            result = self._back_to_taps((u * np.minimum(s, target)[..., None, :]) @ vh, kernel.shape, size, positions)
+            result = self._back_to_taps(_clip_singular_values(transfer, s, vh, target), kernel.shape, size, positions)
             return result, largest_singular_value(self._transfer(result, size, dilation))
 
         # The norm rises from 0 at target 0 to above max_value at target max_value: the target
@@ -176,11 +177,6 @@ class OperatorNorm(Constraint):
         if norm > self.max_value:
             current = current * (self.max_value / norm)
         return current
-
-    def _singular_values(self, kernel: np.ndarray, size: Tuple[int, ...],
-                         dilation: Tuple[int, ...]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The SVD of every group's transfer matrix at every frequency (half the spectrum)."""
-        return np.linalg.svd(self._transfer(kernel, size, dilation), full_matrices=False)
 
     def _transfer(self, kernel: np.ndarray, size: Tuple[int, ...], dilation: Tuple[int, ...]) -> np.ndarray:
         """Every group's transfer matrix at every frequency (half the spectrum): ``(groups,
@@ -205,6 +201,15 @@ class OperatorNorm(Constraint):
         spatial = tuple(reduction.kernel_axes) if reduction.kernel_axes is not None else tuple(range(2, len(shape)))
         channels = [axis for axis in range(len(shape)) if axis not in spatial]
         return (*channels, *spatial)
+
+
+def _clip_singular_values(matrices: np.ndarray, s: np.ndarray, vh: np.ndarray, target: float) -> np.ndarray:
+    """``matrices`` (``U S V^H``, singular values ``s``, ``vh = V^H``) with their singular values
+    above ``target`` lowered to it: ``M V diag(min(1, target / s)) V^H``, which equals ``U min(S,
+    target) V^H`` and keeps a zero row exactly zero (however large the other rows, whose rounding
+    would otherwise show up as singular vectors of noise)."""
+    factor = np.where(s > target, target / np.where(s > 0, s, 1.0), 1.0)
+    return matrices @ ((np.conj(np.swapaxes(vh, -1, -2)) * factor[..., None, :]) @ vh)
 
 
 def _sizes(argument: str, value: Any, least: int) -> Tuple[int, ...]:
