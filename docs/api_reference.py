@@ -41,6 +41,9 @@ SECTIONS = [
     ("Certification", "What the constraints guarantee: a network's Lipschitz bound and the robustness it "
                       "certifies ([certification.md](certification.md)).",
      ["lipschitz_bound", "register_lipschitz", "certified_radius", "certified_accuracy", "conv_operator_norm"]),
+    ("Constraint reports", "Each constrained parameter against its constraint, for model cards "
+                           "([certification.md](certification.md#a-constraint-report-for-model-cards)).",
+     ["report", "ConstraintReport"]),
     ("Errors and warnings", inspect.getdoc(errors).split("\n\n")[0], list(errors.__all__)),
 ]
 # The Constraint contract: what a family overrides, then what every constraint does alike.

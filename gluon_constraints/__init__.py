@@ -47,7 +47,7 @@ _LAZY = {
     "ConstraintHandler": "training.estimator",
     "constraints_config": "gluon.saving",
     "constrain_from_config": "gluon.saving",
-    "export": "gluon.saving",
+    "export": "certify.report",
     "imports": "gluon.saving",
     "load_parameters": "gluon.saving",
     "from_keras": "gluon.keras",
@@ -56,6 +56,8 @@ _LAZY = {
     "register_lipschitz": "certify.lipschitz",
     "certified_radius": "certify.robustness",
     "certified_accuracy": "certify.robustness",
+    "report": "certify.report",
+    "ConstraintReport": "certify.report",
     "nn": None,
     "rnn": None,
 }

@@ -1,9 +1,12 @@
-"""``python -m gluon_constraints info`` and ``python -m gluon_constraints build-kernel``.
+"""``python -m gluon_constraints info``, ``build-kernel`` and ``report``.
 
 ``info`` reports the installed MXNet build, which path projections take (the fused kernel or
 stock operators) and why, the kernel's cache directory and the C++ compiler. ``build-kernel``
 builds and loads the fused kernel now, for Docker images and clusters, instead of at the first
-training step; it exits 1, saying why, when the kernel cannot be built or loaded.
+training step; it exits 1, saying why, when the kernel cannot be built or loaded. ``report
+model-symbol.json model-0000.params`` prints the constraint report (``gc.report``) of a model
+exported with ``gc.export`` (``--json`` for JSON; ``--input-names`` if its input is not
+``data``); it exits 1, saying why, when the model cannot be loaded.
 (``python -m gluon_constraints.launch`` runs a local parameter-server job.)
 """
 
@@ -25,11 +28,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="report the MXNet build and the projection path in use")
     commands.add_parser("build-kernel", help="build the fused kernel now (cached for this machine)")
+    reporting = commands.add_parser("report", help="print the constraint report of an exported model")
+    reporting.add_argument("symbol_file", help="the model's -symbol.json file (its -constraints.json beside it)")
+    reporting.add_argument("param_file", help="the model's .params file")
+    reporting.add_argument("--input-names", nargs="+", default=["data"], help="the model's inputs (default: data)")
+    reporting.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(_info()))
         return 0
+    if args.command == "report":
+        return _report(args)
     return _build_kernel()
+
+
+def _report(args: argparse.Namespace) -> int:
+    import warnings
+
+    import gluon_constraints as gc
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MXNet's note on unknown parameter types
+            net = gc.imports(args.symbol_file, args.input_names, args.param_file)
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: MXNetError
+        print(f"python -m gluon_constraints report: cannot load the model: {error}", file=sys.stderr)
+        return 1
+    result = gc.report(net)
+    print(result.json(indent=2) if args.json else result.markdown(), end="" if not args.json else "\n")
+    return 0
 
 
 def _info() -> List[str]:
