@@ -104,7 +104,8 @@ def _fields(param: Any, constraint: Any) -> Dict[str, Any]:
     rows, _ = unit_rows(values, reduction.axes)
     norms = np.sqrt((rows * rows).sum(axis=1))
     bound = constraint.get_config().get("max_value")
-    projected = constraint(weight).asnumpy().astype(np.float64).reshape(values.shape)
+    projected = constraint(weight, reduction_of(param, weight.shape)).asnumpy().astype(np.float64)
+    projected = viewed(projected, reduction)
     scale = max(float(np.abs(values).max(initial=0.0)), np.finfo(np.float64).tiny)
     return {"constraint": serialize(constraint), "bound": bound, "units": int(len(norms)),
             "max_norm": float(norms.max(initial=0.0)), "mean_norm": float(norms.mean()) if len(norms) else 0.0,
