@@ -44,11 +44,13 @@ __all__ = [
     "DependencyError",
     "ConstraintsFileNotFoundError",
     "CertificationError",
+    "ConstraintWarning",
     "AmbiguousLayoutWarning",
     "DivergingCopiesWarning",
     "UnenforcedConstraintWarning",
     "FusedKernelWarning",
     "InfeasibleWeightsWarning",
+    "ClippingWarning",
 ]
 
 
@@ -113,23 +115,32 @@ class LaunchError(ValueError):
     """A local parameter-server job cannot start as asked (no workers or servers, no command)."""
 
 
-class AmbiguousLayoutWarning(UserWarning):
+class ConstraintWarning(UserWarning):
+    """The base of every warning this package gives (filter them all with it)."""
+
+
+class AmbiguousLayoutWarning(ConstraintWarning):
     """A per-output-unit constraint was attached to a parameter whose owning layer is unknown."""
 
 
-class DivergingCopiesWarning(UserWarning):
+class DivergingCopiesWarning(ConstraintWarning):
     """In this configuration a parameter's device copies do not stay identical (MXNet's own
     behaviour, with or without constraints)."""
 
 
-class UnenforcedConstraintWarning(UserWarning):
+class UnenforcedConstraintWarning(ConstraintWarning):
     """Constrained parameters that no trainer updates, so nothing enforces their constraints."""
 
 
-class FusedKernelWarning(UserWarning):
+class FusedKernelWarning(ConstraintWarning):
     """The fused kernel could not be built, cached or loaded; stock operators are used instead."""
 
 
-class InfeasibleWeightsWarning(UserWarning):
+class InfeasibleWeightsWarning(ConstraintWarning):
     """Loaded weights lie outside their constraints (an old checkpoint); training or
     ``gc.apply_constraints`` projects them."""
+
+
+class ClippingWarning(ConstraintWarning):
+    """A constraint moves most of a parameter's units on most steps: the updates keep pushing
+    the weights out of their set (a learning rate too high for the bound)."""

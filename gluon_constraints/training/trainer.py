@@ -35,6 +35,7 @@ from ..gluon.attachment import (attached_parameters, check_parameter, constraint
                                 reduction_of)
 from ..kernels.projection import project_in_place
 from .apply import check_storage
+from .clipping_watch import ClippingWatch, clipping_watch
 from .optimizer import ConstrainedOptimizer, Projection, master_copy_slot, projection_interval, switch
 from .monitoring import collect_stats
 from .verify import verify_constraints
@@ -72,6 +73,9 @@ class TrainerState:
         Whether every trained parameter has dense gradients (decided at the first push).
     warned_rates : bool
         Whether the warning about devices' scheduled rates was given.
+    watch : ClippingWatch or None
+        The watch for constraints that fight the learning rate (``monitor=True`` and
+        ``clip_warning`` not None).
     """
 
     every: int
@@ -81,6 +85,7 @@ class TrainerState:
     updates: int = 0
     dense_gradients: Optional[bool] = None
     warned_rates: bool = False
+    watch: Optional[ClippingWatch] = None
 
 
 class EnforcedTraining(compat.TrainerHooks):
@@ -238,6 +243,19 @@ class EnforcedTraining(compat.TrainerHooks):
         self._surfacing_failures(run, batch_size, ignore_stale_grad)
         if stale and not compat.updates_on_kvstore(self):
             _project_copies(self.optimizer.inner, stale)
+        self._watch_clipping()
+
+    def _watch_clipping(self) -> None:
+        """Count this step's projection statistics in the clipping watch (monitoring on; none
+        where parameter servers project: their statistics stay there)."""
+        state = self._gluon_constraints
+        if state.watch is None or not state.monitor:
+            return
+        buffers: Dict[int, Any] = {}
+        for (index, _), buffer in self.optimizer.stats.items():
+            buffers.setdefault(index, buffer)
+        names = {index: param.name for index, param in enumerate(compat.trainer_parameters(self))}
+        state.watch.observe(buffers.items(), names)
 
     def _warn_diverging_rates(self) -> None:
         """Warn once where the devices' updaters will give a parameter's copies different
@@ -309,11 +327,19 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
     monitor : bool, default False
         Record statistics of every projection for :meth:`constraint_stats`, as device arrays
         (no host synchronisation). Off, it costs nothing.
+    clip_warning : float or None, default 0.9
+        With ``monitor=True``: warn once per parameter (:class:`~gluon_constraints.ClippingWarning`)
+        when its projection moved more than this share of its units on most steps of a window
+        (the constraint fights the learning rate). None turns the warning off.
+    clip_window : int, default 50
+        The window's length in steps. Counts stay on the device; a window's are read when the
+        next one ends, so the warning comes one window late and never waits for the device.
 
     Raises
     ------
     ConstraintArgumentError
-        If ``every`` is not an int >= 1.
+        If ``every`` is not an int >= 1, ``clip_warning`` not None or in [0, 1), or
+        ``clip_window`` not an int >= 1.
     ConstraintShapeError, ConstraintTypeError
         If a constraint is not a Constraint, does not fit its parameter's shape or its dtype
         (naming the parameter).
@@ -328,16 +354,18 @@ class ConstrainedTrainer(EnforcedTraining, Trainer):
     def __init__(self, params: Any, optimizer: Any, optimizer_params: Optional[dict] = None,
                  kvstore: Any = "device", compression_params: Optional[dict] = None,
                  update_on_kvstore: Optional[bool] = None, every: int = 1,
-                 monitor: bool = False) -> None:
+                 monitor: bool = False, clip_warning: Optional[float] = 0.9, clip_window: int = 50) -> None:
         every, monitor = projection_interval(every), switch("monitor", monitor)
+        watch = clipping_watch(clip_warning, clip_window)
         listed = _listed_parameters(params)
         check_parameters(listed, optimizer, optimizer_params)
         super().__init__(params, optimizer, optimizer_params=optimizer_params, kvstore=kvstore,
                          compression_params=compression_params, update_on_kvstore=update_on_kvstore)
-        _install(self, every, monitor, {p.name: position for position, p in enumerate(listed)})
+        _install(self, every, monitor, {p.name: position for position, p in enumerate(listed)}, watch)
 
 
-def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
+def enforce(trainer: Trainer, every: int = 1, monitor: bool = False, clip_warning: Optional[float] = 0.9,
+            clip_window: int = 50) -> Trainer:
     """Install constraint enforcement into an existing ``gluon.Trainer`` before its first step.
 
     Works on any ``gluon.Trainer`` instance, subclasses such as
@@ -354,6 +382,8 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
     every : int, default 1
         As for :class:`ConstrainedTrainer`.
     monitor : bool, default False
+        As for :class:`ConstrainedTrainer`.
+    clip_warning, clip_window : float or None, and int, default 0.9 and 50
         As for :class:`ConstrainedTrainer`.
 
     Returns
@@ -372,6 +402,7 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
             f"enforce expects an mxnet.gluon.Trainer (or a subclass such as Horovod's): got "
             f"{trainer!r} of type {type(trainer).__name__}.")
     every, monitor = projection_interval(every), switch("monitor", monitor)
+    watch = clipping_watch(clip_warning, clip_window)
     if isinstance(trainer, EnforcedTraining):
         if monitor:  # turning monitoring on is safe at any time
             trainer._gluon_constraints.monitor = trainer.optimizer.monitor = True
@@ -384,7 +415,7 @@ def enforce(trainer: Trainer, every: int = 1, monitor: bool = False) -> Trainer:
             "trainer, before load_states and the first step, or build a gc.ConstrainedTrainer.")
     check_parameters(compat.trainer_parameters(trainer), trainer.optimizer, owner=trainer)
     trainer.__class__ = _enforced_class(type(trainer))
-    _install(trainer, every, monitor, {})
+    _install(trainer, every, monitor, {}, watch)
     return trainer
 
 
@@ -421,14 +452,15 @@ def check_parameters(params: Iterable[Parameter], optimizer: Any,
             master_copy_slot(optimizer_class)
 
 
-def _install(trainer: Trainer, every: int, monitor: bool, given_order: Dict[str, int]) -> None:
+def _install(trainer: Trainer, every: int, monitor: bool, given_order: Dict[str, int],
+             watch: Optional[ClippingWatch]) -> None:
     """Wrap the optimizer, record its owner and the trainer's state, and warn where device
     copies will diverge."""
     wrapper = ConstrainedOptimizer(trainer.optimizer, every=every, monitor=monitor)
     wrapper.installed = True
     compat.install_optimizer(trainer, wrapper)
     _OPTIMIZER_USERS[wrapper.inner] = weakref.ref(trainer)
-    setattr(trainer, STATE, TrainerState(every, monitor, given_order))
+    setattr(trainer, STATE, TrainerState(every, monitor, given_order, watch=watch))
     _warn_diverging(trainer, type(wrapper.inner))
 
 
