@@ -36,6 +36,7 @@ benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.sparse_embedding --rows
 	$(VENV)/bin/python -m benchmarks.certification
 	$(VENV)/bin/python -m benchmarks.certification --projection
+	$(VENV)/bin/python -m benchmarks.averaging
 
 # Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
 docs: $(INSTALLED)

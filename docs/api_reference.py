@@ -35,7 +35,7 @@ SECTIONS = [
      ["from_keras", "from_keras_layer"]),
     ("Training", "([training.md](training.md), [distributed.md](distributed.md))",
      ["ConstrainedTrainer", "enforce", "verify_constraints", "ConstrainedOptimizer",
-      "ConstraintHandler", "penalty"]),
+      "ConstraintHandler", "penalty", "WeightAverage"]),
     ("Monitoring", "([training.md](training.md#monitoring))",
      ["CSVWriter", "TensorBoardWriter"]),
     ("Certification", "What the constraints guarantee: a network's Lipschitz bound and the robustness it "

@@ -41,6 +41,7 @@ _LAZY = {
     "enforce": "training.trainer",
     "verify_constraints": "training.verify",
     "penalty": "training.penalty",
+    "WeightAverage": "training.averaging",
     "CSVWriter": "training.monitoring",
     "TensorBoardWriter": "training.monitoring",
     "ConstrainedOptimizer": "training.optimizer",

@@ -76,6 +76,8 @@ class TrainerState:
     watch : ClippingWatch or None
         The watch for constraints that fight the learning rate (``monitor=True`` and
         ``clip_warning`` not None).
+    averages : list
+        The ``gc.WeightAverage`` objects to update after each step.
     """
 
     every: int
@@ -86,6 +88,7 @@ class TrainerState:
     dense_gradients: Optional[bool] = None
     warned_rates: bool = False
     watch: Optional[ClippingWatch] = None
+    averages: List[Any] = field(default_factory=list)
 
 
 class EnforcedTraining(compat.TrainerHooks):
@@ -244,6 +247,8 @@ class EnforcedTraining(compat.TrainerHooks):
         if stale and not compat.updates_on_kvstore(self):
             _project_copies(self.optimizer.inner, stale)
         self._watch_clipping()
+        for average in self._gluon_constraints.averages:
+            average.update()
 
     def _watch_clipping(self) -> None:
         """Count this step's projection statistics in the clipping watch (monitoring on; none

@@ -1,0 +1,253 @@
+"""``gc.WeightAverage``: exponential moving averages (EMA) and stochastic weight averages (SWA) of
+a network's weights that stay inside their constraints.
+
+The averages live beside the weights, one per parameter and device copy (float32 for float16
+weights), and are updated with MXNet operators queued on the engine like the training step, so
+nothing waits for the device. After each update every constrained parameter's averages are
+projected onto its constraint set, as the weights are after each step: for a convex set (MaxNorm,
+NonNeg, Clip, ...) an average of feasible weights is feasible already and the projection leaves
+it as it is (up to rounding), for a set that is not convex (UnitNorm, Orthogonal, MinMaxNorm
+with a lower bound) the average falls inside it and is moved back onto it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+from mxnet import ndarray as nd
+
+from .. import _mxnet_compat as compat
+from ..errors import ConstraintArgumentError, ConstraintTypeError, EnforcementError
+from ..gluon.attachment import constraint_of, reduction_of
+from ..kernels.projection import project_in_place
+from .trainer import STATE
+
+__all__ = ["WeightAverage"]
+
+MODES = ("ema", "swa")
+
+
+class WeightAverage:
+    """Averages of a network's weights (EMA or SWA), projected onto their constraints.
+
+    EMA (``mode="ema"``): after updates ``t = every, 2 every, ...``, for every parameter ``w``::
+
+        avg <- d_t^every * avg + (1 - d_t^every) * w,
+        d_t = decay, or min(decay, (1 + t) / (10 + t)) with warmup
+
+    starting from the weights when the average is created (the warm-up of TensorFlow's
+    ``ExponentialMovingAverage(num_updates=)``: early averages follow the weights closely).
+    ``every > 1`` (timm's ``ModelEmaV3`` does the same) costs ``1 / every`` of the per-step
+    update, which reads the average and the weight and writes the average: two passes more than
+    the step itself, a few percent of a step only when updated every few steps.
+
+    SWA (``mode="swa"``, Izmailov et al. 2018): the equal-weight mean of the weights at updates
+    ``start``, ``start + every``, ``start + 2 every``, ...::
+
+        n <- n + 1,   avg <- avg + (w - avg) / n
+
+    (before ``start`` the averages are the weights themselves).
+
+    After each update the averages of constrained parameters are projected onto their sets, so
+    evaluating with them never sees an infeasible weight. BatchNorm's running mean and variance
+    are parameters too and are averaged like the weights (as timm's ``ModelEmaV2`` does); for
+    SWA, where a mean of running statistics is not the statistics of the mean network,
+    recompute them with a pass over training data in training mode after :meth:`copy_to` if it
+    matters to you.
+
+    Parameters
+    ----------
+    net : Block
+        The network (initialized); all its parameters are averaged, on every context.
+    decay : float, default 0.999
+        EMA's decay, in [0, 1).
+    mode : {"ema", "swa"}, default "ema"
+    warmup : bool, default False
+        EMA: use ``min(decay, (1 + t) / (10 + t))``.
+    start : int, default 1
+        SWA: the first update averaged.
+    every : int, default 1
+        The interval between averaged updates (SWA: from ``start``; EMA: from the first).
+    trainer : ConstrainedTrainer or None, default None
+        A trainer that enforces constraints (``gc.ConstrainedTrainer`` or ``gc.enforce``): it
+        then updates the averages after each of its steps. Without one, call :meth:`update`
+        after each ``trainer.step``.
+
+    Examples
+    --------
+    >>> net = gc.nn.Dense(2, in_units=3, weight_constraint=gc.MaxNorm(1.0))
+    >>> net.initialize()
+    >>> trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    >>> ema = gc.WeightAverage(net, decay=0.99, trainer=trainer)
+    >>> with ema.swapped():                 # the network holds the averages here
+    ...     scores = net(mx.nd.ones((1, 3)))
+    """
+
+    def __init__(self, net: Any, decay: float = 0.999, mode: str = "ema", warmup: bool = False,
+                 start: int = 1, every: int = 1, trainer: Any = None) -> None:
+        if mode not in MODES:
+            raise ConstraintArgumentError(f"WeightAverage mode must be 'ema' or 'swa': got {mode!r}.")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ConstraintArgumentError(f"WeightAverage decay must be a number in [0, 1): got {decay!r}.")
+        for name, value in (("start", start), ("every", every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConstraintArgumentError(f"WeightAverage {name} must be an int >= 1: got {value!r}.")
+        if not isinstance(warmup, bool):
+            raise ConstraintArgumentError(f"WeightAverage warmup must be True or False: got {warmup!r}.")
+        self.decay, self.mode, self.warmup, self.start, self.every = float(decay), mode, warmup, start, every
+        self.params = _parameters(net)
+        self.averages: Dict[Tuple[str, str], Any] = {}
+        for name, param in self.params.items():
+            for data in compat.data_arrays(param):
+                self.averages[(name, str(data.context))] = data.astype(_average_dtype(data.dtype), copy=True)
+        self.updates = 0      # updates seen
+        self.averaged = 0     # SWA: weights averaged so far
+        self._backup: Optional[Dict[Tuple[str, str], Any]] = None
+        self._project()       # initial weights may lie outside their sets (before the first step)
+        if trainer is not None:
+            _attach(trainer, self)
+
+    # -- updating ---------------------------------------------------------------------------------
+    def update(self) -> None:
+        """Average the current weights in (one update), then project the constrained averages.
+        Queued on MXNet's engine: no host synchronisation."""
+        if self._backup is not None:
+            raise EnforcementError("WeightAverage.update() while the averages are swapped in: swap back "
+                                   "first (the network holds the averages, not the trained weights).")
+        self.updates += 1
+        if self.mode == "ema":
+            if self.updates % self.every:
+                return
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+            for average, weight in self._pairs():
+                _move_toward(average, weight, 1.0 - decay ** self.every)
+        elif self.updates >= self.start and (self.updates - self.start) % self.every == 0:
+            self.averaged += 1
+            for average, weight in self._pairs():
+                _move_toward(average, weight, 1.0 / self.averaged)
+        else:
+            for average, weight in self._pairs():
+                if self.averaged == 0:  # before start: the weights themselves
+                    weight.astype(average.dtype, copy=False).copyto(average)
+            return
+        self._project()
+
+    def _pairs(self) -> Iterator[Tuple[Any, Any]]:
+        for name, param in self.params.items():
+            for data in compat.data_arrays(param):
+                yield self.averages[(name, str(data.context))], data
+
+    def _project(self) -> None:
+        items = []
+        for name, param in self.params.items():
+            constraint = constraint_of(param)
+            if constraint is None:
+                continue
+            for data in compat.data_arrays(param):
+                average = self.averages[(name, str(data.context))]
+                items.append((average, constraint, reduction_of(param, average.shape)))
+        project_in_place(items)
+
+    # -- using the averages -----------------------------------------------------------------------
+    def swap(self) -> None:
+        """Put the averages into the network (keeping its weights aside), or, called again, put
+        the weights back, bit for bit. The averages themselves are not changed."""
+        if self._backup is None:
+            self._backup = {}
+            for name, param in self.params.items():
+                for data in compat.data_arrays(param):
+                    key = (name, str(data.context))
+                    self._backup[key] = data.copy()
+                    self.averages[key].astype(data.dtype, copy=False).copyto(data)
+        else:
+            for name, param in self.params.items():
+                for data in compat.data_arrays(param):
+                    self._backup[(name, str(data.context))].copyto(data)
+            self._backup = None
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator["WeightAverage"]:
+        """``with averages.swapped():`` evaluates with the averages and restores the weights."""
+        self.swap()
+        try:
+            yield self
+        finally:
+            self.swap()
+
+    def copy_to(self, net: Any) -> None:
+        """Write the averages (of the first context) into ``net``'s parameters, matched by
+        structural name (``"0.weight"``) and shape, on every context ``net`` holds them."""
+        targets = compat.structural_parameters(net)
+        missing = sorted(set(self.params) - set(targets))
+        if missing:
+            raise ConstraintTypeError(f"copy_to: the network has no parameters named {missing} "
+                                      f"(structural names); it must have the averaged network's structure.")
+        for name, param in self.params.items():
+            target = targets[name]
+            average = self._first(name, param)
+            if tuple(target.shape) != tuple(average.shape):
+                raise ConstraintTypeError(f"copy_to: parameter '{name}' has shape {target.shape}, the "
+                                          f"average {average.shape}.")
+            target.set_data(average.astype(target.dtype, copy=False))
+
+    def save_parameters(self, filename: str) -> None:
+        """Save the averages as ``net.save_parameters`` would save the network holding them
+        (load them with ``net.load_parameters``)."""
+        nd.save(filename, {name: self._first(name, param).astype(param.dtype, copy=False)
+                           for name, param in self.params.items()})
+
+    def save(self, filename: str) -> None:
+        """Save the averages and their counters, to resume with :meth:`load`."""
+        state = {f"average:{name}": self._first(name, param) for name, param in self.params.items()}
+        state["counters"] = nd.array([self.updates, self.averaged], dtype=np.float64)
+        nd.save(filename, state)
+
+    def load(self, filename: str) -> None:
+        """Load what :meth:`save` wrote into every context's averages."""
+        state = nd.load(filename)
+        names = {key[len("average:"):] for key in state if key.startswith("average:")}
+        if names != set(self.params) or "counters" not in state:
+            raise ConstraintTypeError(f"{filename} holds averages of other parameters: {sorted(names)} "
+                                      f"for {sorted(self.params)}.")
+        for (name, _), average in self.averages.items():
+            state[f"average:{name}"].astype(average.dtype, copy=False).copyto(average)
+        self.updates, self.averaged = (int(v) for v in state["counters"].asnumpy())
+
+    def _first(self, name: str, param: Any) -> Any:
+        return self.averages[(name, str(compat.data_arrays(param)[0].context))]
+
+
+def _move_toward(average: Any, weight: Any, rate: float) -> None:
+    """``average <- average + rate * (weight - average)`` in one pass: MXNet's ``sgd_update``
+    computes ``a - lr * (rescale_grad * g + wd * a)``, which is that with ``g = weight``,
+    ``rescale_grad = -1``, ``wd = 1`` and ``lr = rate``."""
+    weight = weight.astype(average.dtype, copy=False)
+    nd.sgd_update(average, weight, lr=rate, wd=1.0, rescale_grad=-1.0, out=average)
+
+
+def _parameters(net: Any) -> Dict[str, Any]:
+    """The network's parameters by structural name, every one initialized."""
+    params = compat.structural_parameters(net)
+    unready = [name for name, param in params.items() if compat.data_arrays(param) is None]
+    if unready:
+        shown = ", ".join(unready[:3]) + (f" and {len(unready) - 3} more" if len(unready) > 3 else "")
+        raise ConstraintTypeError(f"WeightAverage needs an initialized network: parameters {shown} have no "
+                                  f"data yet (initialize it and run a forward pass).")
+    return params
+
+
+def _average_dtype(dtype: Any) -> Any:
+    """float32 averages for float16 weights (their rounding would swamp a small EMA step)."""
+    return np.float32 if np.dtype(dtype) == np.float16 else dtype
+
+
+def _attach(trainer: Any, average: WeightAverage) -> None:
+    """Have an enforcing trainer update ``average`` after each of its steps."""
+    state = getattr(trainer, STATE, None)
+    if state is None:
+        raise ConstraintTypeError(
+            "WeightAverage(trainer=...) takes a trainer that enforces constraints (gc.ConstrainedTrainer "
+            "or gc.enforce(trainer)); with another, call averages.update() after each trainer.step().")
+    state.averages.append(average)

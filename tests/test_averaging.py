@@ -1,0 +1,196 @@
+"""gc.WeightAverage (docs/training.md, "Weight averages"): EMA and SWA against numpy's recurrence
+on one and two contexts, averages feasible for every family, exact swaps, saving and loading."""
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+import gluon_constraints as gc
+from gluon_constraints import nn
+from gluon_constraints.catalogue.feasibility import violation
+from gluon_constraints.gluon.attachment import reduction_of
+
+TWO = [mx.cpu(0), mx.cpu(1)]
+
+
+def mlp(ctx, constraint=None, dtype="float32"):
+    net = nn.HybridSequential()
+    net.add(nn.Dense(6, in_units=5, activation="tanh", weight_constraint=constraint),
+            nn.BatchNorm(in_channels=6), nn.Dense(3, in_units=6))
+    net.initialize(mx.init.Normal(1.0), ctx=ctx)
+    net.cast(dtype)
+    return net
+
+
+def step(net, trainer, ctx, rng):
+    x = mx.nd.array(rng.standard_normal((8, 5)))
+    parts = gluon.utils.split_and_load(x, ctx)
+    with autograd.record():
+        losses = [(net(part) ** 2).sum() for part in parts]
+    for loss in losses:
+        loss.backward()
+    trainer.step(8)
+
+
+def weights(net, ctx):
+    return {name: p.data(ctx).asnumpy().astype(np.float64) for name, p in net._collect_params_with_prefix().items()}
+
+
+@pytest.mark.parametrize("contexts", [1, 2])
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_is_numpys_recurrence(contexts, warmup):
+    ctx = TWO[:contexts]
+    net = mlp(ctx)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.8, warmup=warmup, trainer=trainer)
+    expected = {c: weights(net, c) for c in ctx}  # per copy: BatchNorm's running statistics differ
+    rng = np.random.default_rng(0)
+    for t in range(1, 8):
+        step(net, trainer, ctx, rng)
+        decay = min(0.8, (1 + t) / (10 + t)) if warmup else 0.8
+        for c in ctx:
+            now = weights(net, c)
+            expected[c] = {k: decay * v + (1 - decay) * now[k] for k, v in expected[c].items()}
+    assert ema.updates == 7
+    for c in ctx:
+        for name, value in expected[c].items():  # float32 arithmetic: a few ulps per step
+            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_every_k_steps_uses_decay_to_the_k():
+    net = mlp([mx.cpu()])
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.9, every=3, trainer=trainer)
+    expected = weights(net, mx.cpu())
+    rng = np.random.default_rng(5)
+    for t in range(1, 10):
+        step(net, trainer, [mx.cpu()], rng)
+        if t % 3 == 0:
+            now = weights(net, mx.cpu())
+            expected = {k: 0.9 ** 3 * v + (1 - 0.9 ** 3) * now[k] for k, v in expected.items()}
+    for name, value in expected.items():
+        np.testing.assert_allclose(ema.averages[(name, "cpu(0)")].asnumpy(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_swa_is_the_mean_of_the_sampled_weights():
+    net = mlp([mx.cpu()])
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "adam", {"learning_rate": 0.05})
+    swa = gc.WeightAverage(net, mode="swa", start=3, every=2)
+    rng = np.random.default_rng(1)
+    sampled = []
+    for t in range(1, 11):
+        step(net, trainer, [mx.cpu()], rng)
+        swa.update()
+        if t >= 3 and (t - 3) % 2 == 0:
+            sampled.append(weights(net, mx.cpu()))
+        if t == 2:  # before start: the weights themselves
+            assert all(np.array_equal(swa.averages[(k, "cpu(0)")].asnumpy(), v.astype(np.float32))
+                       for k, v in weights(net, mx.cpu()).items())
+    assert swa.averaged == len(sampled) == 4
+    for name in sampled[0]:
+        np.testing.assert_allclose(swa.averages[(name, "cpu(0)")].asnumpy(), np.mean([s[name] for s in sampled], axis=0),
+                                   rtol=1e-5, atol=1e-6)
+
+
+FAMILIES = {
+    "MaxNorm": gc.MaxNorm(0.5), "MinMaxNorm": gc.MinMaxNorm(0.4, 0.5), "UnitNorm": gc.UnitNorm(),
+    "NonNeg": gc.NonNeg(), "Clip": gc.Clip(-0.1, 0.2), "Simplex": gc.Simplex(), "L1Ball": gc.L1Ball(0.5),
+    "SpectralNorm": gc.SpectralNorm(0.5), "Orthogonal": gc.Orthogonal(), "RadialConstraint": gc.RadialConstraint(),
+    "OperatorNorm": gc.OperatorNorm(0.5, input_shape=5, padding=1),
+    "Compose": gc.Compose([gc.NonNeg(), gc.MaxNorm(0.5)]), "Constraint": gc.Constraint(),
+}
+
+
+def test_every_family_is_covered():
+    ours = {name for name, cls in gc.registered_constraints().items() if cls.__module__.startswith("gluon_constraints.")}
+    assert ours - set(FAMILIES) == {"Scheduled"}  # its bound moves with the training step
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_averages_are_feasible_after_every_update(family):
+    constraint = FAMILIES[family]
+    conv = nn.Conv2D(4, 3, padding=1, in_channels=2, weight_constraint=constraint)
+    conv.initialize(ctx=TWO)
+    ema = gc.WeightAverage(conv, decay=0.5)
+    rng = np.random.default_rng(2)
+    for _ in range(4):  # feasible weights far apart: their average leaves a non-convex set
+        conv.weight.set_data(mx.nd.array(rng.standard_normal(conv.weight.shape) * 3))
+        gc.apply_constraints(conv)
+        ema.update()
+        for c in TWO:
+            average = ema.averages[("weight", str(c))]
+            assert violation(constraint, average, reduction_of(conv.weight)) is None, family
+
+
+def test_float16_weights_get_float32_averages_and_swap_exactly():
+    # (MXNet runs float16 Dense layers on GPUs only: the weights change by hand here)
+    net = mlp([mx.cpu()], gc.MaxNorm(1.0), dtype="float16")
+    ema = gc.WeightAverage(net, decay=0.9)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        for p in net.collect_params().values():
+            p.set_data(mx.nd.array(rng.standard_normal(p.shape), dtype="float16"))
+        gc.apply_constraints(net)
+        ema.update()
+    assert np.dtype(net[0].weight.dtype) == np.float16 and all(a.dtype == np.float32 for a in ema.averages.values())
+    before = {k: v.copy() for k, v in weights(net, mx.cpu()).items()}
+    kept = {k: v.asnumpy().copy() for k, v in ema.averages.items()}
+    with ema.swapped():
+        for name, p in net._collect_params_with_prefix().items():
+            assert np.dtype(p.data().dtype) == np.dtype(p.dtype)  # float16, but BatchNorm's, which Gluon keeps in float32
+            assert np.array_equal(p.data().asnumpy(), kept[(name, "cpu(0)")].astype(p.dtype))
+        with pytest.raises(gc.EnforcementError, match="while the averages are swapped in"):
+            ema.update()
+    after = weights(net, mx.cpu())
+    assert all(after[k].tobytes() == before[k].tobytes() for k in before)              # bitwise
+    assert all(ema.averages[k].asnumpy().tobytes() == kept[k].tobytes() for k in kept)  # untouched
+
+
+def test_copy_to_save_parameters_and_resuming(tmp_path):
+    net = mlp([mx.cpu()], gc.UnitNorm())
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.7, trainer=trainer)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        step(net, trainer, [mx.cpu()], rng)
+    twin = mlp([mx.cpu()])
+    ema.copy_to(twin)
+    ema.save_parameters(str(tmp_path / "ema.params"))
+    loaded = mlp([mx.cpu()])
+    loaded.load_parameters(str(tmp_path / "ema.params"))
+    for (name, average), a, b in zip(((n, ema.averages[(n, "cpu(0)")]) for n in weights(net, mx.cpu())),
+                                     weights(twin, mx.cpu()).values(), weights(loaded, mx.cpu()).values()):
+        assert a.tobytes() == b.tobytes() == average.asnumpy().astype(np.float64).tobytes(), name
+
+    ema.save(str(tmp_path / "ema.state"))
+    resumed = gc.WeightAverage(net, decay=0.7)
+    resumed.load(str(tmp_path / "ema.state"))
+    assert resumed.updates == 3
+    for one in (ema, resumed):
+        one.update()
+    assert all(ema.averages[k].asnumpy().tobytes() == resumed.averages[k].asnumpy().tobytes() for k in ema.averages)
+    other = nn.Dense(2, in_units=2)
+    other.initialize()
+    with pytest.raises(gc.ConstraintTypeError, match="holds averages of other parameters"):
+        gc.WeightAverage(other).load(str(tmp_path / "ema.state"))
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (dict(decay=1.0), r"decay must be a number in \[0, 1\): got 1.0"),
+    (dict(mode="mean"), "mode must be 'ema' or 'swa': got 'mean'"),
+    (dict(mode="swa", start=0), "start must be an int >= 1: got 0"),
+    (dict(mode="swa", every=1.5), "every must be an int >= 1: got 1.5"),
+    (dict(warmup="yes"), "warmup must be True or False"),
+])
+def test_bad_arguments_are_refused(arguments, message):
+    with pytest.raises(gc.ConstraintArgumentError, match=message):
+        gc.WeightAverage(mlp([mx.cpu()]), **arguments)
+
+
+def test_a_trainer_that_does_not_enforce_and_an_uninitialized_network_are_refused():
+    net = mlp([mx.cpu()])
+    with pytest.raises(gc.ConstraintTypeError, match="call averages.update"):
+        gc.WeightAverage(net, trainer=gluon.Trainer(net.collect_params(), "sgd"))
+    with pytest.raises(gc.ConstraintTypeError, match="needs an initialized network"):
+        gc.WeightAverage(nn.Dense(2))
