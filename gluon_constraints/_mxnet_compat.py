@@ -26,8 +26,8 @@ except ModuleNotFoundError as missing:
         raise
     raise DependencyError(
         "gluon-constraints needs MXNet 1.9.x, and no mxnet module is installed. Install the CPU "
-        "build with pip install 'gluon-constraints[cpu]' (or 'mxnet==1.9.1'), or a GPU build "
-        "matching your CUDA, e.g. pip install 'mxnet-cu112==1.9.1'.") from None
+        "build with pip install 'mxnet==1.9.1' 'numpy<1.24', or a GPU build matching your CUDA, "
+        "e.g. pip install 'mxnet-cu112==1.9.1' 'numpy<1.24'.") from None
 
 __all__ = ["SUPPORTED_MXNET", "TrainerHooks", "trainer_parameters", "install_optimizer",
            "replace_loaded_optimizer", "kvstore_of", "updates_on_kvstore", "kvstore_initialized",
@@ -48,7 +48,7 @@ if not _version.startswith(SUPPORTED_MXNET):
     raise DependencyError(
         f"gluon-constraints supports MXNet 1.9.x (any build: mxnet, mxnet-cu112, mxnet-cu117, ...): "
         f"found mxnet {_version or '(unknown version)'}. Install a 1.9 build, e.g. "
-        f"pip install 'gluon-constraints[cpu]' or 'mxnet-cu112==1.9.1'.")
+        f"pip install 'mxnet==1.9.1' 'numpy<1.24' or 'mxnet-cu112==1.9.1' 'numpy<1.24'.")
 
 
 # -- Trainer ------------------------------------------------------------------------------------

@@ -69,6 +69,19 @@ def test_the_cpu_extra_pulls_the_cpu_build(tmp_path, local_index):
     assert chosen == ["gluon-constraints", "mxnet", "numpy", "typing-extensions"]
 
 
+def test_the_readme_install_commands_resolve(tmp_path, local_index):
+    # README, "Installation": a wheel file with the cpu extra resolves to the package and the CPU
+    # build; the clone (the fixture built its wheel from it) and the repository URL both build.
+    wheel = next(local_index.glob("gluon_constraints-*.whl"))
+    assert resolve(tmp_path, local_index, f"{wheel}[cpu]") == ["gluon-constraints", "mxnet", "numpy",
+                                                              "typing-extensions"]
+    built = tmp_path / "from-git"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(built), f"gluon-constraints[cpu] @ git+file://{ROOT}"],
+                   check=True, timeout=300, env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    assert [p.name for p in built.iterdir()] == [wheel.name]
+
+
 def import_with_fake_mxnet(tmp_path, mxnet_source):
     """Import gluon_constraints in a fresh process whose ``mxnet`` is ``mxnet_source`` (None: absent)."""
     fake = tmp_path / "fake"
@@ -88,7 +101,7 @@ def test_importing_without_mxnet_says_what_to_install(tmp_path):
     result = import_with_fake_mxnet(tmp_path, None)
     assert result.returncode != 0
     assert ("DependencyError: gluon-constraints needs MXNet 1.9.x, and no mxnet module is installed. "
-            "Install the CPU build with pip install 'gluon-constraints[cpu]'") in result.stderr
+            "Install the CPU build with pip install 'mxnet==1.9.1' 'numpy<1.24'") in result.stderr
 
 
 def test_importing_beside_an_unsupported_mxnet_says_which_versions_work(tmp_path):

@@ -73,7 +73,7 @@ class CSVWriter:
 class TensorBoardWriter:
     """Write projection statistics as TensorBoard scalars ``constraints/<parameter>/<field>``.
 
-    Needs ``tensorboardX`` (``pip install 'gluon-constraints[tensorboard]'``).
+    Needs ``tensorboardX``: the ``tensorboard`` extra (``pip install '.[cpu,tensorboard]'`` in a clone).
 
     Parameters
     ----------
@@ -91,8 +91,9 @@ class TensorBoardWriter:
             from tensorboardX import SummaryWriter
         except ImportError as error:
             raise DependencyError(
-                "gc.TensorBoardWriter needs tensorboardX: pip install 'gluon-constraints[tensorboard]' "
-                "(in the same pip command as the package, so that numpy stays below 1.24).") from error
+                "gc.TensorBoardWriter needs tensorboardX: install the tensorboard extra with the package "
+                "(pip install '.[cpu,tensorboard]' in a clone), or pip install tensorboardX 'numpy<1.24' "
+                "(numpy must stay below 1.24 for MXNet 1.9).") from error
         self.summary = SummaryWriter(logdir)
 
     def write(self, step: int, stats: Mapping[str, Mapping[str, Any]]) -> None:
