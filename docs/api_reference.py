@@ -54,6 +54,7 @@ CONSTRAINT_METHODS = ["project", "continue_from", "check_shape", "get_config", "
 def render():
     """The text of docs/api.md."""
     lines = ["# API reference", "",
+             f"gluon-constraints {gc.__version__}. "
              "`import gluon_constraints as gc`. Generated from the docstrings by "
              "`python docs/api_reference.py`; a test checks that it is current.", ""]
     for title, note, names in SECTIONS:

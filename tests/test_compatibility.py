@@ -64,3 +64,22 @@ def test_legacy_pickle_names_resolve_to_the_current_classes():
     else:
         raise AssertionError("an unpickled MaxNorm accepted a new max_value")
     assert member.max_value == 0.3
+
+
+def test_constraint_configs_of_0_1_0_load_and_project_as_they_did():
+    # tests/data/legacy-0.1.0-constraints.json: gc.serialize of 0.1.0's families (commit ba1cb65)
+    # and what each projected a fixed float32 weight to (docs/compatibility.md)
+    import json
+
+    saved = json.loads((DATA / "legacy-0.1.0-constraints.json").read_text())
+    weight = np.array(saved["weight"], dtype=np.float32)
+    for config, projected in zip(saved["constraints"], saved["projected"]):
+        constraint = gc.deserialize(config)
+        assert type(constraint).__name__ == config["class_name"]
+        again = gc.serialize(constraint)
+        assert all(again["config"].get(key) == value for key, value in config["config"].items()
+                   if key != "constraints"), config  # old arguments kept; new ones have defaults
+        then = np.array(projected, dtype=np.float32)
+        now = constraint(mx.nd.array(weight)).asnumpy()
+        # float32 rounding: norms summed in another order may move a scale, and each entry, by an ulp or two
+        assert (np.abs(now - then) <= 2 * np.spacing(np.abs(then))).all(), config

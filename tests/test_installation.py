@@ -72,7 +72,10 @@ def test_the_cpu_extra_pulls_the_cpu_build(tmp_path, local_index):
 def test_the_readme_install_commands_resolve(tmp_path, local_index):
     # README, "Installation": a wheel file with the cpu extra resolves to the package and the CPU
     # build; the clone (the fixture built its wheel from it) and the repository URL both build.
+    import gluon_constraints
+
     wheel = next(local_index.glob("gluon_constraints-*.whl"))
+    assert wheel.name.startswith(f"gluon_constraints-{gluon_constraints.__version__}-")  # one version source
     assert resolve(tmp_path, local_index, f"{wheel}[cpu]") == ["gluon-constraints", "mxnet", "numpy",
                                                               "typing-extensions"]
     built = tmp_path / "from-git"
