@@ -38,18 +38,20 @@ benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.certification --projection
 	$(VENV)/bin/python -m benchmarks.averaging
 
-# Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current).
+# Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current), then
+# builds the documentation site into site/ with warnings as errors (a test builds it too).
 docs: $(INSTALLED)
 	$(VENV)/bin/python docs/api_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip 'setuptools>=77' wheel
-	$(PIP) install --quiet -e '.[cpu,test,demo,tensorboard]'
+	$(PIP) install --quiet -e '.[cpu,test,demo,tensorboard,docs]'
 	touch $(INSTALLED)
 
 $(WITH_HOROVOD): $(INSTALLED)
-	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[cpu,test,demo,tensorboard,horovod]'
+	$(HOROVOD_ENV) $(PIP) install --quiet --no-build-isolation -e '.[cpu,test,demo,tensorboard,docs,horovod]'
 	touch $(WITH_HOROVOD)
 
 clean:

@@ -161,3 +161,12 @@ def test_every_test_the_docs_cite_exists():
     assert cited, "the docs cite no test"
     missing = sorted(f"{page}: {name}" for page, name in cited if name not in defined)
     assert not missing, missing
+
+
+def test_the_documentation_site_builds_without_warnings(tmp_path):
+    # mkdocs.yml: strict, so a broken link or a page missing from the navigation fails the build
+    code, output = run([str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "--site-dir",
+                        str(tmp_path / "site")], timeout=180, cwd=ROOT, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    assert code == 0, output
+    assert (tmp_path / "site" / "certification" / "index.html").exists()
+    assert (tmp_path / "site" / "search" / "search_index.json").exists()  # the search box's index
