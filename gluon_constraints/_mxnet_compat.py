@@ -68,8 +68,8 @@ class TrainerHooks:
 
     def _allreduce_grads(self) -> None:
         """Gluon's, except with a local kvstore that updates (``update_on_kvstore``) where
-        :meth:`pushes_all_then_pulls` says so: :meth:`before_pushes` runs, every parameter is pushed (the kvstore runs the
-        optimizer in the pushing thread) in the order :meth:`ordered_for_pushes` gives,
+        :meth:`pushes_all_then_pulls` says so: :meth:`before_pushes` runs, every parameter is
+        pushed (the kvstore runs the optimizer in the pushing thread) in the order :meth:`ordered_for_pushes` gives,
         :meth:`between_pushes_and_pulls` runs, then every parameter is pulled.
         Gluon pushes and pulls each parameter in turn, which gives the same weights."""
         kvstore, params = self._kvstore, self._params  # type: ignore[attr-defined]

@@ -348,7 +348,8 @@ def test_a_family_is_one_module(tmp_path):
 
     text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     start = text.index("written as `catalogue/hard_box.py`")
-    module = text[text.index("```text\n", start) + len("```text\n"):text.index("```", text.index("```text\n", start) + 7)]
+    opening = text.index("```text\n", start)
+    module = text[opening + len("```text\n"):text.index("```", opening + 7)]
     copy = tmp_path / "gluon_constraints"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "catalogue" / "hard_box.py").write_text(module)

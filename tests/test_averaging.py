@@ -89,8 +89,8 @@ def test_swa_is_the_mean_of_the_sampled_weights():
                        for k, v in weights(net, mx.cpu()).items())
     assert swa.averaged == len(sampled) == 4
     for name in sampled[0]:
-        np.testing.assert_allclose(swa.averages[(name, "cpu(0)")].asnumpy(), np.mean([s[name] for s in sampled], axis=0),
-                                   rtol=1e-5, atol=1e-6)
+        mean = np.mean([s[name] for s in sampled], axis=0)
+        np.testing.assert_allclose(swa.averages[(name, "cpu(0)")].asnumpy(), mean, rtol=1e-5, atol=1e-6)
 
 
 FAMILIES = {
@@ -103,7 +103,8 @@ FAMILIES = {
 
 
 def test_every_family_is_covered():
-    ours = {name for name, cls in gc.registered_constraints().items() if cls.__module__.startswith("gluon_constraints.")}
+    ours = {name for name, cls in gc.registered_constraints().items()
+            if cls.__module__.startswith("gluon_constraints.")}
     assert ours - set(FAMILIES) == {"Scheduled"}  # its bound moves with the training step
 
 
@@ -138,7 +139,8 @@ def test_float16_weights_get_float32_averages_and_swap_exactly():
     kept = {k: v.asnumpy().copy() for k, v in ema.averages.items()}
     with ema.swapped():
         for name, p in net._collect_params_with_prefix().items():
-            assert np.dtype(p.data().dtype) == np.dtype(p.dtype)  # float16, but BatchNorm's, which Gluon keeps in float32
+            # float16, but BatchNorm's, which Gluon keeps in float32
+            assert np.dtype(p.data().dtype) == np.dtype(p.dtype)
             assert np.array_equal(p.data().asnumpy(), kept[(name, "cpu(0)")].astype(p.dtype))
         with pytest.raises(gc.EnforcementError, match="while the averages are swapped in"):
             ema.update()

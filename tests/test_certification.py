@@ -395,8 +395,8 @@ def test_no_attack_finds_an_adversarial_example_inside_a_certified_radius():
             loss.backward()
             step = delta.grad / (mx.nd.norm(delta.grad, axis=1, keepdims=True) + 1e-12)
             delta = delta + step * mx.nd.array(radius[:, None] * 0.25)
-            scale = mx.nd.minimum(mx.nd.array(radius[:, None]) / (mx.nd.norm(delta, axis=1, keepdims=True) + 1e-30), 1.0)
-            delta = delta * scale
+            length = mx.nd.norm(delta, axis=1, keepdims=True) + 1e-30
+            delta = delta * mx.nd.minimum(mx.nd.array(radius[:, None]) / length, 1.0)
         attacked = net(x + delta).argmax(axis=1)
         assert (attacked == labels).asnumpy().all(), restart
 

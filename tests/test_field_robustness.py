@@ -501,8 +501,8 @@ def test_a_zero_dimensional_parameter_trains_on_two_contexts_in_numpy_mode(numpy
     params = gluon.ParameterDict("scalar_")
     scale = params.get("scale", shape=())
     params.initialize(ctx=TWO)
-    for copy in scale.list_data():
-        copy[()] = 5.0
+    for held in scale.list_data():
+        held[()] = 5.0
     gc.attach(scale, gc.MaxNorm(2.0))
     trainer = gc.ConstrainedTrainer(params, "sgd", {"learning_rate": 0.1}, update_on_kvstore=uokv)
     with autograd.record():

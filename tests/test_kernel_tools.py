@@ -80,7 +80,7 @@ def test_info_says_the_stock_path_will_be_taken_when_the_cache_cannot_be_written
         cache = "/proc/gluon-constraints-cache"  # not writable, even by root
     result = tool("info", GLUON_CONSTRAINTS_CACHE=str(cache))
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("projections:"))
+    line = next(text for text in result.stdout.splitlines() if text.startswith("projections:"))
     assert line.startswith("projections: stock MXNet operators (")
     assert "training takes the stock operators. Set GLUON_CONSTRAINTS_CACHE to a writable directory" in line
     assert "built on first use" not in line

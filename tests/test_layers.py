@@ -50,8 +50,8 @@ def build_pair(name, prefix):
             if name == "dense":
                 net.add(module.Dense(8, activation="relu", **kwargs), module.Dense(3, **kwargs))
             elif name == "conv":
-                net.add(module.Conv2D(4, 3, padding=1, **kwargs), module.Conv2DTranspose(2, 3, groups=2, in_channels=4, **kwargs),
-                        module.Dense(3, **kwargs))
+                net.add(module.Conv2D(4, 3, padding=1, **kwargs),
+                        module.Conv2DTranspose(2, 3, groups=2, in_channels=4, **kwargs), module.Dense(3, **kwargs))
             else:
                 net.add(module.Embedding(10, 4, **kwargs), module.Dense(2, flatten=False, **kwargs))
         return net

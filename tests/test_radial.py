@@ -113,6 +113,7 @@ def test_radial_constraint_round_trips_and_comes_from_keras():
     assert gc.deserialize(gc.serialize(c)) == c
     assert gc.get("radial_constraint") == gc.RadialConstraint()
     assert gc.from_keras({"class_name": "RadialConstraint", "config": {}}, nn.Conv2D(3, 3)) == gc.RadialConstraint()
-    with pytest.raises(gc.ConstraintArgumentError, match=r"must name the kernel's two spatial axes, e.g. \(2, 3\) "
-                                                        r"for an NCHW Conv2D weight, or be None \(the layer's\): got 1"):
+    expected = (r"must name the kernel's two spatial axes, e.g. \(2, 3\) "
+                r"for an NCHW Conv2D weight, or be None \(the layer's\): got 1")
+    with pytest.raises(gc.ConstraintArgumentError, match=expected):
         gc.RadialConstraint(axis=1)

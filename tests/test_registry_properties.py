@@ -56,7 +56,8 @@ FAMILIES = {
     "MinMaxNorm": (st.tuples(bounds, bounds, orders).map(
         lambda b: gc.MinMaxNorm(min(b[:2]), max(b[:2]), ord=b[2])), weights()),
     "UnitNorm": (st.builds(gc.UnitNorm, ord=orders), weights()),
-    "Clip": (st.tuples(st.integers(-500, 500).map(lambda i: i / 100), st.integers(0, 500).map(lambda i: i / 100), st.sampled_from(["both", "low", "high"])).map(
+    "Clip": (st.tuples(st.integers(-500, 500).map(lambda i: i / 100), st.integers(0, 500).map(lambda i: i / 100),
+                       st.sampled_from(["both", "low", "high"])).map(
         lambda b: gc.Clip(None if b[2] == "high" else b[0], None if b[2] == "low" else b[0] + b[1])), weights()),
     "Simplex": (st.builds(gc.Simplex, bounds), weights()),
     "L1Ball": (st.builds(gc.L1Ball, bounds), weights()),

@@ -180,7 +180,8 @@ def test_updates_on_the_kvstore_equal_updates_on_the_devices_bitwise(optimizer, 
         net = build(contexts, prefix=f"kv{uokv}_")
         mx.random.seed(5)
         net.initialize(mx.init.Normal(0.05), ctx=contexts, force_reinit=True)
-        trainer = gc.ConstrainedTrainer(net.collect_params(), name, dict(options), kvstore=kvstore, update_on_kvstore=uokv)
+        trainer = gc.ConstrainedTrainer(net.collect_params(), name, dict(options), kvstore=kvstore,
+                                        update_on_kvstore=uokv)
         for x in batches():
             step(net, trainer, x, contexts)
         assert trainer._update_on_kvstore is uokv
@@ -303,7 +304,8 @@ def test_float16_weights_with_float32_masters(name):
         touched = np.unique(x).astype(int)
         before = param.data().asnumpy()
         gradient = np.full((len(touched), DIM), 5.0, np.float16)
-        mx.nd.sparse.row_sparse_array((gradient, touched), shape=param.shape, dtype="float16").copyto(param.list_grad()[0])
+        sparse = mx.nd.sparse.row_sparse_array((gradient, touched), shape=param.shape, dtype="float16")
+        sparse.copyto(param.list_grad()[0])
         param.list_data()[0]._fresh_grad = True  # as backward would mark it
         trainer.step(1)
         master = trainer._updaters[0].states[0][0 if name == "adam" else 1].asnumpy()

@@ -142,7 +142,8 @@ LAYERS = {
 
 
 def test_every_registered_family_has_a_sample():
-    ours = {name for name, cls in gc.registered_constraints().items() if cls.__module__.startswith("gluon_constraints.")}
+    ours = {name for name, cls in gc.registered_constraints().items()
+            if cls.__module__.startswith("gluon_constraints.")}
     assert ours <= {name.split("-")[0] for name in SAMPLES}
 
 
@@ -241,8 +242,9 @@ def test_a_malformed_config_entry_is_named_with_the_accepted_form(entry, shown):
     config = gc.constraints_config(net)
     name = next(iter(config["parameters"]))
     config["parameters"][name] = entry
-    with pytest.raises(gc.ConstraintConfigError, match=r"not of the form \{'constraint': \{'class_name': \.\.\., "
-                                                       r"'config': \{\.\.\.\}\}.*\n  " + re.escape(name) + ": got " + shown):
+    expected = (r"not of the form \{'constraint': \{'class_name': \.\.\., "
+                r"'config': \{\.\.\.\}\}.*\n  " + re.escape(name) + ": got " + shown)
+    with pytest.raises(gc.ConstraintConfigError, match=expected):
         gc.constrain_from_config(build(constrained=False), config)
 
 
@@ -251,7 +253,8 @@ def test_a_config_entry_whose_constraint_cannot_be_built_is_named_and_nothing_is
     name = sorted(config["parameters"])[0]
     config["parameters"][name]["constraint"] = {"class_name": "MaxNorn", "config": {}}
     plain = build(constrained=False)
-    with pytest.raises(gc.ConstraintConfigError, match=re.escape(name) + r": its constraint .*MaxNorn.* cannot be "
-                                                       r"built: Unknown constraint name 'MaxNorn'. Did you mean 'MaxNorm'"):
+    expected = (re.escape(name) + r": its constraint .*MaxNorn.* cannot be "
+                r"built: Unknown constraint name 'MaxNorn'. Did you mean 'MaxNorm'")
+    with pytest.raises(gc.ConstraintConfigError, match=expected):
         gc.constrain_from_config(plain, config)
     assert all(getattr(p, "constraint", None) is None for p in plain.collect_params().values())

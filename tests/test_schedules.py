@@ -81,13 +81,15 @@ def test_bad_schedules_are_refused(arguments, message):
 
 @pytest.mark.parametrize("start", [None, "10", [1.0]])
 def test_a_start_that_is_not_a_number_is_refused_naming_it(start):
-    with pytest.raises(TypeError, match=r"Scheduled\(MaxNorm\) start must be a real number: got " + re.escape(repr(start))):
+    expected = r"Scheduled\(MaxNorm\) start must be a real number: got " + re.escape(repr(start))
+    with pytest.raises(TypeError, match=expected):
         gc.Scheduled(gc.MaxNorm(3.0), start, 4)
 
 
 def test_every_float_argument_of_the_catalogue_can_be_scheduled_through_a_step():
     # A schedule accepted at construction works at every update (docs/constraints.md, "Schedules").
-    for constraint, argument, start in [(gc.MinMaxNorm(0.5, 1.0), "min_value", 0.0), (gc.MinMaxNorm(0.5, 1.0), "rate", 0.0),
+    for constraint, argument, start in [(gc.MinMaxNorm(0.5, 1.0), "min_value", 0.0),
+                                        (gc.MinMaxNorm(0.5, 1.0), "rate", 0.0),
                                         (gc.Clip(-1.0, 1.0), "max_value", 3.0), (gc.Simplex(2.0), "radius", 1.0),
                                         (gc.L1Ball(2.0), "radius", 5.0), (gc.SpectralNorm(1.0), "max_value", 4.0),
                                         (gc.Orthogonal(beta=0.5), "beta", 0.1)]:
@@ -106,7 +108,8 @@ def test_a_schedule_cannot_go_into_a_compose():
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "3"])
 def test_bad_cadence_is_refused(bad):
     net = build([mx.cpu(0)], gc.MaxNorm(1.0))
-    with pytest.raises(gc.ConstraintArgumentError, match=r"every must be an int >= 1 .*got " + repr(bad).replace("(", r"\(")):
+    expected = r"every must be an int >= 1 .*got " + repr(bad).replace("(", r"\(")
+    with pytest.raises(gc.ConstraintArgumentError, match=expected):
         gc.ConstrainedTrainer(net.collect_params(), "sgd", every=bad)
 
 

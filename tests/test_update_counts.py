@@ -116,7 +116,8 @@ def test_fine_tuning_a_partly_frozen_network_under_a_schedule_is_plain_gluon(opt
     name, options = OPTIMIZERS[optimizer]
 
     def trainer_of(make):
-        return lambda params: make(params, name, {**options, "learning_rate": 0.05, "lr_scheduler": SCHEDULERS[schedule]()})
+        return lambda params: make(params, name, {**options, "learning_rate": 0.05,
+                                                  "lr_scheduler": SCHEDULERS[schedule]()})
 
     plain, _ = fine_tune(trainer_of(gluon.Trainer), [mx.cpu(0)], "plain_")
     fused, _ = fine_tune(trainer_of(gc.ConstrainedTrainer), [mx.cpu(0)], "fused_")
@@ -160,8 +161,8 @@ def test_stale_gradients_skipped_under_a_schedule_give_plain_gluon_rates(optimiz
 
     def run(make, prefix):
         net = build(ctx, prefix)
-        trainer = make(net.collect_params(), name, {**options, "learning_rate": 0.05, "lr_scheduler": SCHEDULERS["poly"]()},
-                       update_on_kvstore=uokv)
+        settings = {**options, "learning_rate": 0.05, "lr_scheduler": SCHEDULERS["poly"]()}
+        trainer = make(net.collect_params(), name, settings, update_on_kvstore=uokv)
         trunk = nn.HybridSequential()
         for i in range(3):
             trunk.add(net[i])
@@ -197,8 +198,10 @@ def test_the_kvstore_receives_gluons_order_when_a_schedule_makes_the_order_matte
         return result
 
     monkeypatch.setattr(EnforcedTraining, "ordered_for_pushes", recorded)
-    fine_tune(lambda params: gc.ConstrainedTrainer(params, "adam", {"learning_rate": 0.05, "lr_scheduler": SCHEDULERS["poly"]()}),
-              TWO, "ordered_")
+    def constrained(params):  # a scheduler of its own, as before
+        return gc.ConstrainedTrainer(params, "adam", {"learning_rate": 0.05, "lr_scheduler": SCHEDULERS["poly"]()})
+
+    fine_tune(constrained, TWO, "ordered_")
     # Steps 1-2: only layers 2 and 3 (indices 4-7), counts equal: last layer first (the reverse
     # of registration order, weight before bias). Steps 3-5:
     # layers 0 and 1 are two updates behind: Gluon's order.

@@ -122,11 +122,13 @@ class OperatorNorm(Constraint):
                     f"{len(spatial)} spatial axes (shape {shape}).")
         if shape[order[0]] % self.groups:
             raise ConstraintShapeError(
-                f"OperatorNorm{where}: groups={self.groups} does not divide axis 0 ({shape[order[0]]}) of shape {shape}.")
+                f"OperatorNorm{where}: groups={self.groups} does not divide axis 0 ({shape[order[0]]}) "
+                f"of shape {shape}.")
 
     def get_config(self) -> Dict[str, Any]:
         """The constructor arguments."""
-        return {"max_value": self.max_value, "input_shape": None if self.input_shape is None else list(self.input_shape),
+        shape = None if self.input_shape is None else list(self.input_shape)
+        return {"max_value": self.max_value, "input_shape": shape,
                 "padding": list(self.padding), "dilation": list(self.dilation), "groups": self.groups,
                 "tolerance": self.tolerance, "iterations": self.iterations}
 
@@ -218,11 +220,17 @@ def _sizes(argument: str, value: Any, least: int) -> Tuple[int, ...]:
     try:
         values = tuple(values)
     except TypeError:
-        raise ConstraintTypeError(f"OperatorNorm {argument} must be an int or a sequence of ints: got {value!r}.") from None
-    if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least for v in values):
+        raise ConstraintTypeError(
+            f"OperatorNorm {argument} must be an int or a sequence of ints: got {value!r}.") from None
+    if not values or not all(_count_like(v) and v >= least for v in values):
         raise ConstraintArgumentError(
             f"OperatorNorm {argument} must be ints >= {least}: got {value!r}.")
     return tuple(int(v) for v in values)
+
+
+def _count_like(value: Any) -> bool:
+    """Whether ``value`` is an int (numpy's included), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _count(argument: str, value: Any) -> int:

@@ -239,7 +239,8 @@ def _factorises(matrices: np.ndarray) -> bool:
     return True
 
 
-def _polyphase(kernel: np.ndarray, size: Tuple[int, ...], stride: Tuple[int, ...]) -> Tuple[np.ndarray, Tuple[int, ...]]:
+def _polyphase(kernel: np.ndarray, size: Tuple[int, ...],
+               stride: Tuple[int, ...]) -> Tuple[np.ndarray, Tuple[int, ...]]:
     """A stride-``stride`` kernel ``(A, B, *k)`` as the stride-1 kernel ``(A, B * prod(stride),
     *ceil(k / stride))`` over the input's phases, and the phases' size ``ceil(size / stride)``."""
     if all(s == 1 for s in stride):

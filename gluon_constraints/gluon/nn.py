@@ -4,8 +4,9 @@ Every public name of ``mxnet.gluon.nn`` is here. ``Dense``, ``Conv1D/2D/3D``,
 ``Conv1D/2D/3DTranspose`` and ``Embedding`` are subclasses of the originals that also accept
 ``weight_constraint=None`` and ``bias_constraint=None`` (``Embedding``: weight only);
 ``BatchNorm``, ``LayerNorm``, ``InstanceNorm`` and ``GroupNorm`` accept ``gamma_constraint=None``
-and ``beta_constraint=None``; all in any form :func:`gluon_constraints.get` accepts. They keep every original argument, default, parameter name
-and export format; the constraint's ``axis=None`` means the layer's own fan-in (per output unit).
+and ``beta_constraint=None``; all in any form :func:`gluon_constraints.get` accepts. They keep
+every original argument, default, parameter name and export format; the constraint's
+``axis=None`` means the layer's own fan-in (per output unit).
 
 Examples
 --------

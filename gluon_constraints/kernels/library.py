@@ -56,8 +56,8 @@ from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning, KernelCallError
 from .boundary import RULES, Rates, UnitGroup, UpdateRule
 
-__all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library", "status",
-           "KernelStatus", "build_command"]
+__all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library",
+           "status", "KernelStatus", "build_command"]
 
 _SOURCE = Path(__file__).with_name("project_rows.cc")
 _EXPORTS = _SOURCE.with_name("exports.map")

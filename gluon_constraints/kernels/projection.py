@@ -310,7 +310,8 @@ def project_touched_rows(array: Any, rows: Any, constraint: Constraint, reductio
     dense = array.stype == "default"
     values = ndarray.take(array, listed) if dense else ndarray.sparse.retain(array, listed).data
     row_reduction = Reduction(tuple(range(1, values.ndim)))
-    project = lambda: constraint(values, constraint.reduction_for(values.shape, row_reduction)).copyto(values)
+    def project() -> None:
+        constraint(values, constraint.reduction_for(values.shape, row_reduction)).copyto(values)
     if stats is not None:
         run_and_measure(project, values, row_reduction, getattr(constraint, "ord", 2), stats)
     else:

@@ -362,7 +362,8 @@ class ConstrainedOptimizer(Optimizer):
         kvstore's own copies, which only copies and updates write (MXNet's copy into a plain
         array reorders a blocked source), so no filter bank needs its conversion first."""
         projector = self.projector
-        filters = [] if plain else [projector.first_filter(i, w) for i, w, e in zip(indices, weights, entries) if e.bank]
+        filters = [] if plain else [projector.first_filter(i, w)
+                                    for i, w, e in zip(indices, weights, entries) if e.bank]
         # A weight not projected this step (unconstrained, or between every-th projections)
         # writes its statistics apart, so constraint_stats keeps the last projection's.
         stats = [projector.stats_for(i, w, reported=e.group.mode != MODES["none"])

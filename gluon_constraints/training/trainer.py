@@ -233,7 +233,8 @@ class EnforcedTraining(compat.TrainerHooks):
                 check_parameter(param, constraint, shape, now[1])
                 check_storage(param, constraint, shape)
             known = constraint is not None and shape is not None
-            optimizer.set_projection(index, Projection(constraint, reduction_of(param, shape), shape) if known else None)
+            projection = Projection(constraint, reduction_of(param, shape), shape) if known else None
+            optimizer.set_projection(index, projection)
             checked[index] = now if known or constraint is None else (None, None, None, None)
 
     def _stepping(self, run: Any, batch_size: int, ignore_stale_grad: bool) -> None:

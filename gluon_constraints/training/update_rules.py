@@ -2,7 +2,8 @@
 
 Everything this package knows about optimizers' arithmetic is here: which optimizers' updates
 the kernel computes (:func:`rule_of`), which update only the rows a row-sparse gradient has
-(:func:`updates_rows_only`) and how (:func:`lazy_rule`), which of their state arrays the kernel updates (:func:`kernel_states`),
+(:func:`updates_rows_only`) and how (:func:`lazy_rule`), which of their state arrays the kernel
+updates (:func:`kernel_states`),
 and the learning rates and weight decays of a step, counted and asked for as MXNet's own update
 calls would (:func:`step_rates`; Adam's bias correction included).
 The kernel itself (``kernels/``) knows none of it: it receives a rule code and numbers.
