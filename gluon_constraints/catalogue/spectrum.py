@@ -118,10 +118,12 @@ def on_grid(kernel: np.ndarray, size: Tuple[int, ...], dilation: Tuple[int, ...]
     a, b = kernel.shape[:2]
     grid = np.zeros((a, b, int(np.prod(size))), dtype=kernel.dtype)
     positions = tap_positions(kernel.shape[2:], size, dilation)
+    taps = kernel.reshape(a, b, -1)
     if len(np.unique(positions)) == len(positions):
-        grid[:, :, positions] = kernel.reshape(a, b, -1)
-    else:
-        np.add.at(grid, (slice(None), slice(None), positions), kernel.reshape(a, b, -1))
+        grid[:, :, positions] = taps
+    else:  # taps that wrap onto one position add up
+        for tap, position in enumerate(positions):
+            grid[:, :, position] += taps[:, :, tap]
     return grid.reshape(a, b, *size)
 
 

@@ -106,7 +106,7 @@ def _fields(param: Any, constraint: Any) -> Dict[str, Any]:
     bound = constraint.get_config().get("max_value")
     projected = constraint(weight, reduction_of(param, weight.shape)).asnumpy().astype(np.float64)
     projected = viewed(projected, reduction)
-    scale = max(float(np.abs(values).max(initial=0.0)), np.finfo(np.float64).tiny)
+    scale = max(float(np.abs(values).max(initial=0.0)), float(np.finfo(np.float64).tiny))
     return {"constraint": serialize(constraint), "bound": bound, "units": int(len(norms)),
             "max_norm": float(norms.max(initial=0.0)), "mean_norm": float(norms.mean()) if len(norms) else 0.0,
             "at_bound": None if bound is None else float(np.mean(norms >= bound * (1 - AT_BOUND_RTOL))),

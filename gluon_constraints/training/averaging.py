@@ -13,7 +13,7 @@ with a lower bound) the average falls inside it and is moved back onto it.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from mxnet import ndarray as nd
@@ -100,7 +100,7 @@ class WeightAverage:
         self.params = _parameters(net)
         self.averages: Dict[Tuple[str, str], Any] = {}
         for name, param in self.params.items():
-            for data in compat.data_arrays(param):
+            for data in _copies(param):
                 self.averages[(name, str(data.context))] = data.astype(_average_dtype(data.dtype), copy=True)
         self.updates = 0      # updates seen
         self.averaged = 0     # SWA: weights averaged so far
@@ -136,7 +136,7 @@ class WeightAverage:
 
     def _pairs(self) -> Iterator[Tuple[Any, Any]]:
         for name, param in self.params.items():
-            for data in compat.data_arrays(param):
+            for data in _copies(param):
                 yield self.averages[(name, str(data.context))], data
 
     def _project(self) -> None:
@@ -145,7 +145,7 @@ class WeightAverage:
             constraint = constraint_of(param)
             if constraint is None:
                 continue
-            for data in compat.data_arrays(param):
+            for data in _copies(param):
                 average = self.averages[(name, str(data.context))]
                 items.append((average, constraint, reduction_of(param, average.shape)))
         project_in_place(items)
@@ -157,13 +157,13 @@ class WeightAverage:
         if self._backup is None:
             self._backup = {}
             for name, param in self.params.items():
-                for data in compat.data_arrays(param):
+                for data in _copies(param):
                     key = (name, str(data.context))
                     self._backup[key] = data.copy()
                     self.averages[key].astype(data.dtype, copy=False).copyto(data)
         else:
             for name, param in self.params.items():
-                for data in compat.data_arrays(param):
+                for data in _copies(param):
                     self._backup[(name, str(data.context))].copyto(data)
             self._backup = None
 
@@ -216,7 +216,15 @@ class WeightAverage:
         self.updates, self.averaged = (int(v) for v in state["counters"].asnumpy())
 
     def _first(self, name: str, param: Any) -> Any:
-        return self.averages[(name, str(compat.data_arrays(param)[0].context))]
+        return self.averages[(name, str(_copies(param)[0].context))]
+
+
+def _copies(param: Any) -> List[Any]:
+    """A parameter's device copies (every averaged parameter has them: checked at creation)."""
+    copies = compat.data_arrays(param)
+    if copies is None:
+        raise ConstraintTypeError(f"WeightAverage: parameter '{param.name}' has no data any more.")
+    return list(copies)
 
 
 def _move_toward(average: Any, weight: Any, rate: float) -> None:
