@@ -423,3 +423,64 @@ def test_certified_accuracy_counts_correct_examples_with_radius_at_least_epsilon
 def test_certification_refuses_bad_arguments(call, message):
     with pytest.raises(gc.CertificationError, match=message):
         call(classifier(), mx.nd.array(RNG.standard_normal((4, 10))))
+
+
+# -- found by trying it as a hostile user would ------------------------------------------------------------
+def test_a_subclass_that_changes_the_computation_is_refused():
+    class Scaled(gluon.nn.Dense):
+        def hybrid_forward(self, F, x, weight, bias=None):
+            return 100 * super().hybrid_forward(F, x, weight, bias)
+
+    layer = Scaled(3, in_units=4)
+    layer.initialize()
+    with pytest.raises(gc.CertificationError, match="subclasses Dense but overrides hybrid_forward"):
+        gc.lipschitz_bound(layer, (1, 4))
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: gluon.nn.AvgPool2D(2, 2, ceil_mode=True), (1, 1, 3, 3)),     # border windows of one entry
+    (lambda: gluon.nn.AvgPool1D(4, 3, ceil_mode=True), (1, 1, 5)),
+    (lambda: gluon.nn.AvgPool2D(3, 2, padding=1, count_include_pad=False), (1, 1, 5, 5)),
+    (lambda: gluon.nn.AvgPool2D(3, 2, padding=1), (1, 1, 5, 5)),
+])
+def test_average_pooling_bounds_hold_for_cut_and_padded_windows(make, shape):
+    pool = make()
+    true = largest_singular_value(operator_matrix(pool, shape))
+    assert true <= gc.lipschitz_bound(pool, shape, ctx=mx.cpu()).bound * (1 + 1e-12)
+
+
+def test_certified_accuracy_reads_column_labels_and_refuses_one_hot_ones():
+    net = classifier()
+    x = mx.nd.array(RNG.standard_normal((12, 10)))
+    labels = net(x).argmax(axis=1).asnumpy()
+    flat = gc.certified_accuracy(net, [(x, labels)], [0.0, 0.05])
+    assert gc.certified_accuracy(net, [(x, labels.reshape(-1, 1))], [0.0, 0.05]) == flat
+    assert gc.certified_accuracy(net, [(x.asnumpy(), labels)], np.array(0.0)) == flat[0.0] == 1.0
+    with pytest.raises(gc.CertificationError, match=r"one class index per example: got labels of shape \(12, 5\)"):
+        gc.certified_accuracy(net, [(x, np.eye(5)[labels.astype(int)])], 0.0)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (dict(size=(0, 0)), r"size must be 2 ints >= 1"),
+    (dict(size=(4,)), r"size must be 2 ints >= 1"),
+    (dict(dilation=(0, 1)), r"dilation must be 2 ints >= 1"),
+    (dict(stride=(2,)), r"stride must be 2 ints >= 1"),
+    (dict(groups=3), r"groups must be an int >= 1 that divides axis 0"),
+    (dict(kernel=np.full((2, 2, 3, 3), np.nan)), "NaN or infinite"),
+    (dict(kernel=np.ones((2, 2, 3, 3)) * 1j), "must be a real array"),
+    (dict(kernel=np.ones((2, 3))), "must be a real array"),
+])
+def test_conv_operator_norm_names_a_bad_argument(arguments, message):
+    call = dict(kernel=np.ones((2, 2, 3, 3)), size=(6, 6))
+    call.update(arguments)
+    kernel, size = call.pop("kernel"), call.pop("size")
+    with pytest.raises(gc.ConstraintArgumentError, match=message):
+        gc.conv_operator_norm(kernel, size, **call)
+
+
+def test_operator_norm_passes_non_finite_weights_through_and_refuses_a_vector():
+    weights = mx.nd.array(np.full((2, 2, 3, 3), np.nan))
+    out = gc.OperatorNorm(1.0, input_shape=4)(weights)
+    assert np.isnan(out.asnumpy()).all()
+    with pytest.raises(gc.ConstraintShapeError, match="needs a Dense or convolution weight"):
+        gc.OperatorNorm(1.0, input_shape=4)(mx.nd.ones((3,)))

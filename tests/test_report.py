@@ -96,3 +96,15 @@ def test_the_command_says_why_it_cannot_load_a_model(tmp_path):
                           str(tmp_path / "none-0000.params")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "cannot load the model" in out.stderr and "none-constraints.json" in out.stderr
+
+
+def test_whole_matrix_families_have_no_unit_bound_and_nan_weights_give_strict_json():
+    net = nn.HybridSequential()
+    net.add(nn.Dense(3, in_units=4, weight_constraint=gc.SpectralNorm(0.5)),
+            nn.Dense(2, in_units=3, weight_constraint=gc.MaxNorm(1.0)))
+    net.initialize()
+    net[1].weight.set_data(mx.nd.array(np.full((2, 3), np.nan)))
+    result = gc.report(net)
+    assert result["parameters"][net[0].weight.name]["at_bound"] is None
+    parsed = json.loads(result.json(), parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
+    assert parsed["parameters"][net[1].weight.name]["max_norm"] is None

@@ -57,11 +57,14 @@ class OperatorNorm(Constraint):
     max_value : float, default 1.0
         The largest allowed operator norm: finite, > 0 and a normal float32 number.
     input_shape : sequence of int or None, default None
-        The spatial size of the layer's input (without padding); required for convolutions.
+        The spatial size of the layer's input (without padding); required for convolutions. For a
+        transposed convolution, its output size: the input of the convolution it is the adjoint
+        of.
     padding, dilation : int or sequence of int, default 0 and 1
         The layer's zero padding and dilation, per spatial axis or one for all.
     groups : int, default 1
-        The layer's groups (1 bounds a grouped layer too, less tightly).
+        The layer's groups (1 bounds a grouped layer too, less tightly). More groups than the
+        layer has bounds a different, block-diagonal operator: not the layer's.
     tolerance : float, default 1e-3
         The search stops once the norm is within ``max_value * (1 +- tolerance)``.
     iterations : int, default 20
@@ -89,8 +92,12 @@ class OperatorNorm(Constraint):
         self.iterations = _count("iterations", iterations)
 
     def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
-        """The weight unchanged if its operator norm is within the band, else projected."""
+        """The weight unchanged if its operator norm is within the band, else projected (a weight
+        holding NaN or infinite entries passes through, as with every family)."""
+        self.check_shape(tuple(w.shape), reduction, None)
         values = w.asnumpy().astype(np.float64)
+        if not np.isfinite(values).all():
+            return w.copy()
         if values.ndim == 2:
             projected = self._dense(values, boundary_rtol)
         else:

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..errors import ConstraintArgumentError
 
 __all__ = ["conv_operator_norm", "dense_operator_norm", "largest_singular_value", "ROUND_UP", "tap_positions",
            "on_grid"]
@@ -78,6 +80,13 @@ def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Option
     groups : int
         The layer's groups: axis 0 holds ``groups`` blocks.
 
+    Raises
+    ------
+    ConstraintArgumentError
+        Naming the argument: a kernel that is not a real, finite array of at least 3 dimensions
+        (an NDArray is read to the host), sizes, dilations or strides that are not one int >= 1
+        per spatial axis, or groups that do not divide axis 0.
+
     Examples
     --------
     >>> round(gc.conv_operator_norm([[[0.0, 2.0, 0.0]]], (8,)), 6)     # 2 x the identity
@@ -85,13 +94,48 @@ def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Option
     >>> round(gc.conv_operator_norm([[[1.0, 1.0]]], (8,)), 6)          # x[i] + x[i + 1]: 2 at f = 0
     2.0
     """
-    kernel = np.asarray(kernel, dtype=np.float64)
-    spatial = kernel.ndim - 2
-    dilation = tuple(dilation) if dilation is not None else (1,) * spatial
-    stride = tuple(stride) if stride is not None else (1,) * spatial
+    kernel, size, dilation, stride = _checked(kernel, size, dilation, groups, stride)
     dilated = on_grid(kernel, tuple((k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilation)), dilation)
     phases, size = _polyphase(dilated, tuple(size), stride)
     return math.sqrt(_largest_eigenvalue_bound(_gram_matrices(phases, size, groups))) * (1.0 + ROUND_UP)
+
+
+def _checked(kernel: Any, size: Any, dilation: Any, groups: Any,
+             stride: Any) -> Tuple[np.ndarray, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+    """:func:`conv_operator_norm`'s arguments as float64 and tuples, or a ConstraintArgumentError
+    naming the one that is wrong."""
+    values = kernel.asnumpy() if hasattr(kernel, "asnumpy") else kernel
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):
+        array = np.asarray([], dtype=object)
+    if array.ndim < 3 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ConstraintArgumentError(
+            f"conv_operator_norm kernel must be a real array of shape (A, B, k_1, ..., k_d): got "
+            f"{type(kernel).__name__} of shape {getattr(array, 'shape', None)} and dtype {array.dtype}.")
+    if not np.isfinite(array).all():
+        raise ConstraintArgumentError("conv_operator_norm kernel holds NaN or infinite entries.")
+    spatial = array.ndim - 2
+
+    def ints(name: str, given: Any, default: Optional[int]) -> Tuple[int, ...]:
+        found = (default,) * spatial if given is None else given
+        try:
+            found = tuple(found)
+        except TypeError:
+            found = ()
+        if len(found) != spatial or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                            and v >= 1 for v in found):
+            raise ConstraintArgumentError(
+                f"conv_operator_norm {name} must be {spatial} ints >= 1 (one per spatial axis of the kernel "
+                f"of shape {array.shape}): got {given!r}.")
+        return tuple(int(v) for v in found)
+
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1 or array.shape[0] % groups:
+        raise ConstraintArgumentError(
+            f"conv_operator_norm groups must be an int >= 1 that divides axis 0 of the kernel of shape "
+            f"{array.shape}: got {groups!r}.")
+    return (array.astype(np.float64), ints("size", size, None), ints("dilation", dilation, 1),
+            ints("stride", stride, 1))
 
 
 def largest_singular_value(matrices: np.ndarray) -> float:

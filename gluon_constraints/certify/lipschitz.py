@@ -122,6 +122,7 @@ class Walk:
         for kind in type(block).__mro__:
             rule = RULES.get(kind)
             if rule is not None:
+                _check_same_computation(block, kind)
                 return rule(block, x, self)
         raise CertificationError(
             f"gluon-constraints cannot bound block '{block.name}' of type {type(block).__name__}: it "
@@ -135,6 +136,20 @@ class Walk:
             bound, x = self.bound(child, x)
             total *= bound
         return total, x
+
+
+def _check_same_computation(block: Any, kind: type) -> None:
+    """Refuse a subclass of a known block type that computes something else: a rule bounds what
+    its own class computes, so it applies to a subclass only if that keeps ``forward`` and
+    ``hybrid_forward``."""
+    changed = [name for name in ("forward", "hybrid_forward")
+               if getattr(type(block), name, None) is not getattr(kind, name, None)]
+    if changed:
+        raise CertificationError(
+            f"gluon-constraints cannot bound block '{block.name}' of type {type(block).__name__}: it "
+            f"subclasses {kind.__name__} but overrides {' and '.join(changed)}, so {kind.__name__}'s bound "
+            f"may not hold for it. Teach it with gc.register_lipschitz({type(block).__name__}, rule) "
+            f"(docs/certification.md).")
 
 
 def lipschitz_bound(net: Any, input_shape: Sequence[int], ctx: Any = None) -> NetworkBound:
@@ -262,9 +277,11 @@ def _pooling(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
         return walk.record(block, f"global {'average' if average else 'max'} pooling", bound, True), y
     kernel, stride = arguments["kernel"], arguments["stride"]
     windows = int(np.prod([math.ceil(k / s) for k, s in zip(kernel, stride)]))
-    if average and (arguments.get("count_include_pad", True) or not any(arguments["pad"])):
+    full_windows = arguments.get("pooling_convention", "valid") == "valid" and (
+        arguments.get("count_include_pad", True) or not any(arguments["pad"]))
+    if average and full_windows:
         bound = math.sqrt(windows / np.prod(kernel))
-    else:  # a border window without its padding averages fewer entries: bounded like max pooling
+    else:  # a border window cut by ceil_mode, or without its padding, averages fewer entries: as max pooling
         bound = math.sqrt(windows)
     kind = f"{'average' if average else 'max'} pooling {tuple(kernel)}/{tuple(stride)}"
     return walk.record(block, kind, bound, False), y

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from ..catalogue import serialize
+from ..catalogue import WHOLE, serialize
 from ..catalogue.reduction import unit_rows, viewed
 from ..errors import CertificationError
 from ..gluon import saving
@@ -44,8 +44,9 @@ class ConstraintReport(dict):
         return "\n".join(lines) + "\n"
 
     def json(self, **kwargs: Any) -> str:
-        """The report as JSON text (``kwargs`` go to ``json.dumps``, e.g. ``indent=2``)."""
-        return json.dumps(self, **kwargs)
+        """The report as JSON text (``kwargs`` go to ``json.dumps``, e.g. ``indent=2``); numbers
+        that are not finite (NaN weights) are written as null, which strict parsers accept."""
+        return json.dumps(_finite(self), allow_nan=False, **kwargs)
 
 
 def report(net: Any, input_shape: Optional[Sequence[int]] = None) -> ConstraintReport:
@@ -53,7 +54,8 @@ def report(net: Any, input_shape: Optional[Sequence[int]] = None) -> ConstraintR
     bound.
 
     Per parameter (its first context's copy): the constraint (serialized), its ``bound`` (the
-    constraint's ``max_value``, None for a family without one), the number of units (the
+    constraint's ``max_value`` on each unit's norm; None for a family without one and for the
+    whole-matrix families, SpectralNorm and OperatorNorm, whose bound is on another norm), the number of units (the
     slices the constraint reduces over: a Dense row, a convolution filter), the largest and the
     mean unit L2 norm, the fraction of units at the bound (norm at least ``bound * (1 -
     AT_BOUND_RTOL)``; None without a bound), and the worst violation: ``max |P(w) - w| / max
@@ -103,7 +105,9 @@ def _fields(param: Any, constraint: Any) -> Dict[str, Any]:
     values = viewed(weight.asnumpy().astype(np.float64), reduction)
     rows, _ = unit_rows(values, reduction.axes)
     norms = np.sqrt((rows * rows).sum(axis=1))
-    bound = constraint.get_config().get("max_value")
+    # a bound on each unit's norm; a whole-matrix family's (SpectralNorm, OperatorNorm) bounds
+    # another norm, which the unit norms do not show: no "at the bound" for those
+    bound = constraint.get_config().get("max_value") if constraint.locality != WHOLE else None
     projected = constraint(weight, reduction_of(param, weight.shape)).asnumpy().astype(np.float64)
     projected = viewed(projected, reduction)
     scale = max(float(np.abs(values).max(initial=0.0)), float(np.finfo(np.float64).tiny))
@@ -111,6 +115,17 @@ def _fields(param: Any, constraint: Any) -> Dict[str, Any]:
             "max_norm": float(norms.max(initial=0.0)), "mean_norm": float(norms.mean()) if len(norms) else 0.0,
             "at_bound": None if bound is None else float(np.mean(norms >= bound * (1 - AT_BOUND_RTOL))),
             "violation": float(np.abs(projected - values).max(initial=0.0)) / scale}
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _cell(key: str, value: Any) -> str:

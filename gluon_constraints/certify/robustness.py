@@ -46,6 +46,7 @@ def certified_radius(net: Any, x: Any, bound: Optional[float] = None) -> np.ndar
     CertificationError
         If ``bound`` is not a positive finite number, or ``net`` returns fewer than two scores.
     """
+    x = x if isinstance(x, nd.NDArray) else nd.array(x)
     if bound is None:
         bound = lipschitz_bound(net, (1, *x.shape[1:]), ctx=x.context).bound
     if isinstance(bound, bool) or not isinstance(bound, (int, float, np.floating)) or not 0 < bound < math.inf:
@@ -80,7 +81,9 @@ def certified_accuracy(net: Any, data: Iterable[Any], epsilon: Union[float, Sequ
     CertificationError
         If ``data`` holds no example, or an ``epsilon`` is negative or not a number.
     """
-    radii = [epsilon] if isinstance(epsilon, (int, float, np.floating)) else list(epsilon)
+    single = np.ndim(epsilon) == 0
+    radii = [epsilon] if single else list(epsilon)
+    radii = [r.item() if isinstance(r, np.ndarray) else r for r in radii]  # 0-d numpy arrays
     for r in radii:
         if isinstance(r, bool) or not isinstance(r, (int, float, np.floating)) or not 0 <= r < math.inf:
             raise CertificationError(f"epsilon must be finite numbers >= 0: got {epsilon!r}.")
@@ -91,11 +94,16 @@ def certified_accuracy(net: Any, data: Iterable[Any], epsilon: Union[float, Sequ
         if bound is None:
             bound = lipschitz_bound(net, (1, *x.shape[1:]), ctx=x.context).bound
         radius = certified_radius(net, x, bound)
+        labels = np.asarray(y.asnumpy() if isinstance(y, nd.NDArray) else y)
+        if labels.size != len(radius) or (labels.ndim > 1 and labels.shape[1:] != (1,) * (labels.ndim - 1)):
+            raise CertificationError(
+                f"certified_accuracy needs one class index per example: got labels of shape {labels.shape} "
+                f"for a batch of {len(radius)} (one-hot labels: pass their argmax).")
         with autograd.pause(train_mode=False):
-            correct = net(x).asnumpy().argmax(axis=1) == np.asarray(y.asnumpy() if isinstance(y, nd.NDArray) else y)
+            correct = net(x).asnumpy().argmax(axis=1) == labels.reshape(-1)
         certified += [(correct & (radius >= r)).sum() for r in radii]
         total += len(radius)
     if total == 0:
         raise CertificationError("certified_accuracy got no examples in data.")
     result = {float(r): float(c / total) for r, c in zip(radii, certified)}
-    return result[float(radii[0])] if isinstance(epsilon, (int, float, np.floating)) else result
+    return result[float(radii[0])] if single else result
