@@ -196,3 +196,58 @@ def test_a_trainer_that_does_not_enforce_and_an_uninitialized_network_are_refuse
         gc.WeightAverage(net, trainer=gluon.Trainer(net.collect_params(), "sgd"))
     with pytest.raises(gc.ConstraintTypeError, match="needs an initialized network"):
         gc.WeightAverage(nn.Dense(2))
+
+
+def test_a_parameter_shared_by_two_layers_is_averaged_once_and_swapped_back():
+    first = nn.Dense(4, in_units=4, weight_constraint=gc.UnitNorm())
+    second = nn.Dense(4, in_units=4, params=first.collect_params())
+    net = nn.HybridSequential()
+    net.add(first, second)
+    net.initialize(mx.init.Normal(1.0))
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    ema = gc.WeightAverage(net, decay=0.5, trainer=trainer)
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        with autograd.record():
+            loss = (net(mx.nd.array(rng.standard_normal((2, 4)))) ** 2).sum()
+        loss.backward()
+        trainer.step(2)
+    before = first.weight.data().asnumpy().copy()
+    with ema.swapped():
+        assert not np.array_equal(first.weight.data().asnumpy(), before)
+    assert first.weight.data().asnumpy().tobytes() == before.tobytes()
+    twin = nn.HybridSequential()
+    twin.add(nn.Dense(4, in_units=4), nn.Dense(4, in_units=4))
+    twin.initialize()
+    ema.copy_to(twin)  # both structural names get the one average
+    assert twin[0].weight.data().asnumpy().tobytes() == twin[1].weight.data().asnumpy().tobytes()
+
+
+def test_swa_averages_before_start_are_the_projected_weights():
+    net = nn.Dense(4, in_units=3, weight_constraint=gc.UnitNorm())
+    net.initialize(mx.init.Normal(2.0))
+    swa = gc.WeightAverage(net, mode="swa", start=5)
+    net.weight.set_data(mx.nd.array(np.random.default_rng(7).standard_normal((4, 3)) * 3))  # off the sphere
+    swa.update()
+    rows = swa.averages[("weight", "cpu(0)")].asnumpy().astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
+
+
+def test_a_step_while_the_averages_are_swapped_in_is_refused_before_anything_changes():
+    net = mlp([mx.cpu()])
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9})
+    ema = gc.WeightAverage(net, decay=0.9, trainer=trainer)
+    rng = np.random.default_rng(8)
+    step(net, trainer, [mx.cpu()], rng)
+    with ema.swapped():
+        held = weights(net, mx.cpu())
+        updates = trainer.optimizer.num_update
+        with autograd.record():
+            loss = (net(mx.nd.array(rng.standard_normal((8, 5)))) ** 2).sum()
+        loss.backward()
+        with pytest.raises(gc.EnforcementError, match="while the averages are swapped in.*Nothing was changed"):
+            trainer.step(8)
+        assert trainer.optimizer.num_update == updates
+        trained = [k for k in held if not k.endswith(("running_mean", "running_var"))]  # the forward moves those
+        now = weights(net, mx.cpu())
+        assert all(now[k].tobytes() == held[k].tobytes() for k in trained)

@@ -97,7 +97,8 @@ class WeightAverage:
         if not isinstance(warmup, bool):
             raise ConstraintArgumentError(f"WeightAverage warmup must be True or False: got {warmup!r}.")
         self.decay, self.mode, self.warmup, self.start, self.every = float(decay), mode, warmup, start, every
-        self.params = _parameters(net)
+        self.names = _parameters(net)  # every structural name, shared parameters under each of theirs
+        self.params = _unique(self.names)  # one entry per Parameter object: one average each
         self.averages: Dict[Tuple[str, str], Any] = {}
         for name, param in self.params.items():
             for data in _copies(param):
@@ -113,9 +114,7 @@ class WeightAverage:
     def update(self) -> None:
         """Average the current weights in (one update), then project the constrained averages.
         Queued on MXNet's engine: no host synchronisation."""
-        if self._backup is not None:
-            raise EnforcementError("WeightAverage.update() while the averages are swapped in: swap back "
-                                   "first (the network holds the averages, not the trained weights).")
+        self.check_not_swapped("WeightAverage.update()")
         self.updates += 1
         if self.mode == "ema":
             if self.updates % self.every:
@@ -127,12 +126,19 @@ class WeightAverage:
             self.averaged += 1
             for average, weight in self._pairs():
                 _move_toward(average, weight, 1.0 / self.averaged)
-        else:
+        elif self.averaged == 0:  # before start: the weights themselves
             for average, weight in self._pairs():
-                if self.averaged == 0:  # before start: the weights themselves
-                    weight.astype(average.dtype, copy=False).copyto(average)
+                weight.astype(average.dtype, copy=False).copyto(average)
+        else:
             return
         self._project()
+
+    def check_not_swapped(self, what: str) -> None:
+        """Raise :class:`~gluon_constraints.EnforcementError` if the averages are swapped in (the
+        network holds them, not the trained weights): ``what`` would train or average them."""
+        if self._backup is not None:
+            raise EnforcementError(f"{what} while the averages are swapped in: swap back first (the network "
+                                   f"holds the averages, not the trained weights). Nothing was changed.")
 
     def _pairs(self) -> Iterator[Tuple[Any, Any]]:
         for name, param in self.params.items():
@@ -180,13 +186,13 @@ class WeightAverage:
         """Write the averages (of the first context) into ``net``'s parameters, matched by
         structural name (``"0.weight"``) and shape, on every context ``net`` holds them."""
         targets = compat.structural_parameters(net)
-        missing = sorted(set(self.params) - set(targets))
+        missing = sorted(set(self.names) - set(targets))
         if missing:
             raise ConstraintTypeError(f"copy_to: the network has no parameters named {missing} "
                                       f"(structural names); it must have the averaged network's structure.")
-        for name, param in self.params.items():
+        for name, param in self.names.items():
             target = targets[name]
-            average = self._first(name, param)
+            average = self._average_of(param)
             if tuple(target.shape) != tuple(average.shape):
                 raise ConstraintTypeError(f"copy_to: parameter '{name}' has shape {target.shape}, the "
                                           f"average {average.shape}.")
@@ -195,8 +201,8 @@ class WeightAverage:
     def save_parameters(self, filename: str) -> None:
         """Save the averages as ``net.save_parameters`` would save the network holding them
         (load them with ``net.load_parameters``)."""
-        nd.save(filename, {name: self._first(name, param).astype(param.dtype, copy=False)
-                           for name, param in self.params.items()})
+        nd.save(filename, {name: self._average_of(param).astype(param.dtype, copy=False)
+                           for name, param in self.names.items()})
 
     def save(self, filename: str) -> None:
         """Save the averages and their counters, to resume with :meth:`load`."""
@@ -217,6 +223,20 @@ class WeightAverage:
 
     def _first(self, name: str, param: Any) -> Any:
         return self.averages[(name, str(_copies(param)[0].context))]
+
+    def _average_of(self, param: Any) -> Any:
+        """The first context's average of ``param`` (kept under its first structural name)."""
+        name = next(n for n, p in self.params.items() if p is param)
+        return self._first(name, param)
+
+
+def _unique(params: Dict[str, Any]) -> Dict[str, Any]:
+    """``params`` without the later names of a parameter that several layers share."""
+    unique: Dict[str, Any] = {}
+    for name, param in params.items():
+        if not any(param is kept for kept in unique.values()):
+            unique[name] = param
+    return unique
 
 
 def _copies(param: Any) -> List[Any]:

@@ -241,6 +241,8 @@ class EnforcedTraining(compat.TrainerHooks):
         """Check changed constraints (giving the optimizer their projections), run Gluon's
         ``step`` or ``update``, raise what the kvstore swallowed, then project the copies the
         update skipped."""
+        for average in self._gluon_constraints.averages:
+            average.check_not_swapped("trainer.step()")
         self._give_changed_projections()
         stale = _stale_copies(self) if ignore_stale_grad else []
         self._warn_diverging_rates()
