@@ -113,7 +113,14 @@ class WeightAverage:
     # -- updating ---------------------------------------------------------------------------------
     def update(self) -> None:
         """Average the current weights in (one update), then project the constrained averages.
-        Queued on MXNet's engine: no host synchronisation."""
+        Queued on MXNet's engine: no host synchronisation (except where a constraint computes on
+        the host, as ``OperatorNorm`` does).
+
+        Raises
+        ------
+        EnforcementError
+            If the averages are swapped in (nothing is changed).
+        """
         self.check_not_swapped("WeightAverage.update()")
         self.updates += 1
         if self.mode == "ema":
