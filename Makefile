@@ -12,7 +12,7 @@ WITH_HOROVOD := $(VENV)/.installed-horovod
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MPI=1
 
-.PHONY: demo certified test benchmark docs clean
+.PHONY: demo certified test benchmark docs wheel clean
 
 demo: $(INSTALLED)
 	$(VENV)/bin/python examples/digits_maxnorm.py
@@ -37,12 +37,24 @@ benchmark: $(INSTALLED)
 	$(VENV)/bin/python -m benchmarks.certification
 	$(VENV)/bin/python -m benchmarks.certification --projection
 	$(VENV)/bin/python -m benchmarks.averaging
+	$(VENV)/bin/python -m benchmarks.kernel_levels
 
 # Rewrites docs/api.md from the docstrings (tests/test_docs.py checks that it is current), then
 # builds the documentation site into site/ with warnings as errors (a test builds it too).
 docs: $(INSTALLED)
 	$(VENV)/bin/python docs/api_reference.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The sdist and a manylinux wheel carrying the fused kernel prebuilt for three x86-64 levels, in
+# dist/ (README, "Installation"): python -m build compiles the kernel (setup.py), auditwheel
+# checks the libraries against the manylinux policies and names the wheel. libgomp stays MXNet's
+# own (it links the system's), so the wheel carries no second OpenMP runtime.
+wheel: $(INSTALLED)
+	rm -rf dist
+	GLUON_CONSTRAINTS_PREBUILT=1 $(VENV)/bin/python -m build --outdir dist/linux
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair --exclude libgomp.so.1 \
+		--wheel-dir dist dist/linux/*.whl
+	mv dist/linux/*.tar.gz dist/ && rm -r dist/linux
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,4 +67,4 @@ $(WITH_HOROVOD): $(INSTALLED)
 	touch $(WITH_HOROVOD)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis build dist

@@ -16,7 +16,7 @@ import argparse
 import importlib.metadata
 import subprocess
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 __all__ = ["main"]
 
@@ -74,12 +74,19 @@ def _info() -> List[str]:
     return [
         f"gluon-constraints {gluon_constraints.__version__}",
         f"MXNet {mxnet.__version__} ({', '.join(distributions)}; {enabled})",
-        f"projections: {'fused kernel' if state.path == 'fused' else 'stock MXNet operators'} "
-        f"({state.reason})",
+        f"projections: {_path(state)} ({state.reason})",
         f"kernel cache: {state.cache if state.cache is not None else '(unusable)'}",
         f"kernel library: {state.library if state.library is not None else '(none yet)'}",
         f"compiler: {_compiler_version(state.compiler)}",
     ]
+
+
+def _path(state: Any) -> str:
+    """The path projections take, as ``info`` names it: "fused kernel: prebuilt for <level>"
+    (the wheel's library), "fused kernel" (built for this machine) or "stock MXNet operators"."""
+    if state.path != "fused":
+        return "stock MXNet operators"
+    return f"fused kernel: prebuilt for {state.prebuilt}" if state.prebuilt else "fused kernel"
 
 
 def _compiler_version(compiler: Optional[str]) -> str:

