@@ -19,17 +19,52 @@ use.
 """
 
 import importlib
+from typing import TYPE_CHECKING, Any, List
 
-from . import _mxnet_compat  # noqa: F401 - checks the installed MXNet version at import
-from . import _moved  # noqa: F401 - lets files that name 0.1.0's module paths load
+from . import _mxnet_compat  # checks the installed MXNet version at import
+from . import _moved  # lets files that name 0.1.0's module paths load
 from .catalogue import (FAMILIES, Constraint, Function, Reduction, deserialize, get, register_constraint,
                         registered_constraints, serialize)
 from .catalogue.spectrum import conv_operator_norm
-from .errors import *  # noqa: F401,F403 - every exception and warning is public (errors.__all__)
+from .errors import *  # noqa: F403 - every exception and warning is public (errors.__all__)
 from .errors import __all__ as _ERRORS
 
 # Every family of the catalogue (each registers itself where it is defined) and Keras's aliases.
 globals().update(FAMILIES)
+
+if TYPE_CHECKING:  # what FAMILIES and __getattr__ provide at run time, for type checkers
+    # (tests/test_lint.py keeps these names equal to __all__'s).
+    from . import nn, rnn
+    from .catalogue.box import Clip
+    from .catalogue.compose import Compose
+    from .catalogue.elementwise import NonNeg
+    from .catalogue.elementwise import NonNeg as non_neg
+    from .catalogue.norms import MaxNorm, MinMaxNorm, UnitNorm
+    from .catalogue.norms import MaxNorm as max_norm
+    from .catalogue.norms import MinMaxNorm as min_max_norm
+    from .catalogue.norms import UnitNorm as unit_norm
+    from .catalogue.operator_norm import OperatorNorm
+    from .catalogue.orthogonal import Orthogonal
+    from .catalogue.radial import RadialConstraint
+    from .catalogue.radial import RadialConstraint as radial_constraint
+    from .catalogue.schedule import Scheduled
+    from .catalogue.simplex import L1Ball, Simplex
+    from .catalogue.spectral import SpectralNorm
+    from .certify.lipschitz import lipschitz_bound, register_lipschitz
+    from .certify.report import ConstraintReport, export, report
+    from .certify.robustness import certified_accuracy, certified_radius
+    from .gluon.attachment import attach, constrain
+    from .gluon.keras import from_keras, from_keras_layer
+    from .gluon.layouts import register_layout
+    from .gluon.saving import constrain_from_config, constraints_config, imports, load_parameters
+    from .training.apply import apply_constraints
+    from .training.averaging import WeightAverage
+    from .training.estimator import ConstraintHandler
+    from .training.monitoring import CSVWriter, TensorBoardWriter
+    from .training.optimizer import ConstrainedOptimizer
+    from .training.penalty import penalty
+    from .training.trainer import ConstrainedTrainer, enforce
+    from .training.verify import verify_constraints
 
 # Public names defined in modules that import mxnet.gluon, loaded lazily (PEP 562).
 _LAZY = {
@@ -81,7 +116,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'gluon_constraints' has no attribute '{name}'")
     module_name = _LAZY[name]
@@ -90,5 +125,5 @@ def __getattr__(name):
     return getattr(importlib.import_module(f".{module_name}", __name__), name)
 
 
-def __dir__():
+def __dir__() -> List[str]:
     return sorted(set(globals()) | set(__all__))

@@ -27,7 +27,7 @@ The warnings are ``UserWarning`` subclasses, so each can be silenced on its own 
 try:
     from mxnet.base import MXNetError as _MXNetError
 except ImportError:  # no MXNet: _mxnet_compat raises DependencyError saying what to install
-    _MXNetError = RuntimeError  # type: ignore[misc,assignment]
+    _MXNetError = RuntimeError
 
 __all__ = [
     "ConstraintArgumentError",

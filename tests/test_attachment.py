@@ -108,7 +108,9 @@ def test_constrain_rule_matching_nothing_raises_and_attaches_nothing():
      r"constrain rule 'conv\(' is not a valid regular expression \(missing \), unterminated subpattern at "
      r"position 4\): rules are Python regular expressions .*re\.escape"),
     ({3: gc.MaxNorm()}, gc.ConstraintConfigError, r"constrain rule 3 must be a string, a regular expression"),
-], ids=["a-list", "a-bad-regex", "not-a-string"])
+    ({"bias": gc.NonNeg(), "weight": None}, gc.ConstraintTypeError,
+     r"constrain rule 'weight' maps to None: each rule needs a constraint .* Leave the rule out"),
+], ids=["a-list", "a-bad-regex", "not-a-string", "none"])
 def test_malformed_rules_are_named_and_attach_nothing(rules, error, message):
     net = gluon_nn.Dense(3, in_units=4)
     with pytest.raises(error, match=message):
@@ -359,3 +361,13 @@ def test_apply_constraints_follows_layers_added_reinitialized_and_released_after
     extra.weight.set_data(mx.nd.array(w))
     assert gc.apply_constraints(net) == [net[0].weight.name]
     assert extra.weight.data().asnumpy().tobytes() == w.tobytes()
+
+
+def test_the_axes_of_a_parameter_without_a_shape_or_data_are_refused_by_name():
+    from gluon_constraints.gluon.attachment import reduction_of
+
+    param = mx.gluon.Parameter("unshaped_weight", shape=(0, 3))
+    gc.attach(param, gc.MaxNorm(1.0))
+    with pytest.raises(gc.ConstraintShapeError, match=r"parameter 'unshaped_weight' cannot be resolved: its "
+                                                      r"shape \(0, 3\) is not fully known .* Initialize it"):
+        reduction_of(param)

@@ -174,3 +174,12 @@ def test_schedule_and_cadence_resume_exactly_from_save_states(ctx, uokv, optimiz
     for t in range(4, STEPS + 1):
         step(resumed, trainer, ctx, t)
     assert resumed.weight.data().asnumpy().tobytes() == straight.weight.data().asnumpy().tobytes()
+
+
+@pytest.mark.parametrize("constraint", [gc.MaxNorm(2.0), gc.NonNeg(), gc.Compose([gc.NonNeg(), gc.UnitNorm()])],
+                         ids=["MaxNorm", "NonNeg", "Compose"])
+def test_an_unscheduled_constraint_is_in_force_at_every_update(constraint):
+    # docs/architecture.md, the Constraint contract: at(update) is the constraint itself unless
+    # it is scheduled.
+    assert not constraint.scheduled
+    assert all(constraint.at(update) is constraint for update in (0, 1, 7, 10 ** 6))

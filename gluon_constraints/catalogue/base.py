@@ -29,7 +29,7 @@ import json
 import math
 import sys
 from numbers import Real
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 import numpy as np
 from mxnet.ndarray import NDArray
@@ -56,15 +56,19 @@ _FLOAT32 = np.finfo(np.float32)
 _BOUND_RANGE = (float(_FLOAT32.tiny), float(_FLOAT32.max))
 
 
+_Built = TypeVar("_Built", bound="Constraint")  # from_config builds the class it is called on
+
+
 class _Immutable(type):
     """Metaclass that freezes a constraint once its ``__init__`` has run."""
 
     @property
     def __signature__(cls) -> inspect.Signature:
         """The constructor's signature (help() and IDEs would read ``__call__``'s otherwise)."""
-        if cls.__init__ is object.__init__:
+        init_function = getattr(cls, "__init__")  # the class's constructor (cls is a class here)
+        if init_function is object.__init__:
             return inspect.Signature()
-        init = inspect.signature(cls.__init__)
+        init = inspect.signature(init_function)
         return init.replace(parameters=list(init.parameters.values())[1:])
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -132,6 +136,12 @@ class Constraint(metaclass=_Immutable):
     def elementwise(self) -> bool:
         """Whether each entry's result depends on that entry alone (``locality == ELEMENTWISE``)."""
         return self.locality == ELEMENTWISE
+
+    def at(self, update: int) -> "Constraint":
+        """The constraint in force at the parameter's update ``update`` (1 for the first): the
+        constraint itself, except for a ``scheduled`` one (``Scheduled``), whose bound follows
+        the update count."""
+        return self
 
     # -- what a family overrides ---------------------------------------------------------------
     def project(self, w: NDArray, reduction: Reduction, boundary_rtol: float) -> NDArray:
@@ -314,7 +324,7 @@ class Constraint(metaclass=_Immutable):
         return self.layered and self.axis is None
 
     @classmethod
-    def from_config(cls, config: Dict[str, Any]) -> "Constraint":
+    def from_config(cls: Type[_Built], config: Dict[str, Any]) -> _Built:
         """Build a constraint from the output of :meth:`get_config`.
 
         Parameters
@@ -338,7 +348,7 @@ class Constraint(metaclass=_Immutable):
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self) -> int:
         return hash((type(self), json.dumps(self.get_config(), sort_keys=True)))

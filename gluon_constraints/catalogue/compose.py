@@ -44,7 +44,8 @@ class Compose(Constraint):
         if any(m is None for m in members):
             raise ConstraintTypeError(
                 f"Compose members cannot be None: got {list(members)!r}. Leave the member out.")
-        self.constraints: Tuple[Constraint, ...] = tuple(get(m) for m in members)
+        built = [get(m) for m in members]
+        self.constraints: Tuple[Constraint, ...] = tuple(m for m in built if m is not None)  # none is None
         changing = [m for m in self.constraints if m.stateful or m.scheduled]
         if changing:
             raise ConstraintArgumentError(
@@ -83,7 +84,7 @@ class Compose(Constraint):
             raise ConstraintArgumentError(
                 f"Compose config must be {{'constraints': [serialized member, ...]}}: "
                 f"got {config!r}.")
-        return super().from_config(config)  # type: ignore[return-value]
+        return super().from_config(config)
 
     def __repr__(self) -> str:
         return f"Compose({list(self.constraints)!r})"

@@ -37,7 +37,7 @@ def violation(constraint: Constraint, array: NDArray, reduction: Optional[Reduct
     if bad:
         return f"{bad} of {values.size} entries are NaN or infinite"
     target = constraint(array, reduction).asnumpy().astype(np.float64)
-    scale = max(float(np.abs(values).max(initial=0.0)), np.finfo(np.float64).tiny)
+    scale = max(float(np.abs(values).max(initial=0.0)), float(np.finfo(np.float64).tiny))
     change = float(np.abs(target - values).max(initial=0.0)) / scale
     if change > _RTOL.get(np.dtype(array.dtype), 1e-5):
         return f"projection would change it by {change:.3g} relative to its largest entry"

@@ -69,7 +69,7 @@ class MaxNorm(Constraint):
         self.ord = norm_order("MaxNorm", ord)
 
     @property
-    def convex(self) -> bool:
+    def convex(self) -> bool:  # type: ignore[override]  # base.Constraint's class attribute, computed
         """True for ``ord=2``: the Euclidean projection onto a ball (non-expansive)."""
         return self.ord == 2
 
@@ -130,7 +130,7 @@ class MinMaxNorm(Constraint):
         self.ord = norm_order("MinMaxNorm", ord)
 
     @property
-    def convex(self) -> bool:
+    def convex(self) -> bool:  # type: ignore[override]  # base.Constraint's class attribute, computed
         """True for ``min_value=0``, ``rate=1``, ``ord=2``: then it is MaxNorm's projection."""
         return self.min_value == 0.0 and self.rate == 1.0 and self.ord == 2
 

@@ -29,7 +29,7 @@ _KERAS_ALIASED: Dict[str, Type[Constraint]] = {}
 
 
 @overload
-def register_constraint(cls: C) -> C: ...
+def register_constraint(cls: C, *, keras_alias: bool = False) -> C: ...
 @overload
 def register_constraint(cls: None = None, *, keras_alias: bool = False) -> Callable[[C], C]: ...
 
@@ -175,7 +175,8 @@ def get(identifier: Any) -> Optional[Constraint]:
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if isinstance(identifier, (list, tuple)):
-        return _lookup("Compose")(identifier)
+        compose: Callable[..., Constraint] = _lookup("Compose")  # Compose(constraints)
+        return compose(identifier)
     if isinstance(identifier, type) and issubclass(identifier, Constraint):
         return identifier()
     if callable(identifier) and not isinstance(identifier, type):

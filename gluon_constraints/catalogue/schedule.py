@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Type
 
 from mxnet.ndarray import NDArray
 
@@ -117,6 +117,6 @@ class Scheduled(Constraint):
 
 
 @functools.lru_cache(maxsize=64)
-def _rebuilt(cls: type, config: str) -> Constraint:
+def _rebuilt(cls: Type[Constraint], config: str) -> Constraint:
     """``cls`` built from a JSON config (cached: a constant bound gives the same object)."""
     return cls.from_config(json.loads(config))

@@ -118,7 +118,7 @@ def _checked(kernel: Any, size: Any, dilation: Any, groups: Any,
     spatial = array.ndim - 2
 
     def ints(name: str, given: Any, default: Optional[int]) -> Tuple[int, ...]:
-        found = (default,) * spatial if given is None else given
+        found: Tuple[Any, ...] = (default,) * spatial if given is None else given
         try:
             found = tuple(found)
         except TypeError:

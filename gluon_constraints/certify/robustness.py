@@ -10,7 +10,7 @@ differently.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union, cast
 
 import numpy as np
 from mxnet import autograd
@@ -82,8 +82,8 @@ def certified_accuracy(net: Any, data: Iterable[Any], epsilon: Union[float, Sequ
         If ``data`` holds no example, or an ``epsilon`` is negative or not a number.
     """
     single = np.ndim(epsilon) == 0
-    radii = [epsilon] if single else list(epsilon)
-    radii = [r.item() if isinstance(r, np.ndarray) else r for r in radii]  # 0-d numpy arrays
+    given: List[Any] = [epsilon] if single else list(cast(Sequence[float], epsilon))
+    radii = [r.item() if isinstance(r, np.ndarray) else r for r in given]  # 0-d numpy arrays
     for r in radii:
         if isinstance(r, bool) or not isinstance(r, (int, float, np.floating)) or not 0 <= r < math.inf:
             raise CertificationError(f"epsilon must be finite numbers >= 0: got {epsilon!r}.")

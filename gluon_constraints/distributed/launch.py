@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set
+from typing import IO, Dict, List, Optional, Sequence, Set
 
 from ..errors import LaunchError
 
@@ -122,7 +122,7 @@ class Cluster:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.extra_env = dict(env or {})
         self.processes: Dict[str, subprocess.Popen] = {}
-        self._logs: List[object] = []
+        self._logs: List[IO[bytes]] = []
 
     def start(self) -> None:
         """Start scheduler, servers and workers."""
@@ -174,11 +174,12 @@ class Cluster:
         workers = [p for n, p in self.processes.items() if n.startswith("worker")]
         try:
             while True:
-                if signals is not None and signals.check() is not None:
-                    name = signal.Signals(signals.received).name
+                received = None if signals is None else signals.check()
+                if received is not None:
+                    name = signal.Signals(received).name
                     print(f"gluon_constraints.launch: received {name}; stopping the job.",
                           file=sys.stderr)
-                    return 128 + signals.received
+                    return 128 + received
                 for name, process in self.processes.items():
                     code = process.poll()
                     if code not in (None, 0):

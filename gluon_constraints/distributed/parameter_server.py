@@ -19,7 +19,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Compose, Constraint, Function
+from ..catalogue import Constraint, Function
+from ..catalogue.compose import Compose
 from ..errors import EnforcementError
 from ..gluon.attachment import constraint_of
 
@@ -47,8 +48,7 @@ def prepare_distributed(trainer: Any) -> None:
         return
     inner = getattr(trainer.optimizer, "inner", trainer.optimizer)
     _require_importable(type(inner), "optimizer class")
-    constrained = [(p, constraint_of(p)) for p in compat.trainer_parameters(trainer)
-                   if constraint_of(p) is not None]
+    constrained = [(p, c) for p in compat.trainer_parameters(trainer) for c in [constraint_of(p)] if c is not None]
     for _, constraint in constrained:
         for member in _members(constraint):
             _require_importable(type(member), "constraint class")
@@ -119,7 +119,7 @@ def _split_reason(size: int) -> str:
     return ""
 
 
-def _require_importable(cls: type, role: str) -> None:
+def _require_importable(cls: Any, role: str) -> None:
     if _importable(cls):
         return
     where = "in __main__" if cls.__module__ == "__main__" else f"in {cls.__module__}.{cls.__qualname__}"

@@ -25,7 +25,8 @@ from mxnet.gluon.block import Block, SymbolBlock
 from mxnet.gluon.parameter import Parameter
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Compose, Constraint, Reduction, get
+from ..catalogue import Constraint, Reduction, get
+from ..catalogue.compose import Compose
 from ..catalogue.base import check_dtype
 from ..errors import (AmbiguousLayoutWarning, ConstraintArgumentError, ConstraintConfigError, ConstraintShapeError,
                       ConstraintTypeError)
@@ -63,7 +64,8 @@ class ParameterState:
     __slots__ = ("owner", "layout", "checked")
 
     def __init__(self, owner: Owner = None, layout: Optional[Reduction] = None) -> None:
-        self.owner, self.layout, self.checked = owner, layout, None
+        self.owner, self.layout = owner, layout
+        self.checked: Any = None  # training.apply's CheckedProjection, or None
 
     def __getstate__(self) -> Tuple[Owner, Optional[Reduction]]:
         return self.owner, self.layout
@@ -194,6 +196,10 @@ def constrain(block: Block, rules: Mapping[str, Any],
     for pattern, spec in rules.items():
         regex = _rule_pattern(pattern)
         constraint = get(spec)
+        if constraint is None:
+            raise ConstraintTypeError(
+                f"constrain rule {pattern!r} maps to None: each rule needs a constraint (anything "
+                f"gc.get accepts, e.g. gc.MaxNorm(3)). Leave the rule out to leave its parameters alone.")
         matched = [(p, o) for p, o in owned
                    if regex.search(p.name) and (layers is None or (o and isinstance(o[0], layers)))]
         if not matched:
@@ -311,8 +317,12 @@ def reduction_of(param: Parameter, shape: Optional[Sequence[int]] = None) -> Red
         The shape to resolve for; None means the parameter's shape (from its data if the
         declared shape is unknown, as after ``SymbolBlock.imports``).
     """
-    return _per_unit(owner_of(param), layout_of(param),
-                     tuple(compat.data_shape(param) if shape is None else shape))
+    resolved = compat.data_shape(param) if shape is None else tuple(shape)
+    if resolved is None:
+        raise ConstraintShapeError(
+            f"The per-unit axes of parameter {param.name!r} cannot be resolved: its shape {param.shape} is "
+            f"not fully known and it has no data yet. Initialize it (or run a forward pass) first.")
+    return _per_unit(owner_of(param), layout_of(param), resolved)
 
 
 def _per_unit(owner: Owner, layout: Optional[Reduction], shape: Tuple[int, ...]) -> Reduction:

@@ -31,7 +31,10 @@ from mxnet.gluon import nn, rnn
 from mxnet.gluon.block import Block
 
 from .. import _mxnet_compat as compat
-from ..catalogue import Constraint, MaxNorm, MinMaxNorm, NonNeg, RadialConstraint, UnitNorm
+from ..catalogue import Constraint
+from ..catalogue.elementwise import NonNeg
+from ..catalogue.norms import MaxNorm, MinMaxNorm, UnitNorm
+from ..catalogue.radial import RadialConstraint
 from ..errors import ConstraintConfigError, ConstraintTypeError, UnknownConstraintError
 from .attachment import attach
 from .layouts import fan_in

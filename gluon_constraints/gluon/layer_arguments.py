@@ -35,7 +35,7 @@ class ConstraintArguments:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         chosen = _pop_constraints(type(self), kwargs)
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
         for group, constraint in chosen.items():
             targets = _matching_params(self, self.constraint_groups[group])
             if not targets:

@@ -267,8 +267,9 @@ def status() -> KernelStatus:
     """
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     prebuilt, level = prebuilt_library()
+    cache: Optional[Path] = None
     try:
-        cache: Optional[Path] = cache_directory()
+        cache = cache_directory()
         cached = _verified(cache)
     except OSError as error:
         cache, cached = None, None

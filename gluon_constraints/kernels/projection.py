@@ -23,8 +23,9 @@ from ..catalogue.compose import Compose
 from ..catalogue.lowering import row_lowering
 from ..catalogue.norms import slice_norms, widened
 from ..catalogue.reduction import per_output_unit, unit_rows, viewed
+from ..errors import KernelCallError
 from .boundary import RULES, Rates, UnitGroup, UpdateRule, kernel_can_take, unit_group
-from .library import PreparedCall, kernel
+from .library import Kernel, PreparedCall, kernel
 
 __all__ = ["project_in_place", "KernelItem", "kernel_item", "ProjectionCall", "projection_call",
            "run_and_measure", "unit_groups", "unit_layout", "leading_rows", "first_filter",
@@ -72,8 +73,10 @@ def project_in_place(items: Sequence[Item], use_fused: bool = True,
             if out is None:
                 constraint(array, reduction).copyto(array)
             else:
-                run_and_measure(lambda a=array, c=constraint, r=reduction: c(a, r).copyto(a),
-                                array, reduction, getattr(constraint, "ord", 2), out)
+                def stock(a: Any = array, c: Constraint = constraint, r: Reduction = reduction) -> None:
+                    c(a, r).copyto(a)
+
+                run_and_measure(stock, array, reduction, getattr(constraint, "ord", 2), out)
             continue
         kernel_items.append(item)
         if out is not None:
@@ -125,6 +128,14 @@ class ProjectionCall(NamedTuple):
             call.queue()
 
 
+def _loaded_kernel() -> Kernel:
+    """The loaded kernel; kernel items exist only where it is loaded."""
+    loaded = kernel()
+    if loaded is None:
+        raise KernelCallError("a fused projection was prepared, but the fused kernel is not loaded")
+    return loaded
+
+
 def projection_call(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> ProjectionCall:
     """The kernel work that projects ``items`` in place: one call per step depth, all items at
     once. ``stats``: one float32 array of 3 per item to receive its statistics (monitored items
@@ -132,8 +143,8 @@ def projection_call(items: Sequence[KernelItem], stats: Sequence[Any] = ()) -> P
     calls = []
     for depth in range(max((len(item.groups) for item in items), default=0)):
         stepped = [item for item in items if len(item.groups) > depth]
-        calls.append(kernel().projection([item.array for item in stepped],
-                                         [item.groups[depth] for item in stepped], stats))
+        calls.append(_loaded_kernel().projection([item.array for item in stepped],
+                                                 [item.groups[depth] for item in stepped], stats))
     return ProjectionCall([item.first_filter for item in items if item.first_filter is not None], calls)
 
 
@@ -296,7 +307,7 @@ def project_touched_rows(array: Any, rows: Any, constraint: Constraint, reductio
     touched rows the projection changed and their largest and mean norm after it.
     """
     loaded = kernel() if group is not None else None
-    if loaded is not None:
+    if loaded is not None and group is not None:
         if indices is None:
             indices = ndarray.empty((array.shape[0] + 1,), ctx=array.context, dtype=np.int64)
         loaded.touched_rows(UpdateRule(RULES["none"], 0, 1.0, -1.0, 0.0, 0.0, 0.0), group, Rates(0.0, 0.0),

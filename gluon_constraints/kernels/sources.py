@@ -26,7 +26,7 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = ["SOURCES", "INCLUDE", "EXPORTS", "FLAGS", "VARIANTS", "Variant", "PREBUILT", "source_key",
            "build_command", "build_variants", "read_manifest", "processor_flags", "chosen_variant"]
@@ -81,7 +81,7 @@ def build_command(compiler: str, output: Path, march: str) -> List[str]:
 
 
 def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] = VARIANTS,
-                   timeout: float = 600.0) -> Tuple[Optional[Dict[str, object]], str]:
+                   timeout: float = 600.0) -> Tuple[Optional[Dict[str, Any]], str]:
     """Compile every variant into ``directory`` (in parallel) and write its manifest.
 
     The manifest (``manifest.json``) records :func:`source_key`, the machine architecture and,
@@ -107,7 +107,7 @@ def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] =
                 said = logs[variant.march].read_text().strip()[-2000:]
                 return None, (f"{compiler} could not build the fused kernel for -march={variant.march} "
                               f"(exit status {process.returncode}):\n{said}")
-    manifest = {"source": source_key(), "machine": platform.machine(), "variants": [
+    manifest: Dict[str, Any] = {"source": source_key(), "machine": platform.machine(), "variants": [
         {"march": v.march, "features": sorted(v.features), "file": f"lib-{v.march}.so",
          "sha256": hashlib.sha256((directory / f"lib-{v.march}.so").read_bytes()).hexdigest()}
         for v in variants]}

@@ -168,9 +168,11 @@ def _checked_projection(param: Parameter, constraint: Any, loaded: Any) -> Check
     check_storage(param, constraint, compat.data_shape(param))
     reduction = reduction_of(param)
     items = [kernel_item(_classic(a), constraint, reduction) for a in copies]
-    state.checked = CheckedProjection(constraint, owner, layout_of(param), copies, loaded, reduction,
-                                      items if all(item is not None for item in items) else None)
-    return state.checked
+    fused = [item for item in items if item is not None]
+    checked = CheckedProjection(constraint, owner, layout_of(param), copies, loaded, reduction,
+                                fused if len(fused) == len(items) else None)
+    state.checked = checked
+    return checked
 
 
 class _KeptWork(NamedTuple):

@@ -125,6 +125,9 @@ class ConstrainedOptimizer(Optimizer):
     """
 
     _OWN = ("inner", "projector", "param_dict", "failure", "installed", "_queued", "_queued_size")
+    failure: Optional[EnforcementError]
+    _queued: Optional[List["_QueuedUpdate"]]  # None: updates are not deferred
+    _queued_size: int
 
     def __init__(self, inner: Optimizer, projections: Optional[Dict[int, Projection]] = None,
                  every: int = 1, monitor: bool = False) -> None:
@@ -293,7 +296,7 @@ class ConstrainedOptimizer(Optimizer):
         rule = rule_of(self.inner) if multi_precision and (
             any(projections) or self._queued is not None or projector.every > 1) else None
         entries = self._update_entries(rule, indices, weights, grads, states, projections) if rule else None
-        if entries is not None:
+        if entries is not None and rule is not None:
             rates = step_rates(self.inner, rule, indices)  # counted now, as the inner's own update would
             if self._queued is not None:
                 self._queued.append(_QueuedUpdate(indices, weights, grads, entries, rates))
@@ -321,8 +324,10 @@ class ConstrainedOptimizer(Optimizer):
             if g.stype != "row_sparse":
                 dense.append(arguments)
                 continue
-            update_row_sparse(self.inner, self.projector, i, w, g, s, projection, master,
-                              lambda i=i, w=w, g=g, s=s: inner_update(i, w, g, s))
+            def inner_update_of_this(i: Any = i, w: Any = w, g: Any = g, s: Any = s) -> None:
+                inner_update(i, w, g, s)
+
+            update_row_sparse(self.inner, self.projector, i, w, g, s, projection, master, inner_update_of_this)
         return dense
 
     def _refuse_unowned(self) -> None:
@@ -415,9 +420,14 @@ class ConstrainedOptimizer(Optimizer):
         indices = [i for update in queued for i in update.indices] + self.projector.deferred_indices
         try:
             if queued:
-                columns = [[item for update in queued for item in getattr(update, field)]
-                           for field in ("indices", "weights", "grads", "entries", "rates")]
-                self._run_fused(rule_of(self.inner), *columns, plain=True)
+                rule = rule_of(self.inner)
+                if rule is None:  # queued under a rule the optimizer's settings no longer give
+                    raise EnforcementError(f"{type(self.inner).__name__}'s settings changed while its updates "
+                                           f"were deferred: they no longer give a fused update rule.")
+                queued_indices, weights, grads, entries, rates = (
+                    [item for update in queued for item in getattr(update, field)]
+                    for field in ("indices", "weights", "grads", "entries", "rates"))
+                self._run_fused(rule, queued_indices, weights, grads, entries, rates, plain=True)
             self.projector.run_deferred()
         except Exception as error:
             raise self._failed(indices, error) from error

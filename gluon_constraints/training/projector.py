@@ -131,7 +131,9 @@ class Projector:
         ``Scheduled`` constraint resolved at the update's count (the same objects while the
         resolved constraint does not change)."""
         record = self.records.get(index)
-        projection = None if record is None else record.projection
+        if record is None:
+            return None
+        projection = record.projection
         if projection is None or (self.every == 1 and not projection.constraint.scheduled):
             return projection
         update = compat.update_count(optimizer, index) + 1

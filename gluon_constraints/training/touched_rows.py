@@ -66,10 +66,10 @@ def update_row_sparse(inner: Any, projector: Projector, index: Any, weight: Any,
     copy = str(target.context)
     rule = lazy_rule(inner) if not casting and target.stype == "default" else None
     plan = None if projection is None else _plan(record.row_plans, copy, projector, projection, target, state, rule)
-    if plan is None or not plan.by_rows or projector.every > 1 or record.feasible.get(copy) is not projection \
-            or not updates_rows_only(inner, target.stype, casting):
+    if plan is None or projection is None or not plan.by_rows or projector.every > 1 \
+            or record.feasible.get(copy) is not projection or not updates_rows_only(inner, target.stype, casting):
         inner_update()
-        if projection is not None and target.stype == "row_sparse":  # stored whole: project every row
+        if plan is not None and projection is not None and target.stype == "row_sparse":  # stored whole
             project_touched_rows(target, target, projection.constraint, projection.reduction,
                                  _stats(projector, index, target), plan.group, plan.indices)
         else:
@@ -78,7 +78,7 @@ def update_row_sparse(inner: Any, projector: Projector, index: Any, weight: Any,
             record.feasible[copy] = projection
         return
     stats = _stats(projector, index, target)
-    if plan.states is not None and _rates_allowed(rule.name, inner, index):
+    if plan.states is not None and rule is not None and _rates_allowed(rule.name, inner, index):
         rates = step_rates(inner, rule, [index])
         projector.kernel.touched_rows(rule.settings(inner), plan.group, rates[0], weight, grad, plan.indices,
                                       plan.states, stats)

@@ -102,6 +102,7 @@ class EnforcedTraining(compat.TrainerHooks):
     """
 
     _gluon_constraints: TrainerState
+    optimizer: Any  # gluon.Trainer's (the wrapping ConstrainedOptimizer once the kvstore is made)
 
     def step(self, batch_size: int, ignore_stale_grad: bool = False) -> None:
         """As ``gluon.Trainer.step``; every constrained parameter is projected after its update.
@@ -233,7 +234,8 @@ class EnforcedTraining(compat.TrainerHooks):
                 check_parameter(param, constraint, shape, now[1])
                 check_storage(param, constraint, shape)
             known = constraint is not None and shape is not None
-            projection = Projection(constraint, reduction_of(param, shape), shape) if known else None
+            projection = (Projection(constraint, reduction_of(param, shape), shape)
+                          if constraint is not None and shape is not None else None)
             optimizer.set_projection(index, projection)
             checked[index] = now if known or constraint is None else (None, None, None, None)
 
@@ -566,6 +568,8 @@ def _project_copies(optimizer: Optimizer, copies: List[Tuple[int, Parameter, Any
     items = []
     for index, param, copy in copies:
         constraint = constraint_of(param)
+        if constraint is None:  # the copies are those of constrained parameters
+            continue
         if constraint.scheduled:
             constraint = constraint.at(compat.update_count(optimizer, index, copy.context.device_id))
         items.append((copy.as_nd_ndarray(), constraint, reduction_of(param)))

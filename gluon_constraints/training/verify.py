@@ -48,13 +48,14 @@ def verify_constraints(trainer: Any) -> None:
         if constraint is None or param.grad_req == "null":
             continue
         if constraint.scheduled:  # the bound of the last update
-            constraint = constraint.at(_last_update(trainer, index, on_kvstore and "dist" in kvstore.type))
+            distributed = kvstore is not None and on_kvstore and "dist" in kvstore.type
+            constraint = constraint.at(_last_update(trainer, index, distributed))
         reduction = reduction_of(param)
         if compat.storage_type(param) == "row_sparse":
             copies = [("kvstore copy", _stored_rows(kvstore, index, param))]
         else:
             copies = [(f"context {a.context}", a.as_nd_ndarray()) for a in param.list_data()]
-            if on_kvstore:
+            if on_kvstore and kvstore is not None:
                 stored = ndarray.zeros(copies[0][1].shape, ctx=copies[0][1].context, dtype=param.dtype)
                 kvstore.pull(index, out=stored)
                 copies.append(("kvstore copy", stored))
@@ -63,7 +64,7 @@ def verify_constraints(trainer: Any) -> None:
             if found is not None:
                 problems.append(f"{param.name} ({label}): {found}")
         first = copies[0][1].asnumpy()
-        comparable = copies[1:-1] if on_kvstore and "async" in kvstore.type else copies[1:]
+        comparable = copies[1:-1] if kvstore is not None and on_kvstore and "async" in kvstore.type else copies[1:]
         for label, array in comparable:
             if array.asnumpy().tobytes() != first.tobytes():
                 problems.append(f"{param.name} ({label}): differs from {copies[0][0]}")
