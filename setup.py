@@ -1,23 +1,29 @@
 """Builds gluon-constraints; a wheel built on x86-64 Linux carries the fused kernel prebuilt.
 
 Everything else is declared in pyproject.toml. Here ``build_py`` compiles the kernel for three
-x86-64 levels into the wheel (``gluon_constraints/kernels/sources.py`` says which, and how the
-package picks one when it loads), and ``bdist_wheel`` then tags the wheel ``py3-none-linux_x86_64``:
-the libraries do not depend on the Python version. ``auditwheel repair`` (``make wheel``) checks
-them against the manylinux policies and renames the wheel.
+x86-64 levels into the build (``gluon_constraints/kernels/sources.py`` says which, and how the
+package picks one when it loads); a wheel that carries them is tagged ``py3-none-linux_x86_64``
+(the libraries do not depend on the Python version), and ``auditwheel repair`` (``make wheel``)
+checks them against the manylinux policies and renames the wheel.
 
-The kernel is prebuilt by a regular (not editable) build on x86-64 Linux with a C++ compiler
-(``$CXX``, else ``g++``). ``GLUON_CONSTRAINTS_PREBUILT=0`` skips it; ``=1`` makes a build without
-a compiler fail instead of making a pure-Python wheel. Without the prebuilt kernel the package
-builds its kernel on first use, as a source install does.
+``GLUON_CONSTRAINTS_PREBUILT`` chooses:
+
+- unset (or ``auto``): prebuild in a regular (not editable) build on x86-64 Linux with a C++
+  compiler (``$CXX``, else ``g++``); where there is none, or it cannot build every level (GCC
+  before 11 knows no ``-march=x86-64-v3``), say so and make a pure-Python wheel;
+- ``1`` (``true``, ``yes``, ``on``): prebuild or fail, saying why (``make wheel`` sets it);
+- ``0`` (``false``, ``no``, ``off``): make a pure-Python wheel.
+
+Without the prebuilt kernel the package builds its kernel on first use, as an editable install
+does.
 """
 
-import functools
 import importlib.util
 import os
 import platform
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -25,6 +31,8 @@ from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
+_CHOICES = {**dict.fromkeys(("", "auto"), "auto"), **dict.fromkeys(("1", "true", "yes", "on"), "required"),
+            **dict.fromkeys(("0", "false", "no", "off"), "off")}
 
 
 def _sources():
@@ -36,23 +44,42 @@ def _sources():
     return module
 
 
-@functools.lru_cache(maxsize=None)
-def _compiler():
-    """The compiler that prebuilds the kernel, or None when this build does not prebuild it."""
-    choice = os.environ.get("GLUON_CONSTRAINTS_PREBUILT", "").strip().lower()
-    if choice in ("0", "false", "no", "off"):
-        return None
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    supported = sys.platform.startswith("linux") and platform.machine() == "x86_64"
-    if choice in ("1", "true", "yes", "on") and (compiler is None or not supported):
-        raise SystemExit(f"GLUON_CONSTRAINTS_PREBUILT={choice} asks for the prebuilt kernel, which needs x86-64 "
-                         f"Linux (this is {sys.platform} {platform.machine()}) and a C++ compiler "
-                         f"(CXX={os.environ.get('CXX', 'g++')!r} is {compiler or 'not found'}).")
-    if compiler is None or not supported:
-        print("gluon-constraints: building a pure-Python wheel (the fused kernel is built on first use): "
-              + ("no C++ compiler" if compiler is None else f"no prebuilt kernel for {platform.machine()}"))
-        return None
-    return compiler
+def _choice():
+    value = os.environ.get("GLUON_CONSTRAINTS_PREBUILT", "")
+    choice = _CHOICES.get(value.strip().lower())
+    if choice is None:
+        raise SystemExit(f"GLUON_CONSTRAINTS_PREBUILT={value!r} is not understood: use 1, true, yes or on to "
+                         f"require the prebuilt kernel, 0, false, no or off for a pure-Python wheel, or leave "
+                         f"it unset (auto).")
+    return choice
+
+
+def _prebuild(target):
+    """Compile every level into ``target``: None, or why not (no compiler, another platform, a
+    compiler that cannot)."""
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        return f"the prebuilt kernel is for x86-64 Linux, and this is {sys.platform} {platform.machine()}"
+    named = os.environ.get("CXX", "g++")
+    compiler = shutil.which(named)
+    if compiler is None:
+        return f"no C++ compiler was found (CXX={named!r})"
+    print(f"gluon-constraints: prebuilding the fused kernel with {compiler} into {target}")
+    with tempfile.TemporaryDirectory() as scratch:  # nothing half-built lands in the build
+        manifest, failure = _sources().build_variants(Path(scratch), compiler)
+        if manifest is None:
+            return failure
+        shutil.copytree(scratch, target)
+    return None
+
+
+class KernelDistribution(Distribution):
+    """A distribution with platform-specific contents once ``build_py`` has prebuilt the kernel
+    (so the package installs into platlib, as one with compiled extensions does)."""
+
+    kernel_prebuilt = False
+
+    def has_ext_modules(self):
+        return self.kernel_prebuilt
 
 
 class BuildWithKernel(build_py):
@@ -60,25 +87,29 @@ class BuildWithKernel(build_py):
 
     def run(self):
         super().run()
-        compiler = None if self.editable_mode else _compiler()
-        if compiler is not None:
-            target = Path(self.build_lib) / "gluon_constraints" / "kernels" / "prebuilt"
-            print(f"gluon-constraints: prebuilding the fused kernel with {compiler} into {target}")
-            manifest, failure = _sources().build_variants(target, compiler)
-            if manifest is None:
-                raise SystemExit(f"{failure}\nSet GLUON_CONSTRAINTS_PREBUILT=0 to build without the prebuilt kernel.")
-
-
-class KernelDistribution(Distribution):
-    """A distribution with platform-specific contents when it carries the prebuilt kernel (so
-    the whole package installs into platlib, as a package with compiled extensions does)."""
-
-    def has_ext_modules(self):
-        return _compiler() is not None
+        target = Path(self.build_lib) / "gluon_constraints" / "kernels" / "prebuilt"
+        shutil.rmtree(target, ignore_errors=True)  # an earlier build's, if any
+        choice = _choice()
+        if self.editable_mode or choice == "off":
+            return
+        failure = _prebuild(target)
+        if failure is None:
+            self.distribution.kernel_prebuilt = True
+        elif choice == "required":
+            raise SystemExit(f"GLUON_CONSTRAINTS_PREBUILT asks for the prebuilt kernel, but {failure}. Set "
+                             f"GLUON_CONSTRAINTS_PREBUILT=0 for a pure-Python wheel.")
+        else:
+            print(f"gluon-constraints: building without the prebuilt kernel (it is built on first use where a "
+                  f"compiler exists): {failure}")
 
 
 class PlatformWheel(bdist_wheel):
     """A wheel tagged for this platform (any Python 3) when it carries the prebuilt kernel."""
+
+    def run(self):
+        self.run_command("build")  # decides whether the kernel is prebuilt; run() does not build again
+        self.root_is_pure = not self.distribution.kernel_prebuilt
+        super().run()
 
     def get_tag(self):
         python, abi, plat = super().get_tag()

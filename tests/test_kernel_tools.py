@@ -155,18 +155,35 @@ def test_the_widest_level_the_processor_has_every_flag_of_is_chosen(flags, level
     assert library.prebuilt_library(directory) == (directory / f"lib-{level}.so", level)
 
 
-def test_a_damaged_prebuilt_library_warns_once_and_is_not_used(tmp_path, monkeypatch):
+@pytest.mark.parametrize("harm,state", [("corrupt", r"damaged \(its SHA-256 differs from the wheel's manifest\)"),
+                                        ("delete", r"missing \(the wheel's manifest lists it\)")])
+def test_a_damaged_prebuilt_library_warns_once_and_the_next_narrower_level_is_used(harm, state, tmp_path,
+                                                                                  monkeypatch):
     import warnings
 
     import gluon_constraints as gc
     from gluon_constraints.kernels import library, sources
 
-    directory = prebuilt_directory(tmp_path / "prebuilt", corrupt="x86-64-v3")
+    directory = prebuilt_directory(tmp_path / "prebuilt", corrupt="x86-64-v3" if harm == "corrupt" else None)
+    if harm == "delete":
+        (directory / "lib-x86-64-v3.so").unlink()
     monkeypatch.setattr(sources, "processor_flags", lambda: V3_FLAGS)
-    with pytest.warns(gc.FusedKernelWarning, match=r"lib-x86-64-v3\.so is damaged .* reinstall the package"):
-        assert library.prebuilt_library(directory) == (None, None)
+    with pytest.warns(gc.FusedKernelWarning, match=rf"lib-x86-64-v3\.so is {state}; a narrower level is used"):
+        assert library.prebuilt_library(directory) == (directory / "lib-x86-64.so", "x86-64")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert library.prebuilt_library(directory) == (directory / "lib-x86-64.so", "x86-64")
+
+
+@pytest.mark.parametrize("manifest", ["{not json", '{"source": "x", "variants": [{"march": "x86-64"}]}'],
+                         ids=["not-json", "fields-missing"])
+def test_a_damaged_manifest_warns_and_no_prebuilt_library_is_used(manifest, tmp_path):
+    import gluon_constraints as gc
+    from gluon_constraints.kernels import library
+
+    directory = prebuilt_directory(tmp_path / "prebuilt")
+    (directory / "manifest.json").write_text(manifest)
+    with pytest.warns(gc.FusedKernelWarning, match=r"manifest\.json (cannot be read|does not list its libraries)"):
         assert library.prebuilt_library(directory) == (None, None)
 
 
@@ -192,3 +209,30 @@ def test_info_names_the_prebuilt_level_that_loads_on_first_use(tmp_path, monkeyp
     assert (state.path, state.library, state.prebuilt) == ("fused", directory / "lib-x86-64-v3.so", "x86-64-v3")
     assert ("projections: fused kernel: prebuilt for x86-64-v3 (the wheel's prebuilt kernel for x86-64-v3 "
             "loads on first use)") in tools._info()
+
+
+def test_choosing_the_stock_operators_reads_no_prebuilt_library(tmp_path, monkeypatch):
+    import warnings
+
+    from gluon_constraints.kernels import library, sources
+
+    directory = prebuilt_directory(tmp_path / "prebuilt", corrupt="x86-64")  # would warn if read
+    monkeypatch.setattr(sources, "PREBUILT", directory)
+    monkeypatch.setenv("GLUON_CONSTRAINTS_FUSED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert library.status().path == "stock"
+
+
+def test_info_without_a_home_directory_names_the_cache_problem(tmp_path):
+    # A container user with no HOME and no passwd entry: Path.home() raises RuntimeError.
+    code = ("import pathlib, runpy, sys\n"
+            "def no_home(): raise RuntimeError('Could not determine home directory.')\n"
+            "pathlib.Path.home = staticmethod(no_home)\n"
+            "sys.argv = ['gluon_constraints', 'info']\n"
+            "runpy.run_module('gluon_constraints', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "GLUON_CONSTRAINTS_CACHE")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kernel cache: (unusable)" in result.stdout
+    assert "there is no home directory to hold it" in result.stdout

@@ -8,6 +8,7 @@ and pass the package's kernel tests against the installed copy.
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -36,17 +37,22 @@ def run(command, **options):
     return result
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """The manylinux wheel, built as ``make wheel`` builds it, from a copy of the tracked and
-    new files (the tree's own build/ and .egg-info are left alone)."""
-    home = tmp_path_factory.mktemp("wheel")
-    source = home / "source"
+def source_copy(directory):
+    """A copy of the tree's tracked and new files in ``directory`` (builds there leave the
+    tree's own build/ and .egg-info alone)."""
     listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT).stdout
     for name in filter(None, listed.split("\0")):
         if (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """The manylinux wheel, built as ``make wheel`` builds it, from a copy of the tree."""
+    home = tmp_path_factory.mktemp("wheel")
+    source = source_copy(home / "source")
     run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(home / "built"), str(source)], timeout=600,
         env={**os.environ, "GLUON_CONSTRAINTS_PREBUILT": "1"})
     built = next((home / "built").glob("*.whl"))
@@ -85,6 +91,25 @@ def test_the_wheel_is_manylinux_and_carries_the_kernel_for_three_levels(wheel):
             data = archive.read(f"gluon_constraints/kernels/prebuilt/{entry['file']}")
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
     assert not any(name.startswith("gluon_constraints.libs/") for name in names)  # libgomp is MXNet's own
+
+
+def test_the_libraries_need_nothing_newer_than_manylinux_2_24_has(wheel, tmp_path):
+    # auditwheel checks glibc and libstdc++; libgomp, which the wheel leaves to MXNet (excluded
+    # from auditwheel's check), must need no more than GCC 6's (GOMP_4.5), manylinux_2_24's.
+    from elftools.elf.elffile import ELFFile  # auditwheel's own dependency
+
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path)
+    for library in sorted((tmp_path / "gluon_constraints" / "kernels" / "prebuilt").glob("*.so")):
+        with library.open("rb") as handle:
+            needed = {file: sorted(aux.name for aux in versions)
+                      for file, versions in ELFFile(handle).get_section_by_name(".gnu.version_r").iter_versions()
+                      for file in [file.name]}
+        assert set(needed) == {"libc.so.6", "libm.so.6", "libgomp.so.1", "libstdc++.so.6", "libgcc_s.so.1"}
+        newest = {file: max((tuple(int(n) for n in re.findall(r"\d+", v)) for v in names if re.search(r"\d", v)),
+                            default=()) for file, names in needed.items()}
+        assert newest["libgomp.so.1"] <= (4, 5), needed["libgomp.so.1"]
+        assert newest["libc.so.6"] <= (2, 24) and newest["libm.so.6"] <= (2, 24), needed
 
 
 def test_info_says_the_prebuilt_kernel_is_used_without_a_compiler(installed):
@@ -152,3 +177,56 @@ def test_the_kernel_tests_pass_against_the_installed_copy(installed):
     # The kernel tests ran on the wheel's libraries, not skipped for want of a compiler.
     assert "needs the wheel's prebuilt kernel or a C++ compiler" not in result.stdout
     assert re.search(r"\d+ passed", result.stdout)
+
+
+OLD_COMPILER = """#!/bin/sh
+# A compiler that knows no x86-64 levels (GCC before 11): it fails on -march=x86-64-v3 or -v4.
+for argument in "$@"; do
+    case "$argument" in -march=x86-64-v*) echo "cc1plus: error: bad value for -march= switch" >&2; exit 1;; esac
+done
+exec g++ "$@"
+"""
+
+
+@pytest.mark.parametrize("choice", ["", "1"], ids=["auto", "required"])
+def test_a_compiler_that_cannot_build_every_level_makes_a_pure_wheel_unless_one_is_required(choice, tmp_path):
+    # setup.py: unset, GLUON_CONSTRAINTS_PREBUILT builds the kernel where it can and otherwise
+    # makes a pure-Python wheel (the kernel is then built on first use), saying why; =1 fails.
+    compiler = tmp_path / "old-g++"
+    compiler.write_text(OLD_COMPILER)
+    compiler.chmod(0o755)
+    source = source_copy(tmp_path / "source")
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir",
+                             str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "CXX": str(compiler), "GLUON_CONSTRAINTS_PREBUILT": choice})
+    said = result.stdout + result.stderr
+    assert "could not build the fused kernel for -march=x86-64-v4 (exit status 1):\ncc1plus: error: bad value" in said
+    if choice:
+        assert result.returncode != 0
+        assert "Set GLUON_CONSTRAINTS_PREBUILT=0 for a pure-Python wheel." in said
+    else:
+        assert result.returncode == 0, said
+        assert "building without the prebuilt kernel (it is built on first use where a compiler exists)" in said
+        [built] = (tmp_path / "dist").glob("*.whl")
+        assert built.name.endswith("-py3-none-any.whl")
+        with zipfile.ZipFile(built) as archive:
+            assert not any("/prebuilt/" in name for name in archive.namelist())
+    # No compiler is left running for the level that would have succeeded.
+    running = subprocess.run(["pgrep", "-f", str(source / "gluon_constraints" / "kernels")], capture_output=True,
+                             text=True).stdout.split()
+    assert running == []
+
+
+def test_the_prebuilt_libraries_are_reproducible(wheel, tmp_path):
+    # The same sources give the same bytes wherever they are built (-ffile-prefix-map).
+    source = source_copy(tmp_path / "elsewhere")
+    spec = importlib.util.spec_from_file_location("copied_sources",
+                                                  source / "gluon_constraints" / "kernels" / "sources.py")
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    baseline = [v for v in copied.VARIANTS if v.march == "x86-64"]
+    manifest, failure = copied.build_variants(tmp_path / "built", shutil.which(os.environ.get("CXX", "g++")), baseline)
+    assert manifest is not None, failure
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = json.loads(archive.read("gluon_constraints/kernels/prebuilt/manifest.json"))
+    assert manifest["variants"][0]["sha256"] == next(v["sha256"] for v in shipped["variants"] if v["march"] == "x86-64")

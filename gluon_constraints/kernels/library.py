@@ -266,7 +266,6 @@ def status() -> KernelStatus:
         cannot be used.
     """
     compiler = shutil.which(os.environ.get("CXX", "g++"))
-    prebuilt, level = prebuilt_library()
     cache: Optional[Path] = None
     try:
         cache = cache_directory()
@@ -278,6 +277,7 @@ def status() -> KernelStatus:
     if not fused_chosen():
         return KernelStatus("stock", f"GLUON_CONSTRAINTS_FUSED={os.environ['GLUON_CONSTRAINTS_FUSED']} "
                             f"chooses the stock operators", cache, cached, compiler)
+    prebuilt, level = prebuilt_library()
     if _loaded is not None and _loaded.path == prebuilt:
         return KernelStatus("fused", f"the wheel's prebuilt kernel for {level} is loaded", cache, prebuilt,
                             compiler, level)
@@ -323,11 +323,22 @@ def _unwritable(directory: Path) -> Optional[str]:
 
 
 def cache_directory() -> Path:
-    """Where the compiled library for this source, this mxnet and this processor is cached."""
+    """Where the compiled library for this source, this mxnet and this processor is cached.
+
+    Raises
+    ------
+    OSError
+        If ``GLUON_CONSTRAINTS_CACHE`` is unset and there is no home directory to hold it.
+    """
     features = " ".join(sorted(sources.processor_flags()))
     key = f"{sources.source_key()} {mxnet.__version__} {platform.machine()} {features}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = os.environ.get("GLUON_CONSTRAINTS_CACHE") or Path.home() / ".cache" / "gluon_constraints"
+    root = os.environ.get("GLUON_CONSTRAINTS_CACHE")
+    if not root:
+        try:
+            root = str(Path.home() / ".cache" / "gluon_constraints")
+        except RuntimeError as error:  # no HOME and no passwd entry (a container's nameless user)
+            raise OSError(f"there is no home directory to hold it ({error})") from error
     return Path(root) / digest
 
 
@@ -386,28 +397,40 @@ def prebuilt_library(directory: Optional[Path] = None) -> Tuple[Optional[Path], 
     """The wheel's library for the widest x86-64 level this processor has, and that level
     (from ``directory``, by default :data:`.sources.PREBUILT`).
 
+    A library whose contents do not match the manifest's SHA-256 (damaged or missing), or a
+    manifest that cannot be read, gives one :class:`~gluon_constraints.FusedKernelWarning`
+    saying so; the next narrower level the processor runs is taken instead.
+
     Returns
     -------
     (Path, str) or (None, None)
         None where the package carries no prebuilt library for these sources and this machine
-        (a source install), none that this processor can run, or the chosen one's contents do
-        not match the manifest's SHA-256 (a damaged install: then a warning says so, once).
+        (a source install), or none that this processor runs is intact.
     """
     directory = sources.PREBUILT if directory is None else directory
-    manifest = sources.read_manifest(directory)
-    entry = None if manifest is None else sources.chosen_variant(manifest, sources.processor_flags())
-    if entry is None:
+    manifest, problem = sources.read_manifest(directory)
+    if manifest is None:
+        if problem:
+            _warn_damaged(directory / sources.MANIFEST, f"{problem}; the kernel is built for this machine "
+                          f"instead, or the stock operators are used. Reinstall the package.")
         return None, None
-    path = directory / entry["file"]
-    if not path.is_file() or _sha256(path) != entry["sha256"]:
-        if path not in _damaged:
-            _damaged.add(path)
-            warnings.warn(f"gluon-constraints: the prebuilt kernel {path} is damaged (its SHA-256 differs "
-                          f"from the wheel's manifest); reinstall the package. The kernel is built "
-                          f"for this machine instead, or the stock operators are used.",
-                          FusedKernelWarning, stacklevel=2)
-        return None, None
-    return path, entry["march"]
+    for entry in sources.runnable_variants(manifest, sources.processor_flags()):
+        path = directory / entry["file"]
+        if path.is_file() and _sha256(path) == entry["sha256"]:
+            return path, entry["march"]
+        state = ("damaged (its SHA-256 differs from the wheel's manifest)" if path.is_file()
+                 else "missing (the wheel's manifest lists it)")
+        _warn_damaged(path, f"the prebuilt kernel {path} is {state}; a narrower level is used if one is intact, "
+                      f"else the kernel is built for this machine or the stock operators are used. Reinstall "
+                      f"the package.")
+    return None, None
+
+
+def _warn_damaged(path: Path, message: str) -> None:
+    """Warn once per process about a damaged part of an installed wheel."""
+    if path not in _damaged:
+        _damaged.add(path)
+        warnings.warn(f"gluon-constraints: {message}", FusedKernelWarning, stacklevel=3)
 
 
 _damaged: set = set()  # prebuilt libraries warned about

@@ -4,7 +4,7 @@
 // when a container is asked for more elements than it can hold. Defined here, with the same
 // behaviour, the library binds to its own copy (it exports only the C entry points of
 // exports.map), needs nothing newer than GLIBCXX_3.4.21, and a wheel carrying it installs on
-// manylinux_2_28 systems. Older GCC headers never call it, and the definition is then unused.
+// manylinux_2_24 systems. Older GCC headers never call it, and the definition is then unused.
 #include <new>
 
 namespace std {

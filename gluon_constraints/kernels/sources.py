@@ -7,12 +7,12 @@ The library is compiled from ``project_rows.cc`` (the kernels), ``libstdcxx_comp
 MXNet 1.9.1's ``lib_api.cc`` with its header (the interface through which MXNet loads a library's
 operators, Apache-2.0, copied unchanged into ``mxnet_lib_api/`` so that a build needs no mxnet).
 It links the C++ runtime dynamically, as MXNet itself does; every symbol the library needs is in
-glibc 2.14 and libstdc++ 3.4.21 (GCC 5), the floor of ``manylinux_2_28``.
+glibc 2.14, libstdc++ 3.4.21 (GCC 5) and libgomp 4.5 (GCC 6), within ``manylinux_2_24``.
 
 A wheel carries the library for three x86-64 levels, each built with ``-march=<level>``:
 ``x86-64`` (the SSE2 baseline every x86-64 processor has), ``x86-64-v3`` (AVX2) and
-``x86-64-v4`` (AVX-512). :func:`chosen_variant` picks the widest one whose instruction sets the
-processor has, from the flags Linux reports in ``/proc/cpuinfo`` (which include only what the
+``x86-64-v4`` (AVX-512). :func:`runnable_variants` lists those whose instruction sets the processor
+has, widest first, from the flags Linux reports in ``/proc/cpuinfo`` (which include only what the
 kernel has enabled). Without fused multiply-adds (``-ffp-contract=off``) the updates are
 elementwise and give the same bits on every level; the float64 norms, summed in other orders, may
 round a projected entry to a neighbouring float32 (one unit in the last place).
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = ["SOURCES", "INCLUDE", "EXPORTS", "FLAGS", "VARIANTS", "Variant", "PREBUILT", "source_key",
-           "build_command", "build_variants", "read_manifest", "processor_flags", "chosen_variant"]
+           "build_command", "build_variants", "read_manifest", "processor_flags", "runnable_variants"]
 
 DIRECTORY = Path(__file__).resolve().parent
 SOURCES = (DIRECTORY / "project_rows.cc", DIRECTORY / "libstdcxx_compat.cc", DIRECTORY / "mxnet_lib_api" / "lib_api.cc")
@@ -76,8 +76,9 @@ def source_key() -> str:
 
 def build_command(compiler: str, output: Path, march: str) -> List[str]:
     """The command that compiles the library into ``output`` for ``-march=<march>``."""
-    return [compiler, *FLAGS, f"-march={march}", f"-Wl,--version-script={EXPORTS}", *map(str, SOURCES),
-            "-I", str(INCLUDE), "-o", str(output)]
+    # -ffile-prefix-map: the source paths the library records do not depend on where it was built.
+    return [compiler, *FLAGS, f"-march={march}", f"-ffile-prefix-map={DIRECTORY}=gluon_constraints/kernels",
+            f"-Wl,--version-script={EXPORTS}", *map(str, SOURCES), "-I", str(INCLUDE), "-o", str(output)]
 
 
 def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] = VARIANTS,
@@ -97,16 +98,27 @@ def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] =
     with tempfile.TemporaryDirectory() as scratch:
         logs = {v.march: Path(scratch) / f"{v.march}.log" for v in variants}
         running = []
-        for variant in variants:
-            with logs[variant.march].open("w") as log:
-                running.append((variant, subprocess.Popen(
-                    build_command(compiler, directory / f"lib-{variant.march}.so", variant.march),
-                    stdout=log, stderr=subprocess.STDOUT)))
-        for variant, process in running:
-            if process.wait(timeout=timeout) != 0:
-                said = logs[variant.march].read_text().strip()[-2000:]
-                return None, (f"{compiler} could not build the fused kernel for -march={variant.march} "
-                              f"(exit status {process.returncode}):\n{said}")
+        try:
+            for variant in variants:
+                with logs[variant.march].open("w") as log:
+                    running.append((variant, subprocess.Popen(
+                        build_command(compiler, directory / f"lib-{variant.march}.so", variant.march),
+                        stdout=log, stderr=subprocess.STDOUT)))
+            for variant, process in running:
+                try:
+                    code = process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    return None, (f"{compiler} did not build the fused kernel for -march={variant.march} "
+                                  f"in {timeout:.0f} s")
+                if code != 0:
+                    said = logs[variant.march].read_text().strip()[-2000:] or "(it printed nothing)"
+                    return None, (f"{compiler} could not build the fused kernel for -march={variant.march} "
+                                  f"(exit status {code}):\n{said}")
+        finally:  # after a failure, the other levels' compilers are stopped, not left running
+            for _, process in running:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     manifest: Dict[str, Any] = {"source": source_key(), "machine": platform.machine(), "variants": [
         {"march": v.march, "features": sorted(v.features), "file": f"lib-{v.march}.so",
          "sha256": hashlib.sha256((directory / f"lib-{v.march}.so").read_bytes()).hexdigest()}
@@ -115,17 +127,31 @@ def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] =
     return manifest, ""
 
 
-def read_manifest(directory: Path = PREBUILT) -> Optional[dict]:
-    """The prebuilt libraries' manifest in ``directory``, or None if there is none (a source
-    install), or it was written for other sources (an edited source tree) or another machine
-    architecture."""
+def read_manifest(directory: Path = PREBUILT) -> Tuple[Optional[dict], str]:
+    """The prebuilt libraries' manifest in ``directory``, and what is wrong with it.
+
+    Returns
+    -------
+    (dict, "") or (None, str)
+        The manifest; or None and "" where there is none (a source install) or it was written
+        for other sources (an edited source tree) or another machine architecture; or None and
+        why it cannot be read (a damaged install).
+    """
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None, ""
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("machine") != platform.machine():
-        return None
-    return manifest if manifest.get("source") == source_key() else None
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return None, f"{path} cannot be read ({error})"
+    fields = {"march": str, "features": list, "file": str, "sha256": str}
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("variants"), list) and all(
+            isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in fields.items())
+            for entry in manifest["variants"])):
+        return None, f"{path} does not list its libraries as a wheel's manifest does"
+    if manifest.get("machine") != platform.machine() or manifest.get("source") != source_key():
+        return None, ""
+    return manifest, ""
 
 
 def processor_flags() -> FrozenSet[str]:
@@ -138,7 +164,7 @@ def processor_flags() -> FrozenSet[str]:
     return frozenset(line.partition(":")[2].split())
 
 
-def chosen_variant(manifest: dict, flags: FrozenSet[str]) -> Optional[dict]:
-    """The manifest's widest variant whose features ``flags`` all has (the manifest lists them
-    widest first), or None."""
-    return next((entry for entry in manifest["variants"] if flags >= set(entry["features"])), None)
+def runnable_variants(manifest: dict, flags: FrozenSet[str]) -> List[dict]:
+    """The manifest's variants whose features ``flags`` all has, widest first (the manifest's
+    order)."""
+    return [entry for entry in manifest["variants"] if flags >= set(entry["features"])]
