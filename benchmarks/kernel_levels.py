@@ -11,6 +11,7 @@ installed wheel's own, or built for the run when the package has none (a source 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -31,9 +32,9 @@ def level_libraries(scratch: Path) -> Dict[str, Path]:
     prebuilt, _ = library.prebuilt_library()
     if prebuilt is not None:
         return {v.march: prebuilt.with_name(f"lib-{v.march}.so") for v in levels}
-    compiler = shutil.which("g++")
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
-        raise SystemExit("benchmarks.kernel_levels needs the wheel's prebuilt kernel or a C++ compiler (g++)")
+        raise SystemExit("benchmarks.kernel_levels needs the wheel's prebuilt kernel or a C++ compiler (set CXX)")
     manifest, failure = sources.build_variants(scratch, compiler, levels)
     if manifest is None:
         raise SystemExit(failure)
