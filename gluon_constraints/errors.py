@@ -18,7 +18,8 @@ object, the value and the fix:
   trainer as configured, or it failed during a step) and :class:`KernelCallError` (the fused
   kernel refused a call; also an ``MXNetError``, as MXNet's own operators raise).
 - ``ImportError``: :class:`DependencyError` (MXNet or an optional package missing or of an
-  unsupported version); ``FileNotFoundError``: :class:`ConstraintsFileNotFoundError`.
+  unsupported version); ``FileNotFoundError``: :class:`ConstraintsFileNotFoundError`;
+  ``OSError``: :class:`KernelCacheError` (the fused kernel's cache has no place to live).
 
 The warnings are ``UserWarning`` subclasses, so each can be silenced on its own with
 ``warnings.simplefilter("ignore", gc.<Name>)``.
@@ -43,6 +44,7 @@ __all__ = [
     "KernelCallError",
     "DependencyError",
     "ConstraintsFileNotFoundError",
+    "KernelCacheError",
     "CertificationError",
     "ConstraintWarning",
     "AmbiguousLayoutWarning",
@@ -109,6 +111,11 @@ class DependencyError(ImportError):
 
 class ConstraintsFileNotFoundError(FileNotFoundError):
     """``gc.imports`` found no constraints file beside the exported model."""
+
+
+class KernelCacheError(OSError):
+    """The fused kernel's cache directory cannot be found: ``GLUON_CONSTRAINTS_CACHE`` is unset
+    and there is no home directory to hold it (set the variable to a writable directory)."""
 
 
 class LaunchError(ValueError):

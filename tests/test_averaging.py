@@ -10,6 +10,8 @@ import gluon_constraints as gc
 from gluon_constraints import nn
 from gluon_constraints.catalogue.feasibility import violation
 from gluon_constraints.gluon.attachment import reduction_of
+from gluon_constraints.kernels import library
+from gluon_constraints.training import average_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -37,9 +39,19 @@ def weights(net, ctx):
     return {name: p.data(ctx).asnumpy().astype(np.float64) for name, p in net._collect_params_with_prefix().items()}
 
 
+@pytest.fixture(params=["fused", "stock"])
+def path(request, monkeypatch):
+    """Each test on the fused kernel's averaging pass (where it is loaded) and on stock operators."""
+    if request.param == "stock":
+        monkeypatch.setattr(average_step, "kernel", lambda: None)
+    elif library.kernel() is None:
+        pytest.skip("needs the fused kernel")
+    return request.param
+
+
 @pytest.mark.parametrize("contexts", [1, 2])
 @pytest.mark.parametrize("warmup", [False, True])
-def test_ema_is_numpys_recurrence(contexts, warmup):
+def test_ema_is_numpys_recurrence(contexts, warmup, path):
     ctx = TWO[:contexts]
     net = mlp(ctx)
     trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
@@ -109,7 +121,7 @@ def test_every_family_is_covered():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_averages_are_feasible_after_every_update(family):
+def test_averages_are_feasible_after_every_update(family, path):
     constraint = FAMILIES[family]
     conv = nn.Conv2D(4, 3, padding=1, in_channels=2, weight_constraint=constraint)
     conv.initialize(ctx=TWO)
@@ -251,3 +263,52 @@ def test_a_step_while_the_averages_are_swapped_in_is_refused_before_anything_cha
         trained = [k for k in held if not k.endswith(("running_mean", "running_var"))]  # the forward moves those
         now = weights(net, mx.cpu())
         assert all(now[k].tobytes() == held[k].tobytes() for k in trained)
+
+
+@pytest.mark.skipif(library.kernel() is None, reason="needs the fused kernel")
+@pytest.mark.parametrize("constraint", [gc.MaxNorm(0.3), gc.UnitNorm(), gc.MinMaxNorm(0.5, 0.8, rate=0.5),
+                                        gc.NonNeg(), gc.Clip(-0.1, 0.2), None],
+                         ids=["MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg", "Clip", "none"])
+def test_the_fused_averaging_pass_is_the_stock_operators_bit_for_bit(constraint, monkeypatch):
+    # docs/training.md, "Weight averages": one kernel call moves every average (MXNet's
+    # sgd_update, term for term) and projects it while in cache; the stock path runs
+    # sgd_update and then the projection. Both compute the same float32 operations.
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, in_channels=3, weight_constraint=constraint),
+            nn.Dense(5, in_units=8 * 6 * 6, weight_constraint=constraint))
+    net.initialize(mx.init.Normal(1.0), ctx=TWO)
+    rng = np.random.default_rng(5)
+    results = {}
+    for path in ("fused", "stock"):
+        if path == "stock":
+            monkeypatch.setattr(average_step, "kernel", lambda: None)
+        for param in net.collect_params().values():
+            param.set_data(mx.nd.array(np.random.default_rng(6).standard_normal(param.shape)))
+        ema = gc.WeightAverage(net, decay=0.7)
+        for _ in range(3):
+            for param in net.collect_params().values():
+                param.set_data(mx.nd.array(rng.standard_normal(param.shape) * 2))
+            ema.update()
+        if path == "fused":
+            assert all(plan.group is not None for plan in ema._step._plans.values())
+        results[path] = {key: average.asnumpy() for key, average in ema.averages.items()}
+        rng = np.random.default_rng(5)
+    for key, value in results["fused"].items():
+        np.testing.assert_array_equal(value, results["stock"][key], err_msg=str(key))
+
+
+@pytest.mark.skipif(library.kernel() is None, reason="needs the fused kernel")
+def test_averages_of_convolutions_held_in_mkldnn_blocked_layout_are_read_plain():
+    # An inference-mode forward may leave a convolution weight in MKL-DNN's blocked layout; the
+    # fused pass reads the weight, so it makes it plain first (one filter times 1, exact).
+    net = nn.Conv2D(16, 3, in_channels=8, weight_constraint=gc.MaxNorm(0.5))
+    net.initialize(mx.init.Normal(1.0))
+    ema = gc.WeightAverage(net, decay=0.5)
+    net.weight.set_data(net.weight.data() * 2)
+    net(mx.nd.ones((1, 8, 10, 10)))  # inference mode: MKL-DNN may reorder the weight
+    expected = 0.5 * ema.averages[("weight", "cpu(0)")].asnumpy() + 0.5 * net.weight.data().asnumpy()
+    ema.update()
+    average = ema.averages[("weight", "cpu(0)")].asnumpy().astype(np.float64)
+    norms = np.sqrt((expected.astype(np.float64).reshape(16, -1) ** 2).sum(axis=1))
+    expected = expected * (0.5 / np.maximum(norms, 0.5))[:, None, None, None]
+    np.testing.assert_allclose(average, expected, rtol=1e-5, atol=1e-6)

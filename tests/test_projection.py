@@ -431,12 +431,15 @@ def group(mode=MODES["norm"], order=2, layout=(8, 1, 1)):
     (lambda k, w, g, m: k.projection([w], [group(layout=(8, 0, 1))]).queue(),
      "gc_project_rows: gc_unit_group 0: groups, runs and units_per_group must be >= 1"),
     (lambda k, w, g, m: k.projection([w, g], [group()]).queue(), "gc_project_rows: 2 arrays for 1 unit groups"),
-    (lambda k, w, g, m: k.update(UpdateRule(9, 0, 1, -1, 0.9, 0, 0), [group(MODES["none"])], [Rates(0.1, 0)],
+    (lambda k, w, g, m: k.update(UpdateRule(10, 0, 1, -1, 0.9, 0, 0), [group(MODES["none"])], [Rates(0.1, 0)],
                                  [w, g, m]),
-     "gc_update_project_rows: unknown rule 9"),
+     "gc_update_project_rows: unknown rule 10"),
+    (lambda k, w, g, m: k.update(UpdateRule(RULES["sgd_lazy"], 0, 1, -1, 0, 0, 0), [group(MODES["none"])],
+                                 [Rates(0.1, 0)], [w, g]),
+     "gc_update_project_rows: unknown rule 4"),
     (lambda k, w, g, m: k.update(UpdateRule(RULES["adam"], 0, 1, -1, 0.9, 0.999, 1e-8), [group(MODES["none"])],
                                  [Rates(0.1, 0)], [w, g, m]), "gc_update_project_rows: 3 arrays for 1 weights"),
-], ids=["mode", "norm-order", "layout", "array-count", "rule", "adam-states"])
+], ids=["mode", "norm-order", "layout", "array-count", "rule", "lazy-rule", "adam-states"])
 def test_a_malformed_kernel_call_raises_at_once_and_queues_nothing(call, message):
     w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
     weight, grad, mom = mx.nd.array(w), mx.nd.ones((8, 5)), mx.nd.ones((8, 5))
@@ -583,3 +586,22 @@ def test_the_kernel_computes_the_same_on_every_instruction_set(variant, tmp_path
     variant = results()
     for name, value in native.items():
         assert (np.abs(variant[name] - value) <= np.spacing(np.abs(value))).all(), name
+
+
+@requires_compiler
+@pytest.mark.parametrize("clip", [-1.0, 0.4], ids=["no-clip", "clip"])
+@pytest.mark.parametrize("wd,rescale", [(0.0, 1.0), (0.01, 0.125), (1.0, -1.0)], ids=["plain", "wd", "average"])
+def test_the_sgd_rule_is_mxnets_sgd_update_bit_for_bit_then_projected(clip, wd, rescale):
+    # The kernel's "sgd" rule computes sgd_update's float32 expression term for term (a weight
+    # average's step is this rule with wd = 1 and rescale_grad = -1), then the projection.
+    rng = np.random.default_rng(9)
+    w, g = rng.normal(0, 1, (16, 7)).astype(np.float32), rng.normal(0, 1, (16, 7)).astype(np.float32)
+    expected = mx.nd.sgd_update(mx.nd.array(w), mx.nd.array(g), lr=0.3, wd=wd, rescale_grad=rescale,
+                                clip_gradient=clip)
+    rule = UpdateRule(RULES["sgd"], 0, rescale, clip, 0.0, 0.0, 0.0)
+    unprojected, projected = mx.nd.array(w), mx.nd.array(w)
+    library.kernel().update(rule, [group(MODES["none"], layout=(16, 1, 1))], [Rates(0.3, wd)],
+                            [unprojected, mx.nd.array(g)])
+    np.testing.assert_array_equal(unprojected.asnumpy(), expected.asnumpy())
+    library.kernel().update(rule, [group(layout=(16, 1, 1))], [Rates(0.3, wd)], [projected, mx.nd.array(g)])
+    np.testing.assert_allclose(projected.asnumpy(), ref.max_norm(expected.asnumpy(), 1.0, (1,)), rtol=1e-6, atol=1e-7)

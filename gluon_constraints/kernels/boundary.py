@@ -32,12 +32,13 @@ __all__ = ["UnitGroup", "UpdateRule", "Rates", "MODES", "RULES", "NORM_ORDERS", 
 #: ``rtol``) by ``rate * t / n + (1 - rate)``; ``"nonneg"`` is ``w * (w >= 0)`` and ``"clip"``
 #: ``min(max(w, lo), hi)``, elementwise; ``"none"`` leaves the weight alone (an update only).
 MODES: Dict[str, int] = {"norm": 0, "nonneg": 1, "clip": 2, "none": 3}
-#: ``rule`` values: MXNet's ``sgd_mom_update``, ``nag_mom_update``, ``adam_update`` and
-#: ``rmsprop_update`` (``gc_update``); the lazy updates of the rows a row-sparse gradient has,
-#: of ``sgd_update``, ``sgd_mom_update``, ``adam_update`` and the sparse ``adagrad_update`` on
-#: a dense weight, and ``"none"``, no update (``gc_touched_rows``).
+#: ``rule`` values: MXNet's ``sgd_update`` (``"sgd"``; a weight average's step is this rule),
+#: ``sgd_mom_update``, ``nag_mom_update``, ``adam_update`` and ``rmsprop_update``
+#: (``gc_update``); the lazy updates of the rows a row-sparse gradient has, of ``sgd_update``,
+#: ``sgd_mom_update``, ``adam_update`` and the sparse ``adagrad_update`` on a dense weight, and
+#: ``"none"``, no update (``gc_touched_rows``).
 RULES: Dict[str, int] = {"sgd_mom": 0, "nag_mom": 1, "adam": 2, "rmsprop": 3, "sgd_lazy": 4,
-                         "sgd_mom_lazy": 5, "adam_lazy": 6, "adagrad_lazy": 7, "none": 8}
+                         "sgd_mom_lazy": 5, "adam_lazy": 6, "adagrad_lazy": 7, "none": 8, "sgd": 9}
 #: ``norm_order`` values by norm order: 1, 2, and 0 for the max norm.
 NORM_ORDERS: Dict[float, int] = {1: 1, 2: 2, math.inf: 0}
 

@@ -56,7 +56,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 import mxnet
 
 from .. import _mxnet_compat as compat
-from ..errors import FusedKernelWarning, KernelCallError
+from ..errors import FusedKernelWarning, KernelCacheError, KernelCallError
 from . import sources
 from .boundary import RULES, Rates, UnitGroup, UpdateRule
 
@@ -327,8 +327,9 @@ def cache_directory() -> Path:
 
     Raises
     ------
-    OSError
-        If ``GLUON_CONSTRAINTS_CACHE`` is unset and there is no home directory to hold it.
+    KernelCacheError
+        If ``GLUON_CONSTRAINTS_CACHE`` is unset and there is no home directory to hold it (an
+        ``OSError``, as the cache's other failures are).
     """
     features = " ".join(sorted(sources.processor_flags()))
     key = f"{sources.source_key()} {mxnet.__version__} {platform.machine()} {features}"
@@ -338,7 +339,7 @@ def cache_directory() -> Path:
         try:
             root = str(Path.home() / ".cache" / "gluon_constraints")
         except RuntimeError as error:  # no HOME and no passwd entry (a container's nameless user)
-            raise OSError(f"there is no home directory to hold it ({error})") from error
+            raise KernelCacheError(f"there is no home directory to hold it ({error})") from error
     return Path(root) / digest
 
 

@@ -34,9 +34,12 @@
 //   inside the band are not written at all.
 // gc_update: the projection fused into one of MXNet's updates. Per weight (w_i, grad_i,
 //   state_i...), updated in place; the states are
-//   sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Elementwise, with
+//   sgd: none; sgd_mom: (mom); nag_mom: (mom); adam: (mean, var); rmsprop: (n). Elementwise, with
 //     g = rescale_grad * grad (+ wd * w for adam and rmsprop), clipped to +-clip_gradient if
 //         clip_gradient >= 0 (for sgd_mom and nag_mom before the wd term is added)
+//   sgd (sgd_update):           w = (1 - lr * wd) * w - (lr * rescale_grad) * grad, or with clipping
+//                               w = (1 - lr * wd) * w - lr * g   (a weight average is this rule with
+//                               grad = the weight, rescale_grad = -1, wd = 1, lr = its rate)
 //   sgd_mom (sgd_mom_update):   mom = momentum * mom - lr * wd * w - lr * g;   w = w + mom
 //   nag_mom (nag_mom_update):   m = momentum * mom;  w' = w - m + (momentum + 1) * (m - lr * (g + wd * w));
 //                               mom = m - lr * (g + wd * w')   (MXNet's in-place order: w' is new)
@@ -89,7 +92,8 @@ enum { kModeNorm = 0, kModeNonNeg = 1, kModeClip = 2, kModeNone = 3 };
 // (gc_touched_rows).
 enum {
   kRuleSGDMom = 0, kRuleNAGMom = 1, kRuleAdam = 2, kRuleRMSProp = 3,
-  kRuleSGDLazy = 4, kRuleSGDMomLazy = 5, kRuleAdamLazy = 6, kRuleAdaGradLazy = 7, kRuleNone = 8
+  kRuleSGDLazy = 4, kRuleSGDMomLazy = 5, kRuleAdamLazy = 6, kRuleAdaGradLazy = 7, kRuleNone = 8,
+  kRuleSGD = 9  // dense, without momentum (numbered after the others, which files and tests name)
 };
 
 struct gc_unit_group {
@@ -342,12 +346,31 @@ struct Update {
 
   static int state_count(int rule) {
     if (rule == kRuleAdam || rule == kRuleAdamLazy) return 2;
-    return rule == kRuleSGDLazy || rule == kRuleNone ? 0 : 1;
+    return rule == kRuleSGD || rule == kRuleSGDLazy || rule == kRuleNone ? 0 : 1;
   }
 
   double row(float* w, const float* grad, float* s1, float* s2, int64_t length) const {
     double sum = 0.0;
     switch (rule) {
+      case kRuleSGD: {  // SGDKernel
+        const float keep = 1.f - lr * wd, step = lr * rescale;
+        if (clip >= 0.0f) {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            const float updated = keep * w[j] - lr * clipped(rescale * grad[j], clip);
+            w[j] = updated;
+            sum += static_cast<double>(updated) * updated;
+          }
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < length; ++j) {
+            const float updated = keep * w[j] - step * grad[j];
+            w[j] = updated;
+            sum += static_cast<double>(updated) * updated;
+          }
+        }
+        break;
+      }
       case kRuleSGDMom:
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < length; ++j) {
@@ -500,7 +523,7 @@ void check_group(const gc_unit_group& g, size_t i) {
 // gc_update takes the dense rules, gc_touched_rows the lazy ones and kRuleNone.
 void check_rule(const gc_update_rule& r, bool lazy = false) {
   const int first = lazy ? kRuleSGDLazy : kRuleSGDMom, last = lazy ? kRuleNone : kRuleRMSProp;
-  if (r.rule < first || r.rule > last)
+  if ((r.rule < first || r.rule > last) && (lazy || r.rule != kRuleSGD))
     throw Failure("unknown " + std::string(lazy ? "lazy " : "") + "rule " + std::to_string(r.rule));
 }
 
@@ -627,7 +650,7 @@ void run_call(const Call& call) {
       return;
     }
     const float* grad = arrays[per * i + 1]->data();
-    float* s1 = arrays[per * i + 2]->data();
+    float* s1 = per > 2 ? arrays[per * i + 2]->data() : nullptr;
     float* s2 = per > 3 ? arrays[per * i + 3]->data() : nullptr;
     const Update step{r.rule, static_cast<float>(call.rates[i].lr), static_cast<float>(call.rates[i].wd),
                       static_cast<float>(r.rescale_grad), static_cast<float>(r.clip_gradient),

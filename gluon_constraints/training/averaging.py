@@ -2,12 +2,14 @@
 a network's weights that stay inside their constraints.
 
 The averages live beside the weights, one per parameter and device copy (float32 for float16
-weights), and are updated with MXNet operators queued on the engine like the training step, so
-nothing waits for the device. After each update every constrained parameter's averages are
-projected onto its constraint set, as the weights are after each step: for a convex set (MaxNorm,
-NonNeg, Clip, ...) an average of feasible weights is feasible already and the projection leaves
-it as it is (up to rounding), for a set that is not convex (UnitNorm, Orthogonal, MinMaxNorm
-with a lower bound) the average falls inside it and is moved back onto it.
+weights), and are updated on the engine like the training step, so nothing waits for the device:
+by the fused kernel where it can take them, one pass that moves each average and projects it
+while it is in cache (:mod:`.average_step`), else by MXNet's operators. After each update every
+constrained parameter's averages are projected onto its constraint set, as the weights are after
+each step: for a convex set (MaxNorm, NonNeg, Clip, ...) an average of feasible weights is
+feasible already and the projection leaves it as it is (up to rounding), for a set that is not
+convex (UnitNorm, Orthogonal, MinMaxNorm with a lower bound) the average falls inside it and is
+moved back onto it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .. import _mxnet_compat as compat
 from ..errors import ConstraintArgumentError, ConstraintTypeError, EnforcementError
 from ..gluon.attachment import constraint_of, reduction_of
 from ..kernels.projection import project_in_place
+from .average_step import AverageStep
 from .trainer import STATE
 
 __all__ = ["WeightAverage"]
@@ -106,6 +109,7 @@ class WeightAverage:
         self.updates = 0      # updates seen
         self.averaged = 0     # SWA: weights averaged so far
         self._backup: Optional[Dict[Tuple[str, str], Any]] = None
+        self._step = AverageStep()  # an update's step, fused into one kernel call where it can be
         self._project()       # initial weights may lie outside their sets (before the first step)
         if trainer is not None:
             _attach(trainer, self)
@@ -127,18 +131,14 @@ class WeightAverage:
             if self.updates % self.every:
                 return
             decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-            for average, weight in self._pairs():
-                _move_toward(average, weight, 1.0 - decay ** self.every)
+            self._step.run(1.0 - decay ** self.every, self._entries())
         elif self.updates >= self.start and (self.updates - self.start) % self.every == 0:
             self.averaged += 1
-            for average, weight in self._pairs():
-                _move_toward(average, weight, 1.0 / self.averaged)
+            self._step.run(1.0 / self.averaged, self._entries())
         elif self.averaged == 0:  # before start: the weights themselves
             for average, weight in self._pairs():
                 weight.astype(average.dtype, copy=False).copyto(average)
-        else:
-            return
-        self._project()
+            self._project()
 
     def check_not_swapped(self, what: str) -> None:
         """Raise :class:`~gluon_constraints.EnforcementError` if the averages are swapped in (the
@@ -148,9 +148,13 @@ class WeightAverage:
                                    f"holds the averages, not the trained weights). Nothing was changed.")
 
     def _pairs(self) -> Iterator[Tuple[Any, Any]]:
-        for name, param in self.params.items():
-            for data in _copies(param):
-                yield self.averages[(name, str(data.context))], data
+        for _, average, weight, _ in self._entries():
+            yield average, weight
+
+    def _entries(self) -> List[Tuple[Tuple[str, str], Any, Any, Any]]:
+        """Each average's key, the average, the weight it follows and its parameter."""
+        return [((name, str(data.context)), self.averages[(name, str(data.context))], data, param)
+                for name, param in self.params.items() for data in _copies(param)]
 
     def _project(self) -> None:
         items = []
@@ -252,14 +256,6 @@ def _copies(param: Any) -> List[Any]:
     if copies is None:
         raise ConstraintTypeError(f"WeightAverage: parameter '{param.name}' has no data any more.")
     return list(copies)
-
-
-def _move_toward(average: Any, weight: Any, rate: float) -> None:
-    """``average <- average + rate * (weight - average)`` in one pass: MXNet's ``sgd_update``
-    computes ``a - lr * (rescale_grad * g + wd * a)``, which is that with ``g = weight``,
-    ``rescale_grad = -1``, ``wd = 1`` and ``lr = rate``."""
-    weight = weight.astype(average.dtype, copy=False)
-    nd.sgd_update(average, weight, lr=rate, wd=1.0, rescale_grad=-1.0, out=average)
 
 
 def _parameters(net: Any) -> Dict[str, Any]:
