@@ -4,9 +4,11 @@
 the training time of a constrained network (``ConstrainedTrainer``, SGD with momentum, MaxNorm
 as in ``benchmarks.enforcement``) with a ``gc.WeightAverage`` (EMA and SWA, updated after every
 step and after every 10th) divided by the same network's time without one,
-for the Dropout paper's MLP and ResNet-18, on 1 and 2 contexts. An update is one element-wise
-operator per parameter and device copy (reading the average and the weight, writing the
-average) plus the projection of the constrained averages, all queued on the engine.
+for the Dropout paper's MLP and ResNet-18, on 1 and 2 contexts, with the plain step's time and
+the time of one ``update()`` called alone (every 10th: mostly counting). Where the fused kernel
+is loaded, an update is one kernel call that reads each average and its weight, writes the
+average and projects it while it is in cache; otherwise one ``sgd_update`` per array and the
+projection.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ def measure(model: str, ctx: List[mx.Context], mode: str, every: int, repeats: i
     for setup in (plain, averaged):
         for _ in range(3):  # the first step completes deferred initialisation
             setup.step()
-    gc.WeightAverage(averaged.net, decay=0.999, mode=mode, every=every, trainer=averaged.trainer)
-    ratios = []
+    average = gc.WeightAverage(averaged.net, decay=0.999, mode=mode, every=every, trainer=averaged.trainer)
+    ratios, steps, updates = [], [], []
     for _ in range(repeats):  # interleaved blocks of steps
         off = timed(run_steps(plain, wait_each=False))
         ratios.append(timed(run_steps(averaged, wait_each=False)) / off)
-    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+        steps.append(off / STEPS)
+        updates.append(timed(lambda: [average.update() for _ in range(STEPS)]) / STEPS)
+    return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios),
+            "step_ms": statistics.median(steps) * 1e3, "update_ms": statistics.median(updates) * 1e3}
 
 
 def main() -> None:
@@ -43,13 +48,14 @@ def main() -> None:
     args = parser.parse_args()
     print(f"weight averages: medians of {args.repeats} interleaved blocks of {STEPS} steps; spread: lowest and "
           f"highest block")
-    print(f"{'model':<10} {'mode':<5} {'every':>5} {'ctx':>3} {'with/without':>13} {'spread':>13}")
+    print(f"{'model':<10} {'mode':<5} {'every':>5} {'ctx':>3} {'with/without':>13} {'spread':>13} "
+          f"{'step ms':>8} {'update ms':>9}")
     for model in args.models:
         for mode, every in (("ema", 1), ("ema", 10), ("swa", 1), ("swa", 10)):
             for n in args.contexts:
                 r = measure(model, [mx.cpu(i) for i in range(n)], mode, every, args.repeats)
-                print(f"{model:<10} {mode:<5} {every:>5} {n:>3} {r['ratio']:13.3f} {r['low']:6.3f}-{r['high']:<6.3f}",
-                      flush=True)
+                print(f"{model:<10} {mode:<5} {every:>5} {n:>3} {r['ratio']:13.3f} {r['low']:6.3f}-{r['high']:<6.3f} "
+                      f"{r['step_ms']:8.1f} {r['update_ms']:9.2f}", flush=True)
 
 
 if __name__ == "__main__":
