@@ -180,9 +180,12 @@ def test_the_kernel_tests_pass_against_the_installed_copy(installed):
 
 
 OLD_COMPILER = """#!/bin/sh
-# A compiler that knows no x86-64 levels (GCC before 11): it fails on -march=x86-64-v3 or -v4.
+# A compiler that knows no x86-64 levels (GCC before 11): it fails on -march=x86-64-v3 or -v4,
+# a second late, when the baseline level's compilation (cc1plus under g++) is under way.
 for argument in "$@"; do
-    case "$argument" in -march=x86-64-v*) echo "cc1plus: error: bad value for -march= switch" >&2; exit 1;; esac
+    case "$argument" in
+        -march=x86-64-v*) sleep 1; echo "cc1plus: error: bad value for -march= switch" >&2; exit 1;;
+    esac
 done
 exec g++ "$@"
 """
@@ -211,7 +214,8 @@ def test_a_compiler_that_cannot_build_every_level_makes_a_pure_wheel_unless_one_
         assert built.name.endswith("-py3-none-any.whl")
         with zipfile.ZipFile(built) as archive:
             assert not any("/prebuilt/" in name for name in archive.namelist())
-    # No compiler is left running for the level that would have succeeded.
+    # No compiler (g++, or the cc1plus it runs) is left running for the level that would have
+    # succeeded.
     running = subprocess.run(["pgrep", "-f", str(source / "gluon_constraints" / "kernels")], capture_output=True,
                              text=True).stdout.split()
     assert running == []

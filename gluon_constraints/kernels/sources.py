@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -101,9 +103,9 @@ def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] =
         try:
             for variant in variants:
                 with logs[variant.march].open("w") as log:
-                    running.append((variant, subprocess.Popen(
+                    running.append((variant, subprocess.Popen(  # its own group: the driver and its children
                         build_command(compiler, directory / f"lib-{variant.march}.so", variant.march),
-                        stdout=log, stderr=subprocess.STDOUT)))
+                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
             for variant, process in running:
                 try:
                     code = process.wait(timeout=timeout)
@@ -114,10 +116,10 @@ def build_variants(directory: Path, compiler: str, variants: Sequence[Variant] =
                     said = logs[variant.march].read_text().strip()[-2000:] or "(it printed nothing)"
                     return None, (f"{compiler} could not build the fused kernel for -march={variant.march} "
                                   f"(exit status {code}):\n{said}")
-        finally:  # after a failure, the other levels' compilers are stopped, not left running
+        finally:  # after a failure, the other levels' compilers (cc1plus, as, ld too) are stopped
             for _, process in running:
                 if process.poll() is None:
-                    process.kill()
+                    os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
     manifest: Dict[str, Any] = {"source": source_key(), "machine": platform.machine(), "variants": [
         {"march": v.march, "features": sorted(v.features), "file": f"lib-{v.march}.so",
