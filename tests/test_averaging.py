@@ -1,6 +1,8 @@
 """gc.WeightAverage (docs/training.md, "Weight averages"): EMA and SWA against numpy's recurrence
 on one and two contexts, averages feasible for every family, exact swaps, saving and loading."""
 
+import math
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import gluon_constraints as gc
 from gluon_constraints import nn
 from gluon_constraints.catalogue.feasibility import violation
 from gluon_constraints.gluon.attachment import reduction_of
-from gluon_constraints.kernels import library
+from gluon_constraints.kernels import library, projection
 from gluon_constraints.training import average_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
@@ -42,8 +44,9 @@ def weights(net, ctx):
 @pytest.fixture(params=["fused", "stock"])
 def path(request, monkeypatch):
     """Each test on the fused kernel's averaging pass (where it is loaded) and on stock operators."""
-    if request.param == "stock":
+    if request.param == "stock":  # MXNet's operators for the step and for the projection
         monkeypatch.setattr(average_step, "kernel", lambda: None)
+        monkeypatch.setattr(projection, "kernel", lambda: None)
     elif library.kernel() is None:
         pytest.skip("needs the fused kernel")
     return request.param
@@ -267,8 +270,8 @@ def test_a_step_while_the_averages_are_swapped_in_is_refused_before_anything_cha
 
 @pytest.mark.skipif(library.kernel() is None, reason="needs the fused kernel")
 @pytest.mark.parametrize("constraint", [gc.MaxNorm(0.3), gc.UnitNorm(), gc.MinMaxNorm(0.5, 0.8, rate=0.5),
-                                        gc.NonNeg(), gc.Clip(-0.1, 0.2), None],
-                         ids=["MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg", "Clip", "none"])
+                                        gc.NonNeg(), gc.Clip(-0.1, 0.2), gc.MaxNorm(0.3, ord=math.inf), None],
+                         ids=["MaxNorm", "UnitNorm", "MinMaxNorm", "NonNeg", "Clip", "MaxNorm-inf", "none"])
 def test_the_fused_averaging_pass_is_the_stock_operators_bit_for_bit(constraint, monkeypatch):
     # docs/training.md, "Weight averages": one kernel call moves every average (MXNet's
     # sgd_update, term for term) and projects it while in cache; the stock path runs
@@ -282,12 +285,15 @@ def test_the_fused_averaging_pass_is_the_stock_operators_bit_for_bit(constraint,
     for path in ("fused", "stock"):
         if path == "stock":
             monkeypatch.setattr(average_step, "kernel", lambda: None)
+            monkeypatch.setattr(projection, "kernel", lambda: None)
         for param in net.collect_params().values():
             param.set_data(mx.nd.array(np.random.default_rng(6).standard_normal(param.shape)))
         ema = gc.WeightAverage(net, decay=0.7)
         for _ in range(3):
             for param in net.collect_params().values():
-                param.set_data(mx.nd.array(rng.standard_normal(param.shape) * 2))
+                values = rng.standard_normal(param.shape) * 2
+                values.reshape(-1)[::7] = np.nan if param.name.endswith("weight") else values.reshape(-1)[::7]
+                param.set_data(mx.nd.array(values))  # units holding NaN keep it, on either path
             ema.update()
         if path == "fused":
             assert all(plan.group is not None for plan in ema._step._plans.values())
@@ -312,3 +318,48 @@ def test_averages_of_convolutions_held_in_mkldnn_blocked_layout_are_read_plain()
     norms = np.sqrt((expected.astype(np.float64).reshape(16, -1) ** 2).sum(axis=1))
     expected = expected * (0.5 / np.maximum(norms, 0.5))[:, None, None, None]
     np.testing.assert_allclose(average, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_network_moved_to_another_context_is_refused_and_nothing_changes():
+    net = mlp([mx.cpu(0)], gc.MaxNorm(0.5))
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    ema = gc.WeightAverage(net, decay=0.5, trainer=trainer)
+    kept = {key: average.asnumpy() for key, average in ema.averages.items()}
+    net.collect_params().reset_ctx(mx.cpu(1))
+    for call in (ema.update, ema.swap):
+        with pytest.raises(gc.EnforcementError, match=r"now live on contexts the averages are not on \(cpu\(0\)\): "
+                                                      r"the network moved \(reset_ctx\) .* Nothing was changed"):
+            call()
+    with pytest.raises(gc.EnforcementError):
+        with ema.swapped():
+            pass
+    net.collect_params().reset_ctx(mx.cpu(0))  # moved back: everything works again
+    assert all((ema.averages[key].asnumpy() == value).all() for key, value in kept.items())
+    before = weights(net, mx.cpu(0))
+    with ema.swapped():
+        pass
+    assert all((weights(net, mx.cpu(0))[name] == value).all() for name, value in before.items())
+    step(net, trainer, [mx.cpu(0)], np.random.default_rng(3))
+    assert ema.updates == 1
+
+
+def test_row_sparse_weights_are_refused_by_name():
+    embedding = gluon.contrib.nn.SparseEmbedding(10, 4)
+    embedding.initialize()
+    with pytest.raises(gc.ConstraintTypeError, match=r"parameters \['weight'\] are row-sparse .* "
+                                                      r"nn.Embedding\(sparse_grad=True\)"):
+        gc.WeightAverage(embedding)
+
+
+def test_a_scheduled_bound_is_taken_at_the_averages_update_count(path):
+    # The averages are projected as the weights are after each step: with the bound in force
+    # at that step (the average's update count), not the bound the schedule ends at.
+    dense = nn.Dense(3, in_units=4, use_bias=False, weight_constraint=gc.Scheduled(gc.MaxNorm(1.0), start=10.0,
+                                                                                   steps=100))
+    dense.initialize(mx.init.Constant(2.0))  # row norms 4: inside the first bounds, outside the last
+    ema = gc.WeightAverage(dense, decay=0.5)
+    for update in range(1, 4):
+        ema.update()
+        bound = 10.0 + (1.0 - 10.0) * update / 100
+        norms = np.linalg.norm(ema.averages[("weight", "cpu(0)")].asnumpy().astype(np.float64), axis=1)
+        np.testing.assert_allclose(norms, min(4.0, bound), rtol=1e-6)

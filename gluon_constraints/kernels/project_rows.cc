@@ -145,6 +145,10 @@ struct Layout {
 constexpr int64_t kParallelSize = 65536;
 constexpr int64_t kSpreadSize = 1 << 20;
 
+// The larger of a and b, NaN if either is (std::fmax drops a NaN): a unit holding NaN has a NaN
+// max norm, and is left as it is, as by MXNet's operators.
+inline double max_keeping_nan(double a, double b) { return (a > b || a != a) ? a : b; }
+
 // What to do with the units of one weight: its gc_unit_group's mode and band.
 struct UnitProjection {
   const gc_unit_group& g;
@@ -157,7 +161,7 @@ struct UnitProjection {
 #pragma omp simd reduction(+ : n)
       for (int64_t j = 0; j < length; ++j) n += std::fabs(static_cast<double>(run[j]));
     } else {
-      for (int64_t j = 0; j < length; ++j) n = std::fmax(n, std::fabs(static_cast<double>(run[j])));
+      for (int64_t j = 0; j < length; ++j) n = max_keeping_nan(n, std::fabs(static_cast<double>(run[j])));
     }
     return n;
   }
@@ -253,12 +257,13 @@ void measure_block(const UnitProjection& p, float* w, const Layout& l, int64_t f
 #pragma omp simd
       for (int64_t j = 0; j < stretch; ++j) acc[j] += std::fabs(static_cast<double>(x[j]));
     } else {
-      for (int64_t j = 0; j < stretch; ++j) acc[j] = std::fmax(acc[j], std::fabs(static_cast<double>(x[j])));
+      for (int64_t j = 0; j < stretch; ++j) acc[j] = max_keeping_nan(acc[j], std::fabs(static_cast<double>(x[j])));
     }
   }
   for (int64_t k = 0; k < count; ++k) {
     double r = 0.0;
-    for (int64_t j = k * l.run_length; j < (k + 1) * l.run_length; ++j) r = ord == 0 ? std::fmax(r, acc[j]) : r + acc[j];
+    for (int64_t j = k * l.run_length; j < (k + 1) * l.run_length; ++j)
+      r = ord == 0 ? max_keeping_nan(r, acc[j]) : r + acc[j];
     (norm ? measured : squares)[k] = r;
     if (norm && ord == 2) squares[k] = r;
   }

@@ -24,7 +24,7 @@ from ..kernels.boundary import RULES, Rates, UnitGroup, UpdateRule, kernel_can_t
 from ..kernels.library import Kernel, kernel
 from ..kernels.projection import first_filter, leading_rows, project_in_place, unit_groups
 
-__all__ = ["AverageStep", "move_toward"]
+__all__ = ["AverageStep", "move_toward", "in_force"]
 
 # sgd_update's settings for an average's step: grad = the weight, rescale_grad = -1, no clipping.
 _RULE = UpdateRule(RULES["sgd"], 0, -1.0, -1.0, 0.0, 0.0, 0.0)
@@ -36,6 +36,13 @@ def move_toward(average: Any, weight: Any, rate: float) -> None:
     ``g = weight``, ``rescale_grad = -1``, ``wd = 1`` and ``lr = rate``."""
     weight = weight.astype(average.dtype, copy=False)
     nd.sgd_update(average, weight, lr=rate, wd=1.0, rescale_grad=-1.0, out=average)
+
+
+def in_force(param: Any, update: int) -> Optional[Constraint]:
+    """``param``'s constraint as it stands at update ``update``: a ``Scheduled`` constraint's
+    bound at that count (an average's updates, one per training step), any other as it is."""
+    constraint = constraint_of(param)
+    return None if constraint is None else constraint.at(update)
 
 
 class _Plan(NamedTuple):
@@ -54,17 +61,18 @@ class AverageStep:
         self._plans: Dict[Hashable, _Plan] = {}
         self._filters: Dict[Hashable, Tuple[Any, Any]] = {}
 
-    def run(self, rate: float, entries: Sequence[Tuple[Hashable, Any, Any, Any]]) -> None:
+    def run(self, rate: float, entries: Sequence[Tuple[Hashable, Any, Any, Any]], update: int) -> None:
         """Move every average toward its weight by ``rate``, then project it.
 
         ``entries``: per average a key naming it, the average, the weight it follows and the
-        parameter whose constraint it keeps (read as it is now).
+        parameter whose constraint it keeps (read as it is now); ``update``: the update count at
+        which a ``Scheduled`` constraint's bound is taken (:func:`in_force`).
         """
         loaded = kernel()
         fused: List[Tuple[Hashable, Any, Any, UnitGroup]] = []
         stock: List[Tuple[Any, Any, Optional[Constraint], Any]] = []
         for key, average, weight, param in entries:
-            plan = self._plan(loaded, key, average, param)
+            plan = self._plan(loaded, key, average, param, update)
             if plan.group is not None and kernel_can_take(weight):
                 fused.append((key, average, weight, plan.group))
             else:
@@ -76,8 +84,8 @@ class AverageStep:
         project_in_place([(average, constraint, reduction_of(param, average.shape))
                           for average, _, constraint, param in stock if constraint is not None])
 
-    def _plan(self, loaded: Optional[Kernel], key: Hashable, average: Any, param: Any) -> _Plan:
-        constraint = constraint_of(param)
+    def _plan(self, loaded: Optional[Kernel], key: Hashable, average: Any, param: Any, update: int) -> _Plan:
+        constraint = in_force(param, update)
         kept = self._plans.get(key)
         if kept is not None and kept.constraint is constraint and kept.average is average:
             return kept

@@ -22,9 +22,9 @@ from mxnet import ndarray as nd
 
 from .. import _mxnet_compat as compat
 from ..errors import ConstraintArgumentError, ConstraintTypeError, EnforcementError
-from ..gluon.attachment import constraint_of, reduction_of
+from ..gluon.attachment import reduction_of
 from ..kernels.projection import project_in_place
-from .average_step import AverageStep
+from .average_step import AverageStep, in_force
 from .trainer import STATE
 
 __all__ = ["WeightAverage"]
@@ -102,6 +102,12 @@ class WeightAverage:
             raise ConstraintArgumentError(f"WeightAverage warmup must be True or False: got {warmup!r}.")
         self.decay, self.mode, self.warmup, self.start, self.every = float(decay), mode, warmup, start, every
         self.names = _parameters(net)  # every structural name, shared parameters under each of theirs
+        sparse = [name for name, param in self.names.items() if compat.storage_type(param) == "row_sparse"]
+        if sparse:
+            raise ConstraintTypeError(
+                f"WeightAverage averages dense weights: parameters {sparse} are row-sparse (a SparseEmbedding's "
+                f"weight lives whole only in the kvstore; each device holds the last batch's rows). Use "
+                f"nn.Embedding(sparse_grad=True), whose weight is dense and whose gradient is row-sparse.")
         self.params = _unique(self.names)  # one entry per Parameter object: one average each
         self.averages: Dict[Tuple[str, str], Any] = {}
         for name, param in self.params.items():
@@ -124,20 +130,22 @@ class WeightAverage:
         Raises
         ------
         EnforcementError
-            If the averages are swapped in (nothing is changed).
+            If the averages are swapped in, or a parameter moved to a context it has no average
+            on (``reset_ctx``); nothing is changed.
         """
         self.check_not_swapped("WeightAverage.update()")
+        entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
         self.updates += 1
         if self.mode == "ema":
             if self.updates % self.every:
                 return
             decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-            self._step.run(1.0 - decay ** self.every, self._entries())
+            self._step.run(1.0 - decay ** self.every, entries, self.updates)
         elif self.updates >= self.start and (self.updates - self.start) % self.every == 0:
             self.averaged += 1
-            self._step.run(1.0 / self.averaged, self._entries())
+            self._step.run(1.0 / self.averaged, entries, self.updates)
         elif self.averaged == 0:  # before start: the weights themselves
-            for average, weight in self._pairs():
+            for _, average, weight, _ in entries:
                 weight.astype(average.dtype, copy=False).copyto(average)
             self._project()
 
@@ -148,41 +156,45 @@ class WeightAverage:
             raise EnforcementError(f"{what} while the averages are swapped in: swap back first (the network "
                                    f"holds the averages, not the trained weights). Nothing was changed.")
 
-    def _pairs(self) -> Iterator[Tuple[Any, Any]]:
-        for _, average, weight, _ in self._entries():
-            yield average, weight
-
     def _entries(self) -> List[Tuple[Tuple[str, str], Any, Any, Any]]:
-        """Each average's key, the average, the weight it follows and its parameter."""
-        return [((name, str(data.context)), self.averages[(name, str(data.context))], data, param)
-                for name, param in self.params.items() for data in _copies(param)]
+        """Each average's key, the average, the weight it follows and its parameter.
+
+        Raises
+        ------
+        EnforcementError
+            If a parameter now lives on a context it had no average on (``reset_ctx`` after the
+            average was made); nothing is changed.
+        """
+        entries = [((name, str(data.context)), data, param)
+                   for name, param in self.params.items() for data in _copies(param)]
+        moved = sorted({key[0] for key, _, _ in entries if key not in self.averages})
+        if moved:
+            held = sorted({context for _, context in self.averages})
+            raise EnforcementError(
+                f"WeightAverage: parameters {moved} now live on contexts the averages are not on "
+                f"({', '.join(held)}): the network moved (reset_ctx) after the average was made. Move it back, "
+                f"or make a new WeightAverage. Nothing was changed.")
+        return [(key, self.averages[key], data, param) for key, data, param in entries]
 
     def _project(self) -> None:
-        items = []
-        for name, param in self.params.items():
-            constraint = constraint_of(param)
-            if constraint is None:
-                continue
-            for data in _copies(param):
-                average = self.averages[(name, str(data.context))]
-                items.append((average, constraint, reduction_of(param, average.shape)))
-        project_in_place(items)
+        project_in_place([(average, constraint, reduction_of(param, average.shape))
+                          for _, average, _, param in self._entries()
+                          for constraint in [in_force(param, self.updates)] if constraint is not None])
 
     # -- using the averages -----------------------------------------------------------------------
     def swap(self) -> None:
         """Put the averages into the network (keeping its weights aside), or, called again, put
         the weights back, bit for bit. The averages themselves are not changed."""
+        entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
         if self._backup is None:
-            self._backup = {}
-            for name, param in self.params.items():
-                for data in _copies(param):
-                    key = (name, str(data.context))
-                    self._backup[key] = data.copy()
-                    self.averages[key].astype(data.dtype, copy=False).copyto(data)
+            backup = {key: data.copy() for key, _, data, _ in entries}
+            for _, average, data, _ in entries:
+                average.astype(data.dtype, copy=False).copyto(data)
+            self._backup = backup
         else:
-            for name, param in self.params.items():
-                for data in _copies(param):
-                    self._backup[(name, str(data.context))].copyto(data)
+            backup = self._backup
+            for key, _, data, _ in entries:
+                backup[key].copyto(data)
             self._backup = None
 
     @contextlib.contextmanager
