@@ -23,6 +23,7 @@ from ..gluon.attachment import constraint_of, reduction_of
 from ..kernels.boundary import RULES, Rates, UnitGroup, UpdateRule, kernel_can_take, unit_group
 from ..kernels.library import Kernel, kernel
 from ..kernels.projection import first_filter, leading_rows, project_in_place, unit_groups
+from .fused_update import UpdateEntry, run_fused_update
 
 __all__ = ["AverageStep", "move_toward", "in_force"]
 
@@ -100,13 +101,13 @@ class AverageStep:
         return kept
 
     def _run_fused(self, loaded: Kernel, rate: float, fused: Sequence[Tuple[Hashable, Any, Any, UnitGroup]]) -> None:
-        arrays: List[Any] = []
-        for key, average, weight, _ in fused:
-            if weight.ndim > 2:  # a filter bank MKL-DNN may hold in its blocked layout: plain first
-                view = self._first_filter(key, weight)
-                view *= 1.0
-            arrays += [average, weight]
-        loaded.update(_RULE, [group for *_, group in fused], [Rates(rate, 1.0)] * len(fused), arrays)
+        """The fused update's call with each average as the weight and its weight as the gradient
+        (read only); a weight that is a filter bank, which MKL-DNN may hold in its blocked layout,
+        is made plain first."""
+        filters = [self._first_filter(key, weight) for key, _, weight, _ in fused if weight.ndim > 2]
+        run_fused_update(loaded, _RULE, [Rates(rate, 1.0)] * len(fused), [average for _, average, _, _ in fused],
+                         [weight for _, _, weight, _ in fused],
+                         [UpdateEntry(group, [], False) for *_, group in fused], filters)
 
     def _first_filter(self, key: Hashable, weight: Any) -> Any:
         kept = self._filters.get(key)
