@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 from mxnet.ndarray import NDArray
 
+from .host import host_copy
 from .base import Constraint
 from .reduction import Reduction
 
@@ -32,7 +33,7 @@ def violation(constraint: Constraint, array: NDArray, reduction: Optional[Reduct
     reduction : Reduction or None, default None
         The per-output-unit reduction of the layer that owns the weight.
     """
-    values = array.asnumpy().astype(np.float64)
+    values = host_copy(array).astype(np.float64)
     bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
     if bad:
         return f"{bad} of {values.size} entries are NaN or infinite"

@@ -10,6 +10,7 @@ import numpy as np
 from mxnet import ndarray as nd
 from mxnet.ndarray import NDArray
 
+from .host import host_copy
 from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTypeError
 from .base import WHOLE, Constraint, bound_argument
 from .reduction import Reduction
@@ -95,7 +96,7 @@ class OperatorNorm(Constraint):
         """The weight unchanged if its operator norm is within the band, else projected (a weight
         holding NaN or infinite entries passes through, as with every family)."""
         self.check_shape(tuple(w.shape), reduction, None)
-        values = w.asnumpy().astype(np.float64)
+        values = host_copy(w).astype(np.float64)
         if not np.isfinite(values).all():
             return w.copy()
         if values.ndim == 2:
@@ -146,12 +147,20 @@ class OperatorNorm(Constraint):
             return None
         return _clip_singular_values(matrix, s, vt, self.max_value)
 
+    def circle(self, spatial: int) -> Optional[Tuple[int, ...]]:
+        """The circular size ``n + 2 p`` per axis of a kernel with ``spatial`` axes, the grid on
+        which the set bounds the convolution's norm (None without ``input_shape``)."""
+        if self.input_shape is None:
+            return None
+        per_axis = lambda values: values * spatial if len(values) == 1 else values  # noqa: E731
+        return tuple(n + 2 * p for n, p in zip(per_axis(self.input_shape), per_axis(self.padding)))
+
     def _grid(self, kernel: np.ndarray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
         """The padded circular size and the dilation, per spatial axis of ``kernel``."""
-        spatial = kernel.ndim - 2
-        per_axis = lambda values: values * spatial if len(values) == 1 else values  # noqa: E731
-        size = tuple(n + 2 * p for n, p in zip(per_axis(self.input_shape), per_axis(self.padding)))
-        return size, per_axis(self.dilation)
+        spatial, size = kernel.ndim - 2, self.circle(kernel.ndim - 2)
+        if size is None:  # check_shape refuses this first
+            raise ConstraintShapeError(f"OperatorNorm needs input_shape for a kernel of shape {kernel.shape}.")
+        return size, (self.dilation * spatial if len(self.dilation) == 1 else self.dilation)
 
     def _kernel(self, kernel: np.ndarray, rtol: float) -> Optional[np.ndarray]:
         size, dilation = self._grid(kernel)

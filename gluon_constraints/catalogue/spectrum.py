@@ -7,9 +7,10 @@ singular values are those of the ``(out, in)`` transfer matrices
 
 one per frequency ``f`` of the d-dimensional discrete Fourier transform, so its operator norm
 (largest singular value) is ``max_f sigma_max(P(f))``. With zero padding ``p`` the convolution is
-the circular one on the padded size ``n + 2p`` restricted to its valid outputs, and with a
-stride it is followed by a subsampling: the circular norm on ``n + 2p`` is an upper bound there,
-and the stride is computed exactly by the polyphase decomposition. A dilated kernel is the
+a circular one (of the taps that meet the input, on a circle of at least ``n + p``:
+:func:`zero_padded_embedding`) restricted to its valid outputs, and with a stride it is
+followed by a subsampling: the circular norm is an upper bound there, and the stride is
+computed exactly by the polyphase decomposition. A dilated kernel is the
 kernel with zeros between its taps. With ``groups`` the operator is block-diagonal, one block per
 group. A transposed convolution is the adjoint of a convolution with the same kernel, and has
 its singular values.
@@ -18,9 +19,10 @@ its singular values.
 smaller side), itself a trigonometric polynomial with one coefficient per tap offset ``d``:
 ``G(f) = sum_d C_d exp(-2 pi i <f, d / n>)``, ``C_d = sum_{y - x = d} K_x^T K_y``. For small kernels
 on large inputs the ``C_d`` cost far fewer operations than one Gram matrix per frequency, and
-are used then. Every product is of contiguous arrays (numpy hands only those to BLAS; others
-take its loop, a hundred times slower). Everything is computed in float64 with numpy (a host round trip); the results
-are rounded up by :data:`ROUND_UP`, far above the computations' errors, so they are upper bounds.
+are used then. Every product is of matrices stored contiguously or transposed from that (numpy
+hands only those to BLAS; others take its loop, a hundred times slower). Everything is computed
+in float64 with numpy (a host round trip); the results are rounded up by :data:`ROUND_UP`, far
+above the computations' errors, so they are upper bounds.
 """
 
 from __future__ import annotations
@@ -31,23 +33,27 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .host import host_copy
 from ..errors import ConstraintArgumentError
 
 __all__ = ["conv_operator_norm", "dense_operator_norm", "largest_singular_value", "ROUND_UP", "tap_positions",
-           "on_grid"]
+           "on_grid", "zero_padded_embedding"]
 
 #: The relative amount by which computed operator norms are rounded up, far above the float64
 #: errors of the Gram matrices and of LAPACK (about ``n * 1e-16``), so that they are upper bounds.
 ROUND_UP = 1e-9
 
+#: The matrices whose estimated largest eigenvalue is within this relative distance of the
+#: highest estimate get an exact eigenvalue; the others are certified below the largest of
+#: those by Cholesky.
+LEADER_WINDOW = 1e-3
+
+#: At most this many of them (the highest estimates).
+LEADERS = 4
+
 #: How far above the leading Gram matrices' largest eigenvalue the Cholesky test of the others is
 #: made: the computed norms are exact to this relative amount (half of it, for singular values).
 CANDIDATE_MARGIN = 1e-7
-
-#: The share of the Gram matrices (at least 4) that power iterations rank highest and that get
-#: an exact eigenvalue; the others are certified below the largest of those by Cholesky.
-LEADERS = 1 / 8
-
 
 def dense_operator_norm(weight: np.ndarray) -> float:
     """The largest singular value of a matrix (a Dense weight ``(units, in_units)``), rounded up
@@ -97,14 +103,62 @@ def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Option
     kernel, size, dilation, stride = _checked(kernel, size, dilation, groups, stride)
     dilated = on_grid(kernel, tuple((k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilation)), dilation)
     phases, size = _polyphase(dilated, tuple(size), stride)
+    phases = phases[:, np.flatnonzero(phases.reshape(*phases.shape[:2], -1).any(axis=(0, 2)))]
+    if phases.size == 0:
+        return 0.0
+    if np.prod(phases.shape[2:]) == 1:  # one tap: the same transfer matrix (up to a phase) at every frequency
+        size = (1,) * len(size)
     return math.sqrt(_largest_eigenvalue_bound(_gram_matrices(phases, size, groups))) * (1.0 + ROUND_UP)
+
+
+def zero_padded_embedding(kernel_shape: Sequence[int], size: Sequence[int], padding: Sequence[int],
+                          stride: Sequence[int], dilation: Sequence[int]) -> Tuple[Tuple[slice, ...], Tuple[int, ...]]:
+    """Where a zero-padded convolution sits inside a circular one: the taps that ever meet the
+    input (a slice per spatial axis) and the smallest circular size whose circular convolution
+    with those taps contains it.
+
+    Per axis, with input size ``n``, padding ``p``, stride ``s``, dilation ``d`` and ``n_out``
+    outputs, tap ``j`` of output ``i`` reads input ``m = i s + j d - p``, a zero outside ``[0,
+    n)``. Taps that read only zeros are dropped, leaving ``j_lo .. j_hi``, so reads run from
+    ``m_min = j_lo d - p`` to ``m_max = (n_out - 1) s + j_hi d - p``. On a circle of
+
+        N >= max(n - min(m_min, 0), m_max + 1, (n_out - 1) s + 1),   a multiple of s,
+
+    every read outside ``[0, n)`` lands on the input's zero extension, so the zero-padded
+    convolution is the circular one between an isometric embedding of its inputs and a subset
+    of its outputs: :func:`conv_operator_norm` on ``N`` bounds its norm, and equals it where
+    ``N = n`` and every output is kept (an input of size 1 has one live tap: exact).
+
+    Parameters
+    ----------
+    kernel_shape, size, padding, stride, dilation : sequences of d ints
+        The kernel's spatial shape, the input's spatial size (a transposed convolution's output:
+        it is the adjoint of the convolution from there) and the layer's settings.
+
+    Returns
+    -------
+    (tuple of slice, tuple of int)
+        The live taps of each axis and ``N`` per axis.
+    """
+    taps, circle = [], []
+    for k, n, p, s, d in zip(kernel_shape, size, padding, stride, dilation):
+        outputs = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        live = [j for j in range(k) if any(0 <= i * s + j * d - p < n for i in range(outputs))]
+        if not live:  # no tap meets the input (a zero operator): tap 0 gives some upper bound
+            live = [0]
+        first, last = live[0], live[-1]
+        reads = (first * d - p, (outputs - 1) * s + last * d - p)
+        needed = max(n - min(reads[0], 0), reads[1] + 1, (outputs - 1) * s + 1)
+        taps.append(slice(first, last + 1))
+        circle.append(-(-needed // s) * s)
+    return tuple(taps), tuple(circle)
 
 
 def _checked(kernel: Any, size: Any, dilation: Any, groups: Any,
              stride: Any) -> Tuple[np.ndarray, Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
     """:func:`conv_operator_norm`'s arguments as float64 and tuples, or a ConstraintArgumentError
     naming the one that is wrong."""
-    values = kernel.asnumpy() if hasattr(kernel, "asnumpy") else kernel
+    values = host_copy(kernel) if hasattr(kernel, "asnumpy") else kernel
     try:
         array = np.asarray(values)
     except (TypeError, ValueError):
@@ -195,12 +249,9 @@ def _gram_matrices(kernel: np.ndarray, size: Tuple[int, ...], groups: int) -> np
 
 
 def _fourier_sum(angles: np.ndarray, terms: np.ndarray) -> np.ndarray:
-    """``sum_j terms[j] exp(-i angles[:, j])``: two real products, written into one complex array."""
-    result = np.empty((angles.shape[0], terms.shape[1]), dtype=np.complex128)
-    result.real = np.cos(angles) @ terms
-    result.imag = np.sin(angles) @ terms
-    np.negative(result.imag, out=result.imag)
-    return result
+    """``sum_j terms[j] exp(-i angles[:, j])``, one complex product (writing real products into a
+    complex array's halves goes through numpy's strided copy, several times slower)."""
+    return np.exp(-1j * angles) @ terms.astype(np.complex128)
 
 
 def _half_spectrum(size: Tuple[int, ...]) -> np.ndarray:
@@ -212,17 +263,20 @@ def _half_spectrum(size: Tuple[int, ...]) -> np.ndarray:
 
 def _gram_coefficients(blocks: np.ndarray, kernel_shape: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
     """The offsets ``d`` between taps, shape ``(D, d)``, and the Gram coefficients ``C_d = sum_{y - x
-    = d} K_x^T K_y`` of ``blocks`` ``(g, rows, cols, taps)``, shape ``(D, g, cols, cols)``."""
-    spatial = np.ascontiguousarray(np.moveaxis(blocks, -1, 1)).reshape(blocks.shape[0], *kernel_shape,
-                                                                         *blocks.shape[1:3])
+    = d} K_x^T K_y`` of ``blocks`` ``(g, rows, cols, taps)``, shape ``(D, g, cols, cols)``: one
+    product per pair of taps, each of a contiguous tap and a transposed one (BLAS takes both)."""
+    taps = np.ascontiguousarray(np.moveaxis(blocks, -1, 0))                        # (taps, g, rows, cols)
+    positions = list(itertools.product(*(range(k) for k in kernel_shape)))
     offsets: List[Tuple[int, ...]] = list(itertools.product(*(range(1 - k, k) for k in kernel_shape)))
-    coefficients = np.empty((len(offsets), blocks.shape[0], blocks.shape[2], blocks.shape[2]))
-    for index, offset in enumerate(offsets):
-        left = (slice(None), *(slice(max(0, -o), k - max(0, o)) for o, k in zip(offset, kernel_shape)))
-        right = (slice(None), *(slice(max(0, o), k - max(0, -o)) for o, k in zip(offset, kernel_shape)))
-        x = spatial[left].reshape(blocks.shape[0], -1, blocks.shape[2])
-        y = spatial[right].reshape(blocks.shape[0], -1, blocks.shape[2])
-        coefficients[index] = np.ascontiguousarray(np.swapaxes(x, 1, 2)) @ np.ascontiguousarray(y)
+    index = {offset: i for i, offset in enumerate(offsets)}
+    middle = len(offsets) // 2
+    coefficients = np.zeros((len(offsets), blocks.shape[0], blocks.shape[2], blocks.shape[2]))
+    for x, start in enumerate(positions):
+        for y, end in enumerate(positions):
+            i = index[tuple(e - s for s, e in zip(start, end))]
+            if i <= middle:  # the offsets are symmetric about the middle one, and C_{-d} = C_d^T
+                coefficients[i] += np.swapaxes(taps[x], 1, 2) @ taps[y]
+    coefficients[middle + 1:] = np.swapaxes(coefficients[:middle][::-1], 2, 3)
     return np.asarray(offsets, dtype=np.float64), coefficients
 
 
@@ -231,48 +285,78 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
     """The largest eigenvalue of a batch of Hermitian positive semi-definite matrices, raised by
     at most :data:`CANDIDATE_MARGIN` and never below the exact value (to float64 rounding).
 
-    A few power iterations rank the matrices; the largest eigenvalue of the highest ranked
-    (:data:`LEADERS`), from LAPACK's symmetric eigensolver, raised by :data:`CANDIDATE_MARGIN`, is
-    the candidate ``t``. A Cholesky factorisation of ``t I - G`` exists exactly where ``t >=
-    lambda_max(G)``, so it certifies ``t`` for every matrix it succeeds on (LAPACK's Cholesky is
-    backward stable); the few it fails on get their eigenvalues from the eigensolver too.
-    Cholesky costs a fifth of an eigenvalue decomposition.
+    A few Lanczos steps estimate each matrix's largest eigenvalue from below (its largest Ritz
+    value). The matrices whose estimate is within :data:`LEADER_WINDOW` of the highest (at most
+    :data:`LEADERS` of them) get their largest eigenvalue from LAPACK's symmetric eigensolver;
+    the largest of those, raised by :data:`CANDIDATE_MARGIN`, is the candidate ``t``. A Cholesky
+    factorisation of ``t I - G`` exists exactly where ``t >= lambda_max(G)``, so it certifies
+    ``t`` for every other matrix it succeeds on (LAPACK's Cholesky is backward stable); the few
+    it fails on (where the estimates misled) get their eigenvalues from the eigensolver too.
+    Cholesky costs a third of an eigenvalue decomposition.
     """
     if gram.size == 0:
         return 0.0
-    leaders = np.argsort(_rayleigh_quotients(gram))[-max(4, math.ceil(LEADERS * len(gram))):]
-    largest = float(np.linalg.eigvalsh(gram[leaders])[..., -1].max())
-    others = np.setdiff1d(np.arange(len(gram)), leaders)
-    shifted = -gram[others]
-    diagonal = np.arange(gram.shape[-1])
-    shifted[:, diagonal, diagonal] += largest * (1.0 + CANDIDATE_MARGIN) + np.finfo(np.float64).tiny
-    uncertified = others[_cholesky_failures(shifted)]
+    if len(gram) == 1:
+        return max(_largest_eigenvalue(gram) * (1.0 + CANDIDATE_MARGIN), 0.0)
+    estimates = _ritz_values(gram)
+    order = np.argsort(estimates)[::-1]
+    leading = estimates[order] >= estimates[order[0]] * (1.0 - LEADER_WINDOW)
+    leading[LEADERS:] = False  # a flat spectrum (a projection's) has many: Cholesky passes those
+    largest = _largest_eigenvalue(gram[order[leading]])
+    others = order[~leading]  # the highest estimates first: a failure is likelier there
+    candidate = largest * (1.0 + CANDIDATE_MARGIN) + np.finfo(np.float64).tiny
+    uncertified = others[_cholesky_failures(gram, others, candidate)]
     if len(uncertified):
-        largest = max(largest, float(np.linalg.eigvalsh(gram[uncertified])[..., -1].max()))
+        largest = max(largest, _largest_eigenvalue(gram[uncertified]))
     return max(largest * (1.0 + CANDIDATE_MARGIN), 0.0)
 
 
-def _rayleigh_quotients(gram: np.ndarray, steps: int = 20) -> np.ndarray:
-    """Per matrix, the Rayleigh quotient after ``steps`` power iterations from a fixed random
-    start (a lower bound of its largest eigenvalue)."""
-    start = np.random.default_rng(0).standard_normal((gram.shape[0], gram.shape[-1], 1))
-    vector = start / np.linalg.norm(start, axis=1, keepdims=True)
-    for _ in range(steps):
-        vector = gram @ vector
-        norms = np.linalg.norm(vector, axis=1, keepdims=True)
-        vector = vector / np.where(norms > 0, norms, 1.0)
-    return np.real(np.conj(np.swapaxes(vector, -1, -2)) @ gram @ vector).reshape(-1)
+def _largest_eigenvalue(gram: np.ndarray) -> float:
+    """The largest eigenvalue in a batch of Hermitian matrices, from LAPACK; real ones (the
+    frequencies where every phase is +-1) by the real solver, four times cheaper."""
+    if np.iscomplexobj(gram) and not gram.imag.any():
+        gram = np.ascontiguousarray(gram.real)
+    return float(np.linalg.eigvalsh(gram)[..., -1].max())
 
 
-def _cholesky_failures(matrices: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """The indices of the Hermitian matrices that have no Cholesky factorisation. LAPACK is
-    called on ``chunk`` matrices at a time (numpy raises for a batch without saying which
-    failed, after factorising all of them), and one at a time in a chunk that fails."""
+def _ritz_values(gram: np.ndarray, steps: int = 12) -> np.ndarray:
+    """Per matrix, the largest Ritz value of ``steps`` Lanczos steps (fully reorthogonalised)
+    from a fixed random start: a lower bound of its largest eigenvalue, close to it for the
+    flat tops of convolutions' spectra, where power iterations are not."""
+    count, n = gram.shape[0], gram.shape[-1]
+    steps = min(steps, n)
+    basis = np.zeros((count, n, steps), dtype=gram.dtype)            # the Lanczos vectors as columns
+    adjoint = np.zeros((count, steps, n), dtype=gram.dtype)          # and conjugated, as rows
+    tridiagonal = np.zeros((count, steps, steps))
+    vector = np.random.default_rng(0).standard_normal((count, n, 1)).astype(gram.dtype)
+    vector /= np.linalg.norm(vector, axis=1, keepdims=True)
+    for j in range(steps):
+        basis[:, :, j:j + 1] = vector
+        adjoint[:, j:j + 1] = np.conj(np.swapaxes(vector, 1, 2))
+        image = gram @ vector
+        coefficients = adjoint[:, :j + 1] @ image                   # full reorthogonalisation
+        tridiagonal[:, j, j] = coefficients[:, j, 0].real
+        image -= basis[:, :, :j + 1] @ coefficients
+        if j + 1 < steps:
+            norms = np.linalg.norm(image, axis=1, keepdims=True)
+            tridiagonal[:, j, j + 1] = tridiagonal[:, j + 1, j] = norms[:, 0, 0]
+            vector = image / np.where(norms > 0, norms, 1.0)
+    return np.linalg.eigvalsh(tridiagonal)[:, -1]
+
+
+def _cholesky_failures(gram: np.ndarray, indices: np.ndarray, candidate: float, chunk: int = 16) -> np.ndarray:
+    """The positions in ``indices`` of the matrices ``G`` of ``gram`` for which ``candidate * I -
+    G`` has no Cholesky factorisation. LAPACK is called on ``chunk`` matrices at a time (numpy
+    raises for a batch without saying which failed, after factorising all of them), and one at
+    a time in a chunk that fails."""
+    diagonal = np.arange(gram.shape[-1])
     failures = []
-    for first in range(0, len(matrices), chunk):
-        if not _factorises(matrices[first:first + chunk]):
-            failures += [first + i for i in range(min(chunk, len(matrices) - first))
-                         if not _factorises(matrices[first + i])]
+    for first in range(0, len(indices), chunk):
+        shifted = gram[indices[first:first + chunk]]  # a copy, turned into candidate * I - G
+        np.negative(shifted, out=shifted)
+        shifted[:, diagonal, diagonal] += candidate
+        if not _factorises(shifted):
+            failures += [first + i for i in range(len(shifted)) if not _factorises(shifted[i])]
     return np.asarray(failures, dtype=np.int64)
 
 

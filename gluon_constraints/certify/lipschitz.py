@@ -13,15 +13,18 @@ size of its own input, which the exact convolution norms need.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet import ndarray as nd
 
 from .. import _mxnet_compat as compat
-from ..catalogue.spectrum import conv_operator_norm, dense_operator_norm
+from ..catalogue.host import host_copy
+from ..catalogue.operator_norm import OperatorNorm
+from ..catalogue.spectrum import conv_operator_norm, dense_operator_norm, zero_padded_embedding
 from ..errors import CertificationError
+from ..gluon.attachment import constraint_of
 
 __all__ = ["LayerBound", "NetworkBound", "lipschitz_bound", "register_lipschitz", "RULES", "ACTIVATIONS"]
 
@@ -158,8 +161,9 @@ def lipschitz_bound(net: Any, input_shape: Sequence[int], ctx: Any = None) -> Ne
     ``||net(x) - net(y)|| <= bound * ||x - y||`` for all inputs ``x``, ``y`` of ``input_shape``
     (the norms over each example's entries). Per layer: Dense weights by their largest singular
     value, convolutions and transposed convolutions (their adjoint) by the exact operator norm of
-    the circular convolution on their zero-padded input size, rounded up to a multiple of the
-    stride (``conv_operator_norm``), which bounds the zero-padded, strided one, activations by
+    the circular convolution on the smallest circle that contains the zero-padded, strided one
+    (``zero_padded_embedding``, ``conv_operator_norm``; an ``OperatorNorm``'s own circle for a
+    weight it constrains), activations by
     their largest slope (:data:`ACTIVATIONS`; LeakyReLU and ELU ``max(1, |alpha|)``, PReLU
     ``max(1, max |alpha|)``), max pooling by ``sqrt(prod ceil(k / s))`` (each input lies in that
     many windows at most) and average pooling by ``sqrt(prod ceil(k / s) / prod k)``, global
@@ -213,7 +217,7 @@ def _sequence(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
 
 def _dense(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     y = block(x)  # first: it completes a deferred initialisation
-    weight = block.weight.data(x.context).asnumpy()
+    weight = host_copy(block.weight.data(x.context))
     own = walk.record(block, f"Dense {weight.shape[1]}->{weight.shape[0]}: largest singular value",
                       dense_operator_norm(weight), True)
     return own * _activation(block, walk, block.act), y
@@ -221,7 +225,8 @@ def _dense(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
 
 def _convolution(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     """A convolution's (or transposed convolution's: its adjoint's) operator norm bound: the
-    circular convolution on the zero-padded size, rounded up to a multiple of the stride."""
+    circular convolution of its live taps on the smallest circle that contains it, or on the
+    circle of an OperatorNorm that constrains its weight."""
     y = block(x)
     transposed, groups, layout = compat.convolution_settings(block)
     arguments = compat.layer_arguments(block)
@@ -229,15 +234,31 @@ def _convolution(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     channels_last = layout.endswith("C")
     sizes = (y if transposed else x).shape
     size = sizes[1:1 + spatial] if channels_last else sizes[2:2 + spatial]
-    stride, pad = tuple(arguments["stride"]), tuple(arguments["pad"])
-    padded = tuple(-(-(n + 2 * p) // s) * s for n, p, s in zip(size, pad, stride))
-    weight = block.weight.data(x.context).asnumpy()
+    stride, dilation = tuple(arguments["stride"]), tuple(arguments["dilate"])
+    weight = host_copy(block.weight.data(x.context))
     kernel = np.moveaxis(weight, -1, 1) if channels_last else weight
-    norm = conv_operator_norm(kernel, padded, tuple(arguments["dilate"]), groups, stride)
+    declared = _operator_norm_circle(block.weight, spatial)
+    if declared is None:
+        taps, circle = zero_padded_embedding(kernel.shape[2:], size, tuple(arguments["pad"]), stride, dilation)
+        kernel = kernel[(slice(None), slice(None), *taps)]
+    else:  # the grid on which the weight's OperatorNorm holds the norm
+        circle = tuple(-(-n // s) * s for n, s in zip(declared, stride))
+    norm = conv_operator_norm(kernel, circle, dilation, groups, stride)
     kind = (f"{type(block).__name__} on {'x'.join(map(str, size))}: operator norm bound (circular convolution "
-            f"on {'x'.join(map(str, padded))}, FFT)")
+            f"on {'x'.join(map(str, circle))}, FFT)")
     own = walk.record(block, kind, norm, False)
     return own * _activation(block, walk, block.act), y
+
+
+def _operator_norm_circle(param: Any, spatial: int) -> Optional[Tuple[int, ...]]:
+    """The circle of an ``OperatorNorm`` constraining ``param`` (alone or in a ``Compose``), or
+    None. Any circle that contains the zero-padded convolution bounds it; this is the one on
+    which the constraint keeps the norm at most its ``max_value``, where another grid's samples
+    of the same transfer function can be a little higher."""
+    constraint = constraint_of(param)
+    members = getattr(constraint, "constraints", (constraint,))
+    circles = [m.circle(spatial) for m in members if isinstance(m, OperatorNorm)]
+    return next((c for c in circles if c is not None), None)
 
 
 def _activation_block(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
@@ -262,7 +283,7 @@ def _fixed(constant: float, kind: str) -> Rule:
 
 def _prelu(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     y = block(x)
-    alpha = float(np.abs(block.alpha.data(x.context).asnumpy()).max())
+    alpha = float(np.abs(host_copy(block.alpha.data(x.context))).max())
     return walk.record(block, "PReLU", max(1.0, alpha), True), y
 
 
@@ -290,8 +311,8 @@ def _pooling(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
 def _batch_norm(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     y = block(x)
     arguments = compat.layer_arguments(block)
-    variance = block.running_var.data(x.context).asnumpy().astype(np.float64)
-    gamma = 1.0 if arguments.get("fix_gamma") else np.abs(block.gamma.data(x.context).asnumpy().astype(np.float64))
+    variance = host_copy(block.running_var.data(x.context)).astype(np.float64)
+    gamma = 1.0 if arguments.get("fix_gamma") else np.abs(host_copy(block.gamma.data(x.context)))
     bound = float(np.max(gamma / np.sqrt(variance + arguments["eps"]))) * (1.0 + 1e-9)
     return walk.record(block, "BatchNorm (running statistics)", bound, True), y
 

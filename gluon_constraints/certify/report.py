@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from ..catalogue import WHOLE, serialize
+from ..catalogue.host import host_copy
 from ..catalogue.reduction import unit_rows, viewed
 from ..errors import CertificationError
 from ..gluon import saving
@@ -102,7 +103,7 @@ def report(net: Any, input_shape: Optional[Sequence[int]] = None) -> ConstraintR
 def _fields(param: Any, constraint: Any) -> Dict[str, Any]:
     weight = param.data(param.list_ctx()[0])
     reduction = constraint.reduction_for(weight.shape, reduction_of(param, weight.shape))
-    values = viewed(weight.asnumpy().astype(np.float64), reduction)
+    values = viewed(host_copy(weight).astype(np.float64), reduction)
     rows, _ = unit_rows(values, reduction.axes)
     norms = np.sqrt((rows * rows).sum(axis=1))
     # a bound on each unit's norm; a whole-matrix family's (SpectralNorm, OperatorNorm) bounds

@@ -8,6 +8,7 @@ from mxnet import ndarray
 
 from .. import _mxnet_compat as compat
 from ..catalogue.feasibility import violation
+from ..catalogue.host import host_copy
 from ..errors import ConstraintViolationError
 from ..gluon.attachment import constraint_of, reduction_of
 
@@ -63,10 +64,10 @@ def verify_constraints(trainer: Any) -> None:
             found = violation(constraint, array, reduction)
             if found is not None:
                 problems.append(f"{param.name} ({label}): {found}")
-        first = copies[0][1].asnumpy()
+        first = host_copy(copies[0][1])
         comparable = copies[1:-1] if kvstore is not None and on_kvstore and "async" in kvstore.type else copies[1:]
         for label, array in comparable:
-            if array.asnumpy().tobytes() != first.tobytes():
+            if host_copy(array).tobytes() != first.tobytes():
                 problems.append(f"{param.name} ({label}): differs from {copies[0][0]}")
     if problems:
         raise ConstraintViolationError(
