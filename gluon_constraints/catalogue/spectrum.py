@@ -304,7 +304,7 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
     leading[LEADERS:] = False  # a flat spectrum (a projection's) has many: Cholesky passes those
     largest = _largest_eigenvalue(gram[order[leading]])
     others = order[~leading]  # the highest estimates first: a failure is likelier there
-    candidate = largest * (1.0 + CANDIDATE_MARGIN) + np.finfo(np.float64).tiny
+    candidate = largest * (1.0 + CANDIDATE_MARGIN) + float(np.finfo(np.float64).tiny)
     uncertified = others[_cholesky_failures(gram, others, candidate)]
     if len(uncertified):
         largest = max(largest, _largest_eigenvalue(gram[uncertified]))
