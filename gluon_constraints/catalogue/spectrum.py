@@ -33,6 +33,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cores import across_cores
 from .host import host_copy
 from ..errors import ConstraintArgumentError
 
@@ -50,6 +51,17 @@ LEADER_WINDOW = 1e-3
 
 #: At most this many of them (the highest estimates).
 LEADERS = 4
+
+#: The Lanczos steps that rank the matrices by their largest eigenvalue: enough that no
+#: ResNet-18 layer's ranking misleads the Cholesky test, where a miss costs an eigensolver call.
+LANCZOS_STEPS = 12
+
+#: Matrices of at most this size, usually many (a large input's frequencies), take fewer: an
+#: eigensolver call is cheap there, and Lanczos steps over all of them are not.
+SMALL_MATRIX = 128
+
+#: Their steps.
+SMALL_MATRIX_LANCZOS_STEPS = 4
 
 #: How far above the leading Gram matrices' largest eigenvalue the Cholesky test of the others is
 #: made: the computed norms are exact to this relative amount (half of it, for singular values).
@@ -239,19 +251,36 @@ def _gram_matrices(kernel: np.ndarray, size: Tuple[int, ...], groups: int) -> np
     rows, cols = blocks.shape[1:3]
     if taps * taps <= 4 * len(frequencies):  # the coefficients C_d cost fewer operations
         offsets, coefficients = _gram_coefficients(blocks, kernel.shape[2:])
-        angles = 2.0 * np.pi * (frequencies / np.asarray(size)) @ offsets.T        # (F, D)
-        return _fourier_sum(angles, coefficients.reshape(len(offsets), -1)).reshape(-1, cols, cols)
+        # G = C_0 + sum_{d > 0} cos(theta_d) (C_d + C_d^T) - i sin(theta_d) (C_d - C_d^T), as C_{-d} = C_d^T
+        angles = 2.0 * np.pi * (frequencies / np.asarray(size)) @ offsets[1:].T     # (F, D), the d > 0
+        transposed = np.swapaxes(coefficients[1:], -1, -2)
+        symmetric = np.concatenate([coefficients[:1], coefficients[1:] + transposed])
+        width = coefficients[0].size
+        gram = _fourier_sum(np.concatenate([np.zeros((len(angles), 1)), angles], axis=1),
+                            symmetric.reshape(-1, width), angles, (coefficients[1:] - transposed).reshape(-1, width))
+        return gram.reshape(-1, cols, cols)
     positions = np.asarray(list(itertools.product(*(range(k) for k in kernel.shape[2:]))))
     angles = 2.0 * np.pi * (frequencies / np.asarray(size)) @ positions.T          # (F, taps)
-    transfer = _fourier_sum(angles, blocks.transpose(3, 0, 1, 2).reshape(taps, -1)).reshape(-1, rows, cols)
+    terms = blocks.transpose(3, 0, 1, 2).reshape(taps, -1)
+    transfer = _fourier_sum(angles, terms, angles, terms).reshape(-1, rows, cols)
     adjoint = np.ascontiguousarray(np.conj(np.swapaxes(transfer, -1, -2)))
     return adjoint @ transfer
 
 
-def _fourier_sum(angles: np.ndarray, terms: np.ndarray) -> np.ndarray:
-    """``sum_j terms[j] exp(-i angles[:, j])``, one complex product (writing real products into a
-    complex array's halves goes through numpy's strided copy, several times slower)."""
-    return np.exp(-1j * angles) @ terms.astype(np.complex128)
+def _fourier_sum(cosine_angles: np.ndarray, cosine_terms: np.ndarray,
+                 sine_angles: np.ndarray, sine_terms: np.ndarray) -> np.ndarray:
+    """``sum_j cos(a[:, j]) R[j] - i sum_j sin(b[:, j]) Q[j]`` for real terms ``R`` ``(J, M)`` and
+    ``Q`` ``(J', M)``, shape ``(F, M)``: one real product whose output rows interleave the real
+    and imaginary parts, read as a complex array (``[cos | sin] @ [[R, 0], [0, -Q]]``, a quarter
+    of a complex product's multiplications; writing into a complex array's halves instead goes
+    through numpy's strided copy, several times slower)."""
+    terms = np.empty((len(cosine_terms) + len(sine_terms), cosine_terms.shape[1], 2))
+    real, imaginary = terms[:len(cosine_terms)], terms[len(cosine_terms):]
+    real[..., 0], real[..., 1] = cosine_terms, 0.0
+    imaginary[..., 0] = 0.0
+    np.negative(sine_terms, out=imaginary[..., 1])
+    weights = np.concatenate([np.cos(cosine_angles), np.sin(sine_angles)], axis=1)
+    return (weights @ terms.reshape(len(terms), -1)).view(np.complex128)
 
 
 def _half_spectrum(size: Tuple[int, ...]) -> np.ndarray:
@@ -262,21 +291,26 @@ def _half_spectrum(size: Tuple[int, ...]) -> np.ndarray:
 
 
 def _gram_coefficients(blocks: np.ndarray, kernel_shape: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """The offsets ``d`` between taps, shape ``(D, d)``, and the Gram coefficients ``C_d = sum_{y - x
-    = d} K_x^T K_y`` of ``blocks`` ``(g, rows, cols, taps)``, shape ``(D, g, cols, cols)``: one
-    product per pair of taps, each of a contiguous tap and a transposed one (BLAS takes both)."""
-    taps = np.ascontiguousarray(np.moveaxis(blocks, -1, 0))                        # (taps, g, rows, cols)
+    """The offsets ``d >= 0`` between taps (``d = 0`` first, then those after it in
+    ``np.ndindex`` order; the others are their negatives), shape ``(D, d)``, and the Gram
+    coefficients ``C_d = sum_{y - x = d} K_x^T K_y`` of ``blocks`` ``(g, rows, cols, taps)``, shape
+    ``(D, g, cols, cols)`` (``C_{-d} = C_d^T``): per offset and group one product of the stacked
+    taps ``[K_x]^T [K_{x + d}]``, so BLAS sees few large products."""
+    g, cols = blocks.shape[0], blocks.shape[2]
+    taps = np.ascontiguousarray(np.moveaxis(blocks, -1, 1))                        # (g, taps, rows, cols)
     positions = list(itertools.product(*(range(k) for k in kernel_shape)))
+    index = {position: i for i, position in enumerate(positions)}
     offsets: List[Tuple[int, ...]] = list(itertools.product(*(range(1 - k, k) for k in kernel_shape)))
-    index = {offset: i for i, offset in enumerate(offsets)}
-    middle = len(offsets) // 2
-    coefficients = np.zeros((len(offsets), blocks.shape[0], blocks.shape[2], blocks.shape[2]))
-    for x, start in enumerate(positions):
-        for y, end in enumerate(positions):
-            i = index[tuple(e - s for s, e in zip(start, end))]
-            if i <= middle:  # the offsets are symmetric about the middle one, and C_{-d} = C_d^T
-                coefficients[i] += np.swapaxes(taps[x], 1, 2) @ taps[y]
-    coefficients[middle + 1:] = np.swapaxes(coefficients[:middle][::-1], 2, 3)
+    offsets = offsets[len(offsets) // 2:]  # the offsets are symmetric about the middle one, 0
+    coefficients = np.empty((len(offsets), g, cols, cols))
+    for i, offset in enumerate(offsets):
+        pairs = [(index[x], index[y]) for x in positions
+                 if (y := tuple(s + d for s, d in zip(x, offset))) in index]
+        starts, ends = (list(side) for side in zip(*pairs))
+        for group in range(g):
+            left = taps[group, starts].reshape(-1, cols)
+            right = left if i == 0 else taps[group, ends].reshape(-1, cols)  # the same array: BLAS's SYRK
+            np.matmul(left.T, right, out=coefficients[i, group])
     return np.asarray(offsets, dtype=np.float64), coefficients
 
 
@@ -284,6 +318,7 @@ def _gram_coefficients(blocks: np.ndarray, kernel_shape: Sequence[int]) -> Tuple
 def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
     """The largest eigenvalue of a batch of Hermitian positive semi-definite matrices, raised by
     at most :data:`CANDIDATE_MARGIN` and never below the exact value (to float64 rounding).
+    ``gram`` is overwritten.
 
     A few Lanczos steps estimate each matrix's largest eigenvalue from below (its largest Ritz
     value). The matrices whose estimate is within :data:`LEADER_WINDOW` of the highest (at most
@@ -298,16 +333,29 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
         return 0.0
     if len(gram) == 1:
         return max(_largest_eigenvalue(gram) * (1.0 + CANDIDATE_MARGIN), 0.0)
-    estimates = _ritz_values(gram)
+    steps = LANCZOS_STEPS if gram.shape[-1] > SMALL_MATRIX else SMALL_MATRIX_LANCZOS_STEPS
+    estimates = _ritz_values(gram, steps)
     order = np.argsort(estimates)[::-1]
     leading = estimates[order] >= estimates[order[0]] * (1.0 - LEADER_WINDOW)
     leading[LEADERS:] = False  # a flat spectrum (a projection's) has many: Cholesky passes those
     largest = _largest_eigenvalue(gram[order[leading]])
-    others = order[~leading]  # the highest estimates first: a failure is likelier there
+    others = np.ones(len(gram), dtype=bool)
+    others[order[leading]] = False
     candidate = largest * (1.0 + CANDIDATE_MARGIN) + float(np.finfo(np.float64).tiny)
-    uncertified = others[_cholesky_failures(gram, others, candidate)]
+    diagonal = np.arange(gram.shape[-1])
+    diagonals = gram[:, diagonal, diagonal]
+
+    def certify(part: slice) -> np.ndarray:
+        shifted = gram[part]  # becomes candidate * I - G, in place
+        np.negative(shifted, out=shifted)
+        shifted[:, diagonal, diagonal] += candidate
+        return part.start + _cholesky_failures(shifted, others[part])
+
+    uncertified = np.concatenate(across_cores(certify, len(gram)))
     if len(uncertified):
-        largest = max(largest, _largest_eigenvalue(gram[uncertified]))
+        failed = np.negative(gram[uncertified])  # back to G, the diagonal exactly
+        failed[:, diagonal, diagonal] = diagonals[uncertified]
+        largest = max(largest, _largest_eigenvalue(failed))
     return max(largest * (1.0 + CANDIDATE_MARGIN), 0.0)
 
 
@@ -319,7 +367,7 @@ def _largest_eigenvalue(gram: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(gram)[..., -1].max())
 
 
-def _ritz_values(gram: np.ndarray, steps: int = 12) -> np.ndarray:
+def _ritz_values(gram: np.ndarray, steps: int) -> np.ndarray:
     """Per matrix, the largest Ritz value of ``steps`` Lanczos steps (fully reorthogonalised)
     from a fixed random start: a lower bound of its largest eigenvalue, close to it for the
     flat tops of convolutions' spectra, where power iterations are not."""
@@ -344,19 +392,18 @@ def _ritz_values(gram: np.ndarray, steps: int = 12) -> np.ndarray:
     return np.linalg.eigvalsh(tridiagonal)[:, -1]
 
 
-def _cholesky_failures(gram: np.ndarray, indices: np.ndarray, candidate: float, chunk: int = 16) -> np.ndarray:
-    """The positions in ``indices`` of the matrices ``G`` of ``gram`` for which ``candidate * I -
-    G`` has no Cholesky factorisation. LAPACK is called on ``chunk`` matrices at a time (numpy
-    raises for a batch without saying which failed, after factorising all of them), and one at
-    a time in a chunk that fails."""
-    diagonal = np.arange(gram.shape[-1])
-    failures = []
-    for first in range(0, len(indices), chunk):
-        shifted = gram[indices[first:first + chunk]]  # a copy, turned into candidate * I - G
-        np.negative(shifted, out=shifted)
-        shifted[:, diagonal, diagonal] += candidate
-        if not _factorises(shifted):
-            failures += [first + i for i in range(len(shifted)) if not _factorises(shifted[i])]
+def _cholesky_failures(shifted: np.ndarray, tested: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """The indices of the matrices of ``shifted`` marked in the boolean mask ``tested`` that have
+    no Cholesky factorisation. LAPACK is called on runs of at most ``chunk`` consecutive tested
+    matrices (slices, not copies; numpy raises for a batch without saying which failed, after
+    factorising all of them), and one at a time in a run that fails."""
+    failures: List[int] = []
+    for first in np.flatnonzero(tested & ~np.concatenate([[False], tested[:-1]])):  # each run's start
+        end = first + int(np.argmin(np.append(tested[first:], False)))
+        for start in range(first, end, chunk):
+            stop = min(start + chunk, end)
+            if not _factorises(shifted[start:stop]):
+                failures += [i for i in range(start, stop) if not _factorises(shifted[i])]
     return np.asarray(failures, dtype=np.int64)
 
 
