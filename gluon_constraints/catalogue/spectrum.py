@@ -56,12 +56,14 @@ LEADERS = 4
 #: ResNet-18 layer's ranking misleads the Cholesky test, where a miss costs an eigensolver call.
 LANCZOS_STEPS = 12
 
-#: Matrices of at most this size, usually many (a large input's frequencies), take fewer: an
-#: eigensolver call is cheap there, and Lanczos steps over all of them are not.
-SMALL_MATRIX = 128
+#: A batch with at least as many matrices as rows (a large input's frequencies) takes fewer: an
+#: eigensolver call for a misranked matrix is cheap there, and Lanczos steps over all are not.
+MANY_MATRICES_LANCZOS_STEPS = 4
 
-#: Their steps.
-SMALL_MATRIX_LANCZOS_STEPS = 4
+#: Matrices factorised per LAPACK call are at most this many 64 x 64 ones' worth (at least
+#: one): numpy's loop over a batch saves Python calls, and a batch that fails is factorised
+#: again one matrix at a time.
+CHOLESKY_BATCH = 16 * 64 ** 3
 
 #: How far above the leading Gram matrices' largest eigenvalue the Cholesky test of the others is
 #: made: the computed norms are exact to this relative amount (half of it, for singular values).
@@ -333,7 +335,7 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
         return 0.0
     if len(gram) == 1:
         return max(_largest_eigenvalue(gram) * (1.0 + CANDIDATE_MARGIN), 0.0)
-    steps = LANCZOS_STEPS if gram.shape[-1] > SMALL_MATRIX else SMALL_MATRIX_LANCZOS_STEPS
+    steps = MANY_MATRICES_LANCZOS_STEPS if len(gram) >= gram.shape[-1] else LANCZOS_STEPS
     estimates = _ritz_values(gram, steps)
     order = np.argsort(estimates)[::-1]
     leading = estimates[order] >= estimates[order[0]] * (1.0 - LEADER_WINDOW)
@@ -392,11 +394,12 @@ def _ritz_values(gram: np.ndarray, steps: int) -> np.ndarray:
     return np.linalg.eigvalsh(tridiagonal)[:, -1]
 
 
-def _cholesky_failures(shifted: np.ndarray, tested: np.ndarray, chunk: int = 16) -> np.ndarray:
+def _cholesky_failures(shifted: np.ndarray, tested: np.ndarray) -> np.ndarray:
     """The indices of the matrices of ``shifted`` marked in the boolean mask ``tested`` that have
-    no Cholesky factorisation. LAPACK is called on runs of at most ``chunk`` consecutive tested
-    matrices (slices, not copies; numpy raises for a batch without saying which failed, after
-    factorising all of them), and one at a time in a run that fails."""
+    no Cholesky factorisation. LAPACK is called on runs of consecutive tested matrices (slices,
+    not copies) of :data:`CHOLESKY_BATCH`; numpy raises for a batch without saying which failed,
+    after factorising all of them, so a run that fails is factorised again one at a time."""
+    chunk = max(1, CHOLESKY_BATCH // shifted.shape[-1] ** 3)
     failures: List[int] = []
     for first in np.flatnonzero(tested & ~np.concatenate([[False], tested[:-1]])):  # each run's start
         end = first + int(np.argmin(np.append(tested[first:], False)))
