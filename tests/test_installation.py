@@ -49,6 +49,7 @@ def local_index(tmp_path_factory):
                     "--wheel-dir", str(index), str(ROOT)], check=True, timeout=300, env=PURE)
     stand_in_wheel(index, "numpy", "1.23.5", "numpy")
     stand_in_wheel(index, "typing-extensions", "4.12.2", "typing_extensions")
+    stand_in_wheel(index, "threadpoolctl", "3.5.0", "threadpoolctl")
     stand_in_wheel(index, "mxnet", "1.9.1", "mxnet")
     stand_in_wheel(index, "mxnet-cu999", "1.9.1", "mxnet")
     return index
@@ -68,12 +69,12 @@ def resolve(tmp_path, index, *requirements):
 
 def test_installing_beside_a_gpu_build_does_not_pull_the_cpu_build(tmp_path, local_index):
     chosen = resolve(tmp_path, local_index, "mxnet-cu999==1.9.1", "gluon-constraints")
-    assert chosen == ["gluon-constraints", "mxnet-cu999", "numpy", "typing-extensions"]
+    assert chosen == ["gluon-constraints", "mxnet-cu999", "numpy", "threadpoolctl", "typing-extensions"]
 
 
 def test_the_cpu_extra_pulls_the_cpu_build(tmp_path, local_index):
     chosen = resolve(tmp_path, local_index, "gluon-constraints[cpu]")
-    assert chosen == ["gluon-constraints", "mxnet", "numpy", "typing-extensions"]
+    assert chosen == ["gluon-constraints", "mxnet", "numpy", "threadpoolctl", "typing-extensions"]
 
 
 def test_the_readme_install_commands_resolve(tmp_path, local_index):
@@ -84,7 +85,7 @@ def test_the_readme_install_commands_resolve(tmp_path, local_index):
     wheel = next(local_index.glob("gluon_constraints-*.whl"))
     assert wheel.name.startswith(f"gluon_constraints-{gluon_constraints.__version__}-")  # one version source
     assert resolve(tmp_path, local_index, f"{wheel}[cpu]") == ["gluon-constraints", "mxnet", "numpy",
-                                                              "typing-extensions"]
+                                                              "threadpoolctl", "typing-extensions"]
     built = tmp_path / "from-git"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(built), f"gluon-constraints[cpu] @ git+file://{ROOT}"],
