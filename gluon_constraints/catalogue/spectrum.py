@@ -396,17 +396,16 @@ def _ritz_values(gram: np.ndarray, steps: int) -> np.ndarray:
 
 def _cholesky_failures(shifted: np.ndarray, tested: np.ndarray) -> np.ndarray:
     """The indices of the matrices of ``shifted`` marked in the boolean mask ``tested`` that have
-    no Cholesky factorisation. LAPACK is called on runs of consecutive tested matrices (slices,
-    not copies) of :data:`CHOLESKY_BATCH`; numpy raises for a batch without saying which failed,
-    after factorising all of them, so a run that fails is factorised again one at a time."""
+    no Cholesky factorisation. LAPACK is called on slices (not copies) of :data:`CHOLESKY_BATCH`;
+    numpy raises for a batch without saying which failed, after factorising all of them, so a
+    slice that fails, or holds an untested matrix, is factorised one tested matrix at a time."""
     chunk = max(1, CHOLESKY_BATCH // shifted.shape[-1] ** 3)
     failures: List[int] = []
-    for first in np.flatnonzero(tested & ~np.concatenate([[False], tested[:-1]])):  # each run's start
-        end = first + int(np.argmin(np.append(tested[first:], False)))
-        for start in range(first, end, chunk):
-            stop = min(start + chunk, end)
-            if not _factorises(shifted[start:stop]):
-                failures += [i for i in range(start, stop) if not _factorises(shifted[i])]
+    for start in range(0, len(shifted), chunk):
+        stop = min(start + chunk, len(shifted))
+        if tested[start:stop].all() and _factorises(shifted[start:stop]):
+            continue
+        failures += [i for i in range(start, stop) if tested[i] and not _factorises(shifted[i])]
     return np.asarray(failures, dtype=np.int64)
 
 
