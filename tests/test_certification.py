@@ -150,6 +150,28 @@ def test_the_bound_is_exact_where_the_zero_padded_convolution_is_one_matrix(make
     assert true <= gc.lipschitz_bound(layer, shape).bound <= true * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("shape,size,dilation", [
+    ((3, 2, 3, 3), (7, 8), (1, 1)),      # odd and even sides
+    ((2, 4, 3, 2), (6, 5), (2, 3)),      # dilated
+    ((2, 2, 4), (5,), (2,)),             # taps that wrap onto each other
+])
+def test_transfer_matrices_and_taps_of_are_numpys_fft_on_the_grid(shape, size, dilation):
+    # the direct transforms against numpy's rfftn of the kernel on its grid and irfftn read at the taps
+    from gluon_constraints.catalogue.spectrum import on_grid, tap_angles, tap_positions, taps_of, transfer_matrices
+    kernel = RNG.standard_normal(shape)
+    a, b = shape[:2]
+    angles = tap_angles(shape[2:], size, dilation)
+    axes = tuple(range(2, 2 + len(size)))
+    spectrum = np.fft.rfftn(on_grid(kernel, size, dilation), axes=axes).reshape(a, b, -1)
+    transfer = transfer_matrices(kernel.reshape(a, b, -1), angles)
+    np.testing.assert_allclose(transfer, spectrum.transpose(2, 0, 1), rtol=0, atol=1e-12 * np.abs(kernel).sum())
+    # a spectrum that is no kernel's (random): irfftn reads it as numpy defines it
+    matrices = RNG.standard_normal(transfer.shape) + 1j * RNG.standard_normal(transfer.shape)
+    grid = np.fft.irfftn(matrices.transpose(1, 2, 0).reshape(a, b, *size[:-1], size[-1] // 2 + 1), s=size, axes=axes)
+    expected = grid.reshape(a, b, -1)[:, :, tap_positions(shape[2:], size, dilation)]
+    np.testing.assert_allclose(taps_of(matrices, angles, size), expected, rtol=0, atol=1e-13 * np.abs(matrices).sum())
+
+
 def test_largest_eigenvalue_is_exact_when_many_matrices_share_nearly_the_same_top():
     # the flat tops of random convolutions' spectra: the estimates rank them wrongly at times,
     # and the certified maximum must still be the true one

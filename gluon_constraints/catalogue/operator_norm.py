@@ -15,7 +15,8 @@ from ..errors import ConstraintArgumentError, ConstraintShapeError, ConstraintTy
 from .base import WHOLE, Constraint, bound_argument
 from .reduction import Reduction
 from .registry import register_constraint
-from .spectrum import conv_operator_norm, largest_singular_value, on_grid, tap_positions
+from .cores import across_cores
+from .spectrum import conv_operator_norm, largest_singular_value, tap_angles, taps_of, transfer_matrices
 
 __all__ = ["OperatorNorm"]
 
@@ -47,11 +48,14 @@ class OperatorNorm(Constraint):
     clipped to it (``U min(S, max_value) V^T``, the nearest matrix in the set).
 
     Computed in float64 with numpy: each projection reads the weight to the host and writes it
-    back (``every=`` spaces them out for large layers); an alternation costs one FFT of the
-    kernel on the grid and one small SVD per frequency. The layer's layout gives the kernel
-    axes (channels-last convolutions included); a transposed convolution's weight has its
-    adjoint's singular values, so the same set applies. ``groups=1`` on a grouped layer is
-    safe: it bounds all groups' blocks stacked, which is at least the largest block's norm.
+    back (``every=`` spaces them out for large layers). A projection takes one small SVD per
+    frequency; each try of a target then costs two small products per frequency (the clipping),
+    the inverse transform read at the taps, the transform of the taps (a product with a phase
+    per tap and frequency) and a certified norm; LAPACK's batches are split over the cores. The
+    layer's layout gives the kernel axes (channels-last convolutions included); a transposed
+    convolution's weight has its adjoint's singular values, so the same set applies. ``groups=1``
+    on a grouped layer is safe: it bounds all groups' blocks stacked, which is at least the
+    largest block's norm.
 
     Parameters
     ----------
@@ -167,13 +171,13 @@ class OperatorNorm(Constraint):
         norm = conv_operator_norm(kernel, size, dilation, self.groups)
         if norm <= self.max_value * (1.0 + rtol):
             return None
-        positions = tap_positions(kernel.shape[2:], size, dilation)
-        transfer = self._transfer(kernel, size, dilation)
-        _, s, vh = np.linalg.svd(transfer, full_matrices=False)
+        angles = tap_angles(kernel.shape[2:], size, dilation)
+        transfer = self._transfer(kernel, angles)
+        s, vh = _singular_values_and_right_vectors(transfer)
 
         def clipped(target: float) -> Tuple[np.ndarray, float]:
-            result = self._back_to_taps(_clip_singular_values(transfer, s, vh, target), kernel.shape, size, positions)
-            return result, largest_singular_value(self._transfer(result, size, dilation))
+            result = self._back_to_taps(_clip_singular_values(transfer, s, vh, target), kernel.shape, angles, size)
+            return result, largest_singular_value(self._transfer(result, angles))
 
         # The norm rises from 0 at target 0 to above max_value at target max_value: the target
         # whose norm is max_value, by regula falsi on that bracket (Illinois: an end kept twice
@@ -196,22 +200,22 @@ class OperatorNorm(Constraint):
             current = current * (self.max_value / norm)
         return current
 
-    def _transfer(self, kernel: np.ndarray, size: Tuple[int, ...], dilation: Tuple[int, ...]) -> np.ndarray:
-        """Every group's transfer matrix at every frequency (half the spectrum): ``(groups,
-        frequencies, A / groups, B)``."""
-        spectrum = np.fft.rfftn(on_grid(kernel, size, dilation), axes=tuple(range(2, kernel.ndim)))
+    def _transfer(self, kernel: np.ndarray, angles: np.ndarray) -> np.ndarray:
+        """Every group's transfer matrix at every frequency (half the spectrum), from the taps'
+        :func:`~.spectrum.tap_angles`: ``(groups, frequencies, A / groups, B)``, contiguous."""
         a, b = kernel.shape[:2]
-        return spectrum.reshape(self.groups, a // self.groups, b, -1).transpose(0, 3, 1, 2)
+        spectrum = transfer_matrices(kernel.reshape(a, b, -1), angles)
+        per_group = spectrum.reshape(len(angles), self.groups, a // self.groups, b)
+        return np.ascontiguousarray(per_group.transpose(1, 0, 2, 3))
 
     @staticmethod
-    def _back_to_taps(matrices: np.ndarray, shape: Tuple[int, ...], size: Tuple[int, ...],
-                      positions: np.ndarray) -> np.ndarray:
+    def _back_to_taps(matrices: np.ndarray, shape: Tuple[int, ...], angles: np.ndarray,
+                      size: Tuple[int, ...]) -> np.ndarray:
         """The kernel on the taps whose transfer matrices are nearest ``matrices`` (the inverse
-        transform, cut back to the kernel's support)."""
+        transform, read at the kernel's taps)."""
         a, b = shape[:2]
-        spectrum = matrices.transpose(0, 2, 3, 1).reshape(a, b, *size[:-1], size[-1] // 2 + 1)
-        grid = np.fft.irfftn(spectrum, s=size, axes=tuple(range(2, 2 + len(size)))).reshape(a, b, -1)
-        return grid[:, :, positions].reshape(shape)
+        spectrum = matrices.transpose(1, 0, 2, 3).reshape(len(angles), a, b)
+        return taps_of(spectrum, angles, size).reshape(shape)
 
     @staticmethod
     def _channels_first(shape: Tuple[int, ...], reduction: Reduction) -> Tuple[int, ...]:
@@ -221,13 +225,31 @@ class OperatorNorm(Constraint):
         return (*channels, *spatial)
 
 
+def _singular_values_and_right_vectors(matrices: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The singular values ``s`` and right singular vectors ``vh`` of a batch ``(..., m, n)`` of
+    matrices, LAPACK's batch split over the cores (:func:`~.cores.across_cores`)."""
+    flat = matrices.reshape(-1, *matrices.shape[-2:])
+    parts = across_cores(lambda part: np.linalg.svd(flat[part], full_matrices=False)[1:], len(flat))
+    s, vh = (np.concatenate(side) for side in zip(*parts))
+    return s.reshape(*matrices.shape[:-2], -1), vh.reshape(*matrices.shape[:-2], *vh.shape[-2:])
+
+
 def _clip_singular_values(matrices: np.ndarray, s: np.ndarray, vh: np.ndarray, target: float) -> np.ndarray:
     """``matrices`` (``U S V^H``, singular values ``s``, ``vh = V^H``) with their singular values
     above ``target`` lowered to it: ``M V diag(min(1, target / s)) V^H``, which equals ``U min(S,
     target) V^H`` and keeps a zero row exactly zero (however large the other rows, whose rounding
-    would otherwise show up as singular vectors of noise)."""
-    factor = np.where(s > target, target / np.where(s > 0, s, 1.0), 1.0)
-    return matrices @ ((np.conj(np.swapaxes(vh, -1, -2)) * factor[..., None, :]) @ vh)
+    would otherwise show up as singular vectors of noise). A batch ``(..., m, n)`` is split over
+    the cores (:func:`~.cores.across_cores`)."""
+    factor = np.where(s > target, target / np.where(s > 0, s, 1.0), 1.0).reshape(-1, s.shape[-1])
+    flat, rows = matrices.reshape(-1, *matrices.shape[-2:]), vh.reshape(-1, *vh.shape[-2:])
+    clipped = np.empty_like(flat)
+
+    def clip(part: slice) -> None:
+        columns = np.conj(np.swapaxes(rows[part], -1, -2)) * factor[part, None, :]
+        np.matmul(flat[part], columns @ rows[part], out=clipped[part])
+
+    across_cores(clip, len(flat))
+    return clipped.reshape(matrices.shape)
 
 
 def _sizes(argument: str, value: Any, least: int) -> Tuple[int, ...]:

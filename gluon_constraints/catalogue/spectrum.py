@@ -38,7 +38,7 @@ from .host import host_copy
 from ..errors import ConstraintArgumentError
 
 __all__ = ["conv_operator_norm", "dense_operator_norm", "largest_singular_value", "ROUND_UP", "tap_positions",
-           "on_grid", "zero_padded_embedding"]
+           "on_grid", "tap_angles", "transfer_matrices", "taps_of", "zero_padded_embedding"]
 
 #: The relative amount by which computed operator norms are rounded up, far above the float64
 #: errors of the Gram matrices and of LAPACK (about ``n * 1e-16``), so that they are upper bounds.
@@ -212,16 +212,26 @@ def largest_singular_value(matrices: np.ndarray) -> float:
     matrices = np.ascontiguousarray(matrices.reshape(-1, *matrices.shape[-2:]))
     if matrices.shape[-2] < matrices.shape[-1]:
         matrices = np.ascontiguousarray(np.swapaxes(matrices, -1, -2))
-    adjoint = np.ascontiguousarray(np.conj(np.swapaxes(matrices, -1, -2)))
-    return math.sqrt(_largest_eigenvalue_bound(adjoint @ matrices))
+    gram = np.empty((len(matrices), matrices.shape[-1], matrices.shape[-1]), dtype=matrices.dtype)
+
+    def multiply(part: slice) -> None:  # the adjoint is laid out transposed, which BLAS takes
+        np.matmul(np.conj(np.swapaxes(matrices[part], -1, -2)), matrices[part], out=gram[part])
+
+    across_cores(multiply, len(matrices))
+    return math.sqrt(_largest_eigenvalue_bound(gram))
 
 
 def tap_positions(kernel_shape: Sequence[int], size: Sequence[int], dilation: Sequence[int]) -> np.ndarray:
     """For each tap ``x`` of a kernel (in ``np.ndindex`` order), its flat position ``x * dilation``
     on the circular grid of ``size`` (wrapped around where the dilated kernel is larger)."""
+    return np.ravel_multi_index(tuple(_wrapped_taps(kernel_shape, size, dilation).T), tuple(size))
+
+
+def _wrapped_taps(kernel_shape: Sequence[int], size: Sequence[int], dilation: Sequence[int]) -> np.ndarray:
+    """Each tap's coordinates ``x * dilation`` on the circle of ``size`` (``np.ndindex`` order),
+    shape ``(taps, d)``."""
     taps = np.array(list(itertools.product(*(range(k) for k in kernel_shape))), dtype=np.int64)
-    wrapped = (taps * np.asarray(dilation, dtype=np.int64)) % np.asarray(size, dtype=np.int64)
-    return np.ravel_multi_index(tuple(wrapped.T), tuple(size))
+    return (taps * np.asarray(dilation, dtype=np.int64)) % np.asarray(size, dtype=np.int64)
 
 
 def on_grid(kernel: np.ndarray, size: Tuple[int, ...], dilation: Tuple[int, ...]) -> np.ndarray:
@@ -237,6 +247,38 @@ def on_grid(kernel: np.ndarray, size: Tuple[int, ...], dilation: Tuple[int, ...]
         for tap, position in enumerate(positions):
             grid[:, :, position] += taps[:, :, tap]
     return grid.reshape(a, b, *size)
+
+
+def tap_angles(kernel_shape: Sequence[int], size: Sequence[int], dilation: Sequence[int]) -> np.ndarray:
+    """The phases ``2 pi <f, x * dilation / size>`` of each tap ``x`` of a kernel (in ``np.ndindex``
+    order) at each frequency ``f`` of the half spectrum of ``size`` (:func:`_half_spectrum`'s
+    order), shape ``(F, taps)``; a position past the circle wraps around it."""
+    wrapped = _wrapped_taps(kernel_shape, size, dilation)
+    return 2.0 * np.pi * (_half_spectrum(tuple(size)) / np.asarray(size)) @ wrapped.T
+
+
+def transfer_matrices(taps: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """``sum_x taps[..., x] exp(-i angles[:, x])`` for taps ``(..., taps)`` and their
+    :func:`tap_angles`: the transfer matrices at each frequency, shape ``(F, ...)`` (a kernel's
+    ``(A, B, taps)`` gives ``P(f)``)."""
+    terms = taps.reshape(-1, taps.shape[-1]).T
+    return _fourier_sum(angles, terms, angles, terms).reshape(len(angles), *taps.shape[:-1])
+
+
+def taps_of(matrices: np.ndarray, angles: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The taps whose transfer matrices are nearest ``matrices`` ``(F, ...)`` given on the half
+    spectrum of ``size``, shape ``(..., taps)``: the inverse transform read at the taps,
+
+        K_x = (1 / N) sum_f w_f Re(M(f) exp(i angles[f, x])),   N = prod(size),
+
+    with ``w_f = 1`` where ``f``'s last index is 0 or ``size[-1] / 2`` (its conjugate is in the
+    half spectrum) and 2 elsewhere (its conjugate, not stored, adds the conjugate term): numpy's
+    ``irfftn`` at the taps' positions, without the grid."""
+    last = _half_spectrum(tuple(size))[:, -1]
+    weights = np.where((last == 0) | (2 * last == size[-1]), 1.0, 2.0) / float(np.prod(size))
+    phases = weights[:, None] * np.exp(1j * angles)                                  # (F, taps)
+    flat = matrices.reshape(len(matrices), -1)
+    return (phases.T @ flat).real.T.reshape(*matrices.shape[1:], angles.shape[1])
 
 
 # -- Gram matrices per frequency --------------------------------------------------------------------
@@ -261,10 +303,8 @@ def _gram_matrices(kernel: np.ndarray, size: Tuple[int, ...], groups: int) -> np
         gram = _fourier_sum(np.concatenate([np.zeros((len(angles), 1)), angles], axis=1),
                             symmetric.reshape(-1, width), angles, (coefficients[1:] - transposed).reshape(-1, width))
         return gram.reshape(-1, cols, cols)
-    positions = np.asarray(list(itertools.product(*(range(k) for k in kernel.shape[2:]))))
-    angles = 2.0 * np.pi * (frequencies / np.asarray(size)) @ positions.T          # (F, taps)
-    terms = blocks.transpose(3, 0, 1, 2).reshape(taps, -1)
-    transfer = _fourier_sum(angles, terms, angles, terms).reshape(-1, rows, cols)
+    angles = tap_angles(kernel.shape[2:], size, (1,) * len(size))
+    transfer = transfer_matrices(blocks, angles).reshape(-1, rows, cols)
     adjoint = np.ascontiguousarray(np.conj(np.swapaxes(transfer, -1, -2)))
     return adjoint @ transfer
 
