@@ -82,3 +82,19 @@ def test_the_certified_largest_eigenvalue_does_not_depend_on_the_cores(monkeypat
     gram = vectors @ (values[..., None] * np.conj(np.swapaxes(vectors, 1, 2)))
     exact = np.linalg.eigvalsh(gram)[:, -1].max()
     assert exact <= spectrum._largest_eigenvalue_bound(gram) <= exact * (1 + 2 * spectrum.CANDIDATE_MARGIN)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_the_lock_is_held_can_still_run_batches(three_cores):
+    import os
+
+    with cores._lock:  # as if another thread were inside across_cores when the fork came
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 if a batch runs, after at most a few seconds
+            done = threading.Event()
+            threading.Thread(target=lambda: (cores.across_cores(lambda part: part, 4), done.set()),
+                             daemon=True).start()
+            os._exit(0 if done.wait(30) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0

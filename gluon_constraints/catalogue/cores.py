@@ -23,6 +23,17 @@ _lock = threading.Lock()
 _controller: Optional[Any] = None
 
 
+def _new_lock_in_child() -> None:
+    """A child forked while another thread held ``_lock`` (a DataLoader worker forked during a
+    bound) would wait for it for ever: the child gets its own."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def cores() -> int:
     """The cores this process may run on (its CPU affinity where the system has one)."""
     if hasattr(os, "sched_getaffinity"):
