@@ -186,6 +186,43 @@ def test_largest_eigenvalue_is_exact_when_many_matrices_share_nearly_the_same_to
     assert exact <= _largest_eigenvalue_bound(gram) <= exact * (1 + 2 * CANDIDATE_MARGIN)
 
 
+def test_lanczos_estimates_stay_below_the_top_of_low_rank_matrices():
+    # more steps than the rank: the Krylov space runs out, and the rounding left over must not
+    # become a direction (it gave Ritz values 17 times the largest eigenvalue)
+    from gluon_constraints.catalogue.spectrum import _ritz_values
+    rng = np.random.default_rng(5)
+    for rank in (1, 2, 3, 4):
+        factor = rng.standard_normal((30, rank)) + 1j * rng.standard_normal((30, rank))
+        gram = factor @ np.conj(factor.T)
+        top = np.linalg.eigvalsh(gram)[-1]
+        assert _ritz_values(gram[None], 20)[0] <= top * (1 + 4 * 30 * np.finfo(float).eps)
+
+
+@pytest.mark.parametrize("spectrum", ["spread", "close_top", "low_rank", "zero"])
+def test_the_top_eigenvalue_is_within_the_margin_of_lapacks(monkeypatch, spectrum):
+    # Lanczos with one Cholesky certificate, or the eigensolver where that fails: either way
+    # theta <= lambda <= theta (1 + CANDIDATE_MARGIN)
+    from gluon_constraints.catalogue import spectrum as module
+    rng = np.random.default_rng(9)
+    n = 300
+    values = {"spread": rng.uniform(0.0, 1.0, n),
+              "close_top": np.concatenate([rng.uniform(0.0, 1.0, n - 2), [1.0 - 1e-6, 1.0]]),
+              "low_rank": np.concatenate([np.zeros(n - 3), rng.uniform(1.0, 2.0, 3)]),
+              "zero": np.zeros(n)}[spectrum]
+    vectors = np.linalg.qr(rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n)))[0]
+    gram = (vectors * values) @ np.conj(vectors.T)
+    gram = (gram + np.conj(gram.T)) / 2
+    exact = np.linalg.eigvalsh(gram)[-1]
+    solver_calls = []
+    solver = module._largest_eigenvalue
+    monkeypatch.setattr(module, "_largest_eigenvalue", lambda g: solver_calls.append(1) or solver(g))
+    theta = module._top_eigenvalue(gram.copy())
+    rounding = 4 * n * np.finfo(float).eps * values.max()
+    assert theta - rounding <= exact <= theta * (1 + module.CANDIDATE_MARGIN) + rounding
+    if spectrum == "close_top":  # a gap of 1e-6: 40 steps do not resolve it to 1e-7
+        assert solver_calls
+
+
 def test_the_bound_of_a_padded_convolution_on_a_realistic_input_is_within_one_percent():
     layer = gluon.nn.Conv2D(4, 3, padding=1, in_channels=2)
     layer.initialize(mx.init.Normal(1.0))

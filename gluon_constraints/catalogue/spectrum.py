@@ -56,6 +56,15 @@ LEADERS = 4
 #: ResNet-18 layer's ranking misleads the Cholesky test, where a miss costs an eigensolver call.
 LANCZOS_STEPS = 12
 
+#: The Lanczos steps that compute a leading matrix's largest eigenvalue (certified by one
+#: Cholesky factorisation): on ResNet-18's Gram matrices of 128 to 512 rows, 40 steps come
+#: within 1e-10 of it (the eigensolver's answer) in a tenth of its time at 512 rows, half at 128.
+TOP_LANCZOS_STEPS = 40
+
+#: A Lanczos step whose new direction is shorter than this, relative to the matrix's scale so
+#: far, has found an invariant subspace: the rest is rounding and is dropped.
+LANCZOS_BREAKDOWN = 1e-12
+
 #: A batch with at least as many matrices as rows (a large input's frequencies) takes fewer: an
 #: eigensolver call for a misranked matrix is cheap there, and Lanczos steps over all are not.
 MANY_MATRICES_LANCZOS_STEPS = 4
@@ -364,8 +373,9 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
 
     A few Lanczos steps estimate each matrix's largest eigenvalue from below (its largest Ritz
     value). The matrices whose estimate is within :data:`LEADER_WINDOW` of the highest (at most
-    :data:`LEADERS` of them) get their largest eigenvalue from LAPACK's symmetric eigensolver;
-    the largest of those, raised by :data:`CANDIDATE_MARGIN`, is the candidate ``t``. A Cholesky
+    :data:`LEADERS` of them) get their largest eigenvalue to :data:`CANDIDATE_MARGIN`
+    (:func:`_top_eigenvalue`); the largest of those, raised by :data:`CANDIDATE_MARGIN`, is the
+    candidate ``t``. A Cholesky
     factorisation of ``t I - G`` exists exactly where ``t >= lambda_max(G)``, so it certifies
     ``t`` for every other matrix it succeeds on (LAPACK's Cholesky is backward stable); the few
     it fails on (where the estimates misled) get their eigenvalues from the eigensolver too.
@@ -374,13 +384,13 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
     if gram.size == 0:
         return 0.0
     if len(gram) == 1:
-        return max(_largest_eigenvalue(gram) * (1.0 + CANDIDATE_MARGIN), 0.0)
+        return max(_top_eigenvalue(gram[0]) * (1.0 + CANDIDATE_MARGIN), 0.0)
     steps = MANY_MATRICES_LANCZOS_STEPS if len(gram) >= gram.shape[-1] else LANCZOS_STEPS
     estimates = _ritz_values(gram, steps)
     order = np.argsort(estimates)[::-1]
     leading = estimates[order] >= estimates[order[0]] * (1.0 - LEADER_WINDOW)
     leading[LEADERS:] = False  # a flat spectrum (a projection's) has many: Cholesky passes those
-    largest = _largest_eigenvalue(gram[order[leading]])
+    largest = max(_top_eigenvalue(matrix) for matrix in gram[order[leading]])
     others = np.ones(len(gram), dtype=bool)
     others[order[leading]] = False
     candidate = largest * (1.0 + CANDIDATE_MARGIN) + float(np.finfo(np.float64).tiny)
@@ -399,6 +409,20 @@ def _largest_eigenvalue_bound(gram: np.ndarray) -> float:
         failed[:, diagonal, diagonal] = diagonals[uncertified]
         largest = max(largest, _largest_eigenvalue(failed))
     return max(largest * (1.0 + CANDIDATE_MARGIN), 0.0)
+
+
+def _top_eigenvalue(matrix: np.ndarray) -> float:
+    """A Hermitian positive semi-definite matrix's largest eigenvalue ``lambda``, or a value
+    ``theta`` with ``theta <= lambda <= theta * (1 + CANDIDATE_MARGIN)``: the largest Ritz value
+    of :data:`TOP_LANCZOS_STEPS` Lanczos steps (below ``lambda``), where a Cholesky factorisation
+    of ``theta (1 + CANDIDATE_MARGIN) I - G`` shows that this is above it; LAPACK's eigensolver
+    where it does not (Lanczos converged too slowly). The steps and the factorisation cost a
+    few times less than the eigensolver."""
+    theta = float(_ritz_values(matrix[None], TOP_LANCZOS_STEPS)[0])
+    shifted = np.negative(matrix)
+    diagonal = np.arange(matrix.shape[-1])
+    shifted[diagonal, diagonal] += theta * (1.0 + CANDIDATE_MARGIN) + float(np.finfo(np.float64).tiny)
+    return theta if _factorises(shifted) else _largest_eigenvalue(matrix[None])
 
 
 def _largest_eigenvalue(gram: np.ndarray) -> float:
@@ -429,8 +453,12 @@ def _ritz_values(gram: np.ndarray, steps: int) -> np.ndarray:
         image -= basis[:, :, :j + 1] @ coefficients
         if j + 1 < steps:
             norms = np.linalg.norm(image, axis=1, keepdims=True)
-            tridiagonal[:, j, j + 1] = tridiagonal[:, j + 1, j] = norms[:, 0, 0]
-            vector = image / np.where(norms > 0, norms, 1.0)
+            # an invariant subspace is found where the rest is rounding: normalising that would
+            # add a vector that is not orthogonal to the others, and Ritz values above the top
+            scale = np.abs(tridiagonal[:, :j + 1, :j + 1]).max(axis=(1, 2))[:, None, None]
+            alive = norms > LANCZOS_BREAKDOWN * scale
+            tridiagonal[:, j, j + 1] = tridiagonal[:, j + 1, j] = np.where(alive, norms, 0.0)[:, 0, 0]
+            vector = np.where(alive, image / np.where(alive, norms, 1.0), 0.0)
     return np.linalg.eigvalsh(tridiagonal)[:, -1]
 
 
