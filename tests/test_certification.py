@@ -90,6 +90,24 @@ def test_conv_operator_norm_is_the_largest_singular_value_of_the_circular_convol
     assert exact <= computed <= exact * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-170, 1e-155, 1e77, 1e150, 1e300])
+def test_norms_of_huge_and_tiny_weights_are_the_scaled_norms(scale):
+    # unscaled, the Gram matrices' squares overflow above 1e154 and lose their digits in the
+    # subnormals below 1e-154 (the norm came out below the true one): scaling by a power of two
+    # is exact, so the bound is the unit-scale one times the scale, to its rounding
+    from gluon_constraints.catalogue import spectrum
+    kernel = RNG.standard_normal((4, 3, 3, 3))
+    weight = RNG.standard_normal((5, 7))
+    transfer = RNG.standard_normal((6, 4, 3)) + 1j * RNG.standard_normal((6, 4, 3))
+    kernel_norm = largest_singular_value(circular_matrix(kernel, (6, 6), (1, 1), (1, 1), 1))
+    cases = [(gc.conv_operator_norm(kernel * scale, (6, 6)), kernel_norm),
+             (spectrum.dense_operator_norm(weight * scale), largest_singular_value(weight)),
+             (spectrum.largest_singular_value(transfer * scale), max(np.linalg.svd(transfer, compute_uv=False)[:, 0]))]
+    for bound, true in cases:
+        # the true norm of the scaled weight is true * scale up to the scaling's rounding (1 ulp)
+        assert true * scale * (1 - 4 * np.finfo(float).eps) <= bound <= true * scale * (1 + 1e-6)
+
+
 def test_conv_operator_norm_of_a_1x1_convolution_is_the_matrix_norm_at_every_size():
     matrix = RNG.standard_normal((5, 3))
     for size in ((1, 1), (4, 7)):

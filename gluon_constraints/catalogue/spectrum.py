@@ -81,10 +81,10 @@ CANDIDATE_MARGIN = 1e-7
 def dense_operator_norm(weight: np.ndarray) -> float:
     """The largest singular value of a matrix (a Dense weight ``(units, in_units)``), rounded up
     by :data:`ROUND_UP`."""
-    matrix = np.asarray(weight, dtype=np.float64).reshape(weight.shape[0], -1)
+    matrix, exponent = _unit_scaled(np.asarray(weight, dtype=np.float64).reshape(weight.shape[0], -1))
     if matrix.shape[0] < matrix.shape[1]:
         matrix = matrix.T
-    return math.sqrt(_largest_eigenvalue_bound((matrix.T @ matrix)[None])) * (1.0 + ROUND_UP)
+    return _scaled_back(math.sqrt(_largest_eigenvalue_bound((matrix.T @ matrix)[None])) * (1.0 + ROUND_UP), exponent)
 
 
 def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Optional[Sequence[int]] = None,
@@ -124,6 +124,7 @@ def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Option
     2.0
     """
     kernel, size, dilation, stride = _checked(kernel, size, dilation, groups, stride)
+    kernel, exponent = _unit_scaled(kernel)
     dilated = on_grid(kernel, tuple((k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilation)), dilation)
     phases, size = _polyphase(dilated, tuple(size), stride)
     phases = phases[:, np.flatnonzero(phases.reshape(*phases.shape[:2], -1).any(axis=(0, 2)))]
@@ -131,7 +132,8 @@ def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Option
         return 0.0
     if np.prod(phases.shape[2:]) == 1:  # one tap: the same transfer matrix (up to a phase) at every frequency
         size = (1,) * len(size)
-    return math.sqrt(_largest_eigenvalue_bound(_gram_matrices(phases, size, groups))) * (1.0 + ROUND_UP)
+    norm = math.sqrt(_largest_eigenvalue_bound(_gram_matrices(phases, size, groups))) * (1.0 + ROUND_UP)
+    return _scaled_back(norm, exponent)
 
 
 def zero_padded_embedding(kernel_shape: Sequence[int], size: Sequence[int], padding: Sequence[int],
@@ -218,7 +220,7 @@ def _checked(kernel: Any, size: Any, dilation: Any, groups: Any,
 def largest_singular_value(matrices: np.ndarray) -> float:
     """The largest singular value in a batch of complex matrices ``(..., m, n)``, certified as
     :func:`conv_operator_norm`'s (never below, at most ``CANDIDATE_MARGIN / 2`` above)."""
-    matrices = np.ascontiguousarray(matrices.reshape(-1, *matrices.shape[-2:]))
+    matrices, exponent = _unit_scaled(np.ascontiguousarray(matrices.reshape(-1, *matrices.shape[-2:])))
     if matrices.shape[-2] < matrices.shape[-1]:
         matrices = np.ascontiguousarray(np.swapaxes(matrices, -1, -2))
     gram = np.empty((len(matrices), matrices.shape[-1], matrices.shape[-1]), dtype=matrices.dtype)
@@ -227,7 +229,29 @@ def largest_singular_value(matrices: np.ndarray) -> float:
         np.matmul(np.conj(np.swapaxes(matrices[part], -1, -2)), matrices[part], out=gram[part])
 
     across_cores(multiply, len(matrices))
-    return math.sqrt(_largest_eigenvalue_bound(gram))
+    return _scaled_back(math.sqrt(_largest_eigenvalue_bound(gram)), exponent)
+
+
+def _unit_scaled(array: np.ndarray) -> Tuple[np.ndarray, int]:
+    """``array`` (contiguous, real or complex) divided by ``2^e``, exactly, so that its largest
+    magnitude lies in ``[0.5, 1)``, and ``e`` (``array`` itself and 0 if it is zero). The Gram
+    matrices square the entries: unscaled, entries above ``1e154`` overflow and entries below
+    ``1e-154`` fall into float64's subnormals, where they lose their digits and the norm comes out
+    below the true one."""
+    largest = float(np.abs(array).max(initial=0.0))
+    if largest == 0.0:
+        return array, 0
+    exponent = math.frexp(largest)[1]
+    parts = np.ascontiguousarray(array).view(np.float64)  # a complex array's real and imaginary parts
+    return np.ldexp(parts, -exponent).view(array.dtype), exponent
+
+
+def _scaled_back(norm: float, exponent: int) -> float:
+    """``norm * 2^exponent``, infinite where that is beyond float64 (still an upper bound)."""
+    try:
+        return math.ldexp(norm, exponent)
+    except OverflowError:
+        return math.inf
 
 
 def tap_positions(kernel_shape: Sequence[int], size: Sequence[int], dilation: Sequence[int]) -> np.ndarray:
