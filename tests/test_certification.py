@@ -241,6 +241,34 @@ def test_the_top_eigenvalue_is_within_the_margin_of_lapacks(monkeypatch, spectru
         assert solver_calls
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (64, 1000), (1000, 64), (256, 4096)])
+@pytest.mark.parametrize("spread", ["orthogonal", "gaussian"])
+def test_dense_norms_with_spectra_bunched_away_from_zero(shape, spread):
+    # orthogonal and tall or wide Gaussian matrices have every singular value within a small
+    # factor of the top: Lanczos vectors reorthogonalised once lost their orthogonality there,
+    # and the Ritz value (a Dense layer's "exact" norm) came out 4 to 8 times the true one
+    from gluon_constraints.catalogue import spectrum
+    rng = np.random.default_rng(12)
+    weight = rng.standard_normal(shape)
+    if spread == "orthogonal":
+        q = np.linalg.qr(rng.standard_normal((max(shape), max(shape))))[0]
+        weight = q[:shape[0], :shape[1]].astype(np.float32).astype(np.float64)  # float32-rounded
+    true = largest_singular_value(weight)
+    assert true <= spectrum.dense_operator_norm(weight) <= true * (1 + 2 * spectrum.CANDIDATE_MARGIN)
+
+
+def test_a_lanczos_value_that_went_wrong_is_caught_by_its_lower_certificate(monkeypatch):
+    # the upper Cholesky test passes any value above the top; the lower one must send a value
+    # far above it to the eigensolver
+    from gluon_constraints.catalogue import spectrum
+    rng = np.random.default_rng(13)
+    factor = rng.standard_normal((40, 40))
+    gram = factor @ factor.T
+    exact = np.linalg.eigvalsh(gram)[-1]
+    monkeypatch.setattr(spectrum, "_ritz_values", lambda g, steps: np.array([48.0 * exact]))
+    assert exact <= spectrum._top_eigenvalue(gram) * (1 + spectrum.CANDIDATE_MARGIN) <= exact * (1 + 2e-7)
+
+
 def test_the_bound_of_a_padded_convolution_on_a_realistic_input_is_within_one_percent():
     layer = gluon.nn.Conv2D(4, 3, padding=1, in_channels=2)
     layer.initialize(mx.init.Normal(1.0))
