@@ -269,6 +269,20 @@ def test_a_lanczos_value_that_went_wrong_is_caught_by_its_lower_certificate(monk
     assert exact <= spectrum._top_eigenvalue(gram) * (1 + spectrum.CANDIDATE_MARGIN) <= exact * (1 + 2e-7)
 
 
+@pytest.mark.parametrize("declared,shape", [((8, 8), (1, 2, 32, 32)), ((4, 4), (1, 2, 16, 16)),
+                                            ((16, 16), (1, 2, 16, 16))])
+def test_an_operator_norm_on_another_input_size_does_not_lower_the_bound(declared, shape):
+    # the constraint holds the norm on its own circle, 10x10 for 8x8 inputs: a 32x32 input's
+    # convolution is not in it, and its norm can be above max_value
+    layer = nn.Conv2D(2, 3, padding=1, in_channels=2,
+                      weight_constraint=gc.OperatorNorm(1.0, input_shape=declared, padding=1))
+    layer.initialize(mx.init.Normal(1.0))
+    layer.cast("float64")
+    gc.apply_constraints(layer)
+    true = largest_singular_value(operator_matrix(layer, shape))
+    assert true <= gc.lipschitz_bound(layer, shape).bound <= true * 1.05
+
+
 def test_the_bound_of_a_padded_convolution_on_a_realistic_input_is_within_one_percent():
     layer = gluon.nn.Conv2D(4, 3, padding=1, in_channels=2)
     layer.initialize(mx.init.Normal(1.0))

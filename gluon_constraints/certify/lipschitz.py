@@ -226,7 +226,8 @@ def _dense(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
 def _convolution(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     """A convolution's (or transposed convolution's: its adjoint's) operator norm bound: the
     circular convolution of its live taps on the smallest circle that contains it, or on the
-    circle of an OperatorNorm that constrains its weight."""
+    circle of an OperatorNorm that constrains its weight where that is this input's padded
+    size."""
     y = block(x)
     transposed, groups, layout = compat.convolution_settings(block)
     arguments = compat.layer_arguments(block)
@@ -237,12 +238,14 @@ def _convolution(block: Any, x: Any, walk: Walk) -> Tuple[float, Any]:
     stride, dilation = tuple(arguments["stride"]), tuple(arguments["dilate"])
     weight = host_copy(block.weight.data(x.context))
     kernel = np.moveaxis(weight, -1, 1) if channels_last else weight
-    declared = _operator_norm_circle(block.weight, spatial)
-    if declared is None:
+    padded = tuple(n + 2 * p for n, p in zip(size, arguments["pad"]))
+    if _operator_norm_circle(block.weight, spatial) == padded:
+        # the grid on which the weight's OperatorNorm holds the norm, when it is this input's:
+        # n + 2p holds every read of every tap apart (another input's grid may not contain it)
+        circle = tuple(-(-n // s) * s for n, s in zip(padded, stride))
+    else:
         taps, circle = zero_padded_embedding(kernel.shape[2:], size, tuple(arguments["pad"]), stride, dilation)
         kernel = kernel[(slice(None), slice(None), *taps)]
-    else:  # the grid on which the weight's OperatorNorm holds the norm
-        circle = tuple(-(-n // s) * s for n, s in zip(declared, stride))
     norm = conv_operator_norm(kernel, circle, dilation, groups, stride)
     kind = (f"{type(block).__name__} on {'x'.join(map(str, size))}: operator norm bound (circular convolution "
             f"on {'x'.join(map(str, circle))}, FFT)")
