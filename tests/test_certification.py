@@ -624,6 +624,8 @@ def test_certified_accuracy_reads_column_labels_and_refuses_one_hot_ones():
     (dict(kernel=np.full((2, 2, 3, 3), np.nan)), "NaN or infinite"),
     (dict(kernel=np.ones((2, 2, 3, 3)) * 1j), "must be a real array"),
     (dict(kernel=np.ones((2, 3))), "must be a real array"),
+    (dict(kernel=np.ones((4, 3, 0, 3))), r"no entries: got shape \(4, 3, 0, 3\)"),
+    (dict(kernel=np.ones((0, 3, 3, 3))), r"no entries: got shape \(0, 3, 3, 3\)"),
 ])
 def test_conv_operator_norm_names_a_bad_argument(arguments, message):
     call = dict(kernel=np.ones((2, 2, 3, 3)), size=(6, 6))

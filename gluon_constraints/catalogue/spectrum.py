@@ -194,6 +194,9 @@ def _checked(kernel: Any, size: Any, dilation: Any, groups: Any,
             f"{type(kernel).__name__} of shape {getattr(array, 'shape', None)} and dtype {array.dtype}.")
     if not np.isfinite(array).all():
         raise ConstraintArgumentError("conv_operator_norm kernel holds NaN or infinite entries.")
+    if array.size == 0:
+        raise ConstraintArgumentError(
+            f"conv_operator_norm kernel has no entries: got shape {array.shape}; every axis needs at least one.")
     spatial = array.ndim - 2
 
     def ints(name: str, given: Any, default: Optional[int]) -> Tuple[int, ...]:
