@@ -86,15 +86,22 @@ def test_the_certified_largest_eigenvalue_does_not_depend_on_the_cores(monkeypat
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_a_child_forked_while_the_lock_is_held_can_still_run_batches(three_cores):
+def test_a_child_forked_during_a_batch_gets_the_lock_and_blas_threads_back(three_cores):
     import os
 
+    before = blas_threads()
     with cores._lock:  # as if another thread were inside across_cores when the fork came
-        pid = os.fork()
-        if pid == 0:  # the child: exit 0 if a batch runs, after at most a few seconds
-            done = threading.Event()
-            threading.Thread(target=lambda: (cores.across_cores(lambda part: part, 4), done.set()),
-                             daemon=True).start()
-            os._exit(0 if done.wait(30) else 1)
+        cores._limit = cores._one_blas_thread()
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: exit 0 if BLAS is as before and a batch runs, within 30 s
+                done = threading.Event()
+                threading.Thread(target=lambda: (cores.across_cores(lambda part: part, 4), done.set()),
+                                 daemon=True).start()
+                os._exit(0 if done.wait(30) and blas_threads() == before else 1)
+        finally:
+            cores._limit.restore_original_limits()
+            cores._limit = None
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+    assert blas_threads() == before

@@ -21,13 +21,19 @@ Result = TypeVar("Result")
 #: in time would restore each other's setting, leaving one thread for good.
 _lock = threading.Lock()
 _controller: Optional[Any] = None
+#: The BLAS limit in force (held with ``_lock``), or None.
+_limit: Optional[Any] = None
 
 
 def _new_lock_in_child() -> None:
     """A child forked while another thread held ``_lock`` (a DataLoader worker forked during a
-    bound) would wait for it for ever: the child gets its own."""
-    global _lock
+    bound) would wait for it for ever, and keep BLAS on one thread: the child gets its own lock
+    and BLAS's own thread count back."""
+    global _lock, _limit
     _lock = threading.Lock()
+    if _limit is not None:
+        _limit.restore_original_limits()
+        _limit = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -54,13 +60,20 @@ def across_cores(work: Callable[[slice], Result], count: int) -> List[Result]:
     parts = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
     if workers == 1:
         return [work(parts[0])]
-    with _lock, _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(work, parts))
+    global _limit
+    with _lock:
+        _limit = _one_blas_thread()
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(work, parts))
+        finally:
+            _limit.restore_original_limits()
+            _limit = None
 
 
-def _one_blas_thread():
-    """A context in which the loaded BLAS libraries run on one thread (threadpoolctl's limit,
-    restored on leaving; its scan of the loaded libraries is made once). Called with ``_lock``.
+def _one_blas_thread() -> Any:
+    """The loaded BLAS libraries set to one thread (threadpoolctl's limit, undone by its
+    ``restore_original_limits``; its scan of the loaded libraries is made once). Called with ``_lock``.
     numpy's OpenBLAS has one process-wide setting; an OpenMP-threaded BLAS (MXNet's own) is set
     for the calling thread only, and numpy never calls it."""
     global _controller
