@@ -108,6 +108,17 @@ def test_norms_of_huge_and_tiny_weights_are_the_scaled_norms(scale):
         assert true * scale * (1 - 4 * np.finfo(float).eps) <= bound <= true * scale * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)])
+def test_a_huge_dilation_is_its_remainder_on_the_circle(stride):
+    # tap x sits at x * d mod 8 on a circle of 8: d = 8e8 + 3 is d = 3 (the dilated kernel,
+    # 2e9 taps wide, once tried to allocate 536 GiB)
+    kernel = RNG.standard_normal((3, 2, 3, 3))
+    huge = gc.conv_operator_norm(kernel, (8, 8), dilation=(8 * 10 ** 8 + 3, 5), stride=stride)
+    small = gc.conv_operator_norm(kernel, (8, 8), dilation=(3, 5), stride=stride)
+    exact = largest_singular_value(circular_matrix(kernel, (8, 8), stride, (3, 5), 1))
+    assert huge == small and exact <= huge <= exact * (1 + 1e-6)
+
+
 def test_conv_operator_norm_of_a_1x1_convolution_is_the_matrix_norm_at_every_size():
     matrix = RNG.standard_normal((5, 3))
     for size in ((1, 1), (4, 7)):

@@ -125,7 +125,11 @@ def conv_operator_norm(kernel: np.ndarray, size: Sequence[int], dilation: Option
     """
     kernel, size, dilation, stride = _checked(kernel, size, dilation, groups, stride)
     kernel, exponent = _unit_scaled(kernel)
-    dilated = on_grid(kernel, tuple((k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilation)), dilation)
+    # a tap past the circle (a multiple of the stride) acts where it wraps to: the dilated kernel
+    # never needs to be wider than the circle, however large the dilation
+    circle = [-(-n // s) * s for n, s in zip(size, stride)]
+    extent = tuple(min((k - 1) * d + 1, c) for k, d, c in zip(kernel.shape[2:], dilation, circle))
+    dilated = on_grid(kernel, extent, dilation)
     phases, size = _polyphase(dilated, tuple(size), stride)
     phases = phases[:, np.flatnonzero(phases.reshape(*phases.shape[:2], -1).any(axis=(0, 2)))]
     if phases.size == 0:
