@@ -5,7 +5,8 @@ the training time of a constrained network (``ConstrainedTrainer``, SGD with mom
 as in ``benchmarks.enforcement``) with a ``gc.WeightAverage`` (EMA and SWA, updated after every
 step and after every 10th) divided by the same network's time without one,
 for the Dropout paper's MLP and ResNet-18, on 1 and 2 contexts, with the plain step's time and
-the time of one ``update()`` called alone (every 10th: mostly counting). Where the fused kernel
+the time of one ``update()`` called alone (every 10th: mostly counting). Each pair of blocks
+runs the plain one first and the averaged one first in turn. Where the fused kernel
 is loaded, an update is one kernel call that reads each average and its weight, writes the
 average and projects it while it is in cache; otherwise one ``sgd_update`` per array and the
 projection.
@@ -31,9 +32,14 @@ def measure(model: str, ctx: List[mx.Context], mode: str, every: int, repeats: i
             setup.step()
     average = gc.WeightAverage(averaged.net, decay=0.999, mode=mode, every=every, trainer=averaged.trainer)
     ratios, steps, updates = [], [], []
-    for _ in range(repeats):  # interleaved blocks of steps
-        off = timed(run_steps(plain, wait_each=False))
-        ratios.append(timed(run_steps(averaged, wait_each=False)) / off)
+    for repeat in range(repeats):  # interleaved blocks of steps, which goes first alternating
+        if repeat % 2:
+            on = timed(run_steps(averaged, wait_each=False))
+            off = timed(run_steps(plain, wait_each=False))
+        else:
+            off = timed(run_steps(plain, wait_each=False))
+            on = timed(run_steps(averaged, wait_each=False))
+        ratios.append(on / off)
         steps.append(off / STEPS)
         updates.append(timed(lambda: [average.update() for _ in range(STEPS)]) / STEPS)
     return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios),

@@ -52,12 +52,13 @@ def path(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("contexts", [1, 2])
+@pytest.mark.parametrize("contexts,on_kvstore", [(1, None), (2, None), (2, False)])
 @pytest.mark.parametrize("warmup", [False, True])
-def test_ema_is_numpys_recurrence(contexts, warmup, path):
+def test_ema_is_numpys_recurrence(contexts, on_kvstore, warmup, path):
     ctx = TWO[:contexts]
     net = mlp(ctx)
-    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05},
+                                    update_on_kvstore=on_kvstore)
     ema = gc.WeightAverage(net, decay=0.8, warmup=warmup, trainer=trainer)
     expected = {c: weights(net, c) for c in ctx}  # per copy: BatchNorm's running statistics differ
     rng = np.random.default_rng(0)
@@ -71,6 +72,63 @@ def test_ema_is_numpys_recurrence(contexts, warmup, path):
     for c in ctx:
         for name, value in expected[c].items():  # float32 arithmetic: a few ulps per step
             np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("on_kvstore", [None, False])
+def test_copies_pulled_from_the_kvstore_are_averaged_once(on_kvstore, monkeypatch):
+    """docs/training.md, "Weight averages": updating on the kvstore, the trained parameters'
+    averages are computed on the first context only and copied to the other when read; BatchNorm's
+    running statistics (untrained, different per device) and update_on_kvstore=False copies are
+    averaged on every context."""
+    net = mlp(TWO, gc.MaxNorm(0.5))
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05},
+                                    update_on_kvstore=on_kvstore)
+    gc.apply_constraints(net)  # feasible from the start: the averages stay feasible unprojected
+    ema = gc.WeightAverage(net, decay=0.6, trainer=trainer)
+    computed = []
+    run = average_step.AverageStep.run
+    monkeypatch.setattr(average_step.AverageStep, "run",
+                        lambda self, rate, entries, update: (computed.append({key for key, *_ in entries}),
+                                                             run(self, rate, entries, update)))
+    expected = {c: weights(net, c) for c in TWO}
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        step(net, trainer, TWO, rng)
+        for c in TWO:
+            now = weights(net, c)
+            expected[c] = {k: 0.6 * v + 0.4 * now[k] for k, v in expected[c].items()}
+    everywhere = {(name, str(c)) for name in weights(net, mx.cpu(0)) for c in TWO}
+    if on_kvstore is None:  # Gluon's default with two contexts: the kvstore updates
+        trained = {name for name, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
+        assert trained == {"0.weight", "0.bias", "1.gamma", "1.beta", "2.weight", "2.bias"}
+        assert computed == [everywhere - {(name, "cpu(1)") for name in trained}] * 3
+    else:
+        assert computed == [everywhere] * 3
+    for c in TWO:
+        for name, value in expected[c].items():
+            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+    assert ema.averages[("0.weight", "cpu(1)")].asnumpy().tobytes() == \
+        ema.averages[("0.weight", "cpu(0)")].asnumpy().tobytes()
+    step(net, trainer, TWO, rng)  # behind again: swapping in reads every copy's average
+    with ema.swapped():
+        for name, p in net._collect_params_with_prefix().items():
+            assert all(np.array_equal(p.data(c).asnumpy(), ema.averages[(name, str(c))].asnumpy()) for c in TWO)
+
+
+def test_a_manual_update_after_kvstore_steps_averages_every_copy_from_where_it_stands():
+    """Copies left equal to the first are brought up to date before a step that averages every
+    copy (here an update called by hand after a trainer that updates on the kvstore is gone)."""
+    net = mlp(TWO)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.5, trainer=trainer)
+    rng = np.random.default_rng(8)
+    step(net, trainer, TWO, rng)
+    kept = ema.averages[("0.weight", "cpu(0)")].asnumpy().astype(np.float64)
+    ema._trained_by = None  # as if the trainer had been dropped
+    net[0].weight.set_data(net[0].weight.data(mx.cpu(0)) * 2)
+    ema.update()
+    expected = 0.5 * kept + 0.5 * net[0].weight.data(mx.cpu(1)).asnumpy()
+    np.testing.assert_allclose(ema.averages[("0.weight", "cpu(1)")].asnumpy(), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_ema_every_k_steps_uses_decay_to_the_k():

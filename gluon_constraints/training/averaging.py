@@ -15,7 +15,8 @@ moved back onto it.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import weakref
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 from mxnet import ndarray as nd
@@ -44,8 +45,9 @@ class WeightAverage:
     ``ExponentialMovingAverage(num_updates=)``: early averages follow the weights closely).
     ``every > 1`` (timm's ``ModelEmaV3`` does the same) costs ``1 / every`` of the per-step
     update, which reads the average and the weight and writes the average (one fused kernel
-    pass where the kernel is loaded): 4-15% of a small-batch step when updated every step,
-    about 1% every 10 steps (docs/benchmarks.md).
+    pass where the kernel is loaded): 1-3% of a small-batch step when updated every step on our
+    2-core machine, up to 15% on one with a smaller cache, about a tenth of that every 10 steps
+    (docs/benchmarks.md).
 
     SWA (``mode="swa"``, Izmailov et al. 2018): the equal-weight mean of the weights at updates
     ``start``, ``start + every``, ``start + 2 every``, ...::
@@ -53,6 +55,14 @@ class WeightAverage:
         n <- n + 1,   avg <- avg + (w - avg) / n
 
     (before ``start`` the averages are the weights themselves).
+
+    With a trainer that updates on the kvstore (the default on several devices), every device
+    copy of a trained parameter is pulled from one updated array, so the copies are equal and so
+    are their averages: one is computed, on the first copy's device, and copied into the others
+    when they are read (:attr:`averages`, :meth:`swap`), which keeps the per-step cost that of one
+    device. Copies that can differ (BatchNorm's running statistics, which each device computes
+    from its part of the batch; any copy with ``update_on_kvstore=False`` or without an attached
+    trainer) are averaged each on its own device.
 
     After each update the averages of constrained parameters are projected onto their sets, so
     evaluating with them never sees an infeasible weight. BatchNorm's running mean and variance
@@ -109,17 +119,32 @@ class WeightAverage:
                 f"weight lives whole only in the kvstore; each device holds the last batch's rows). Use "
                 f"nn.Embedding(sparse_grad=True), whose weight is dense and whose gradient is row-sparse.")
         self.params = _unique(self.names)  # one entry per Parameter object: one average each
-        self.averages: Dict[Tuple[str, str], Any] = {}
+        self._averages: Dict[Tuple[str, str], Any] = {}
+        self._firsts: Dict[str, Tuple[str, str]] = {}  # each parameter's first copy's average
         for name, param in self.params.items():
             for data in _copies(param):
-                self.averages[(name, str(data.context))] = data.astype(_average_dtype(data.dtype), copy=True)
+                key = (name, str(data.context))
+                self._averages[key] = data.astype(_average_dtype(data.dtype), copy=True)
+                self._firsts.setdefault(name, key)
         self.updates = 0      # updates seen
         self.averaged = 0     # SWA: weights averaged so far
         self._backup: Optional[Dict[Tuple[str, str], Any]] = None
         self._step = AverageStep()  # an update's step, fused into one kernel call where it can be
+        # Averages of later device copies not computed since they became equal to their first
+        # copy's (the copies are pulled from one kvstore array): copied from it when read.
+        self._behind: Set[Tuple[str, str]] = set()
+        self._trained_by: Optional[Any] = None
         self._project()       # initial weights may lie outside their sets (before the first step)
         if trainer is not None:
             _attach(trainer, self)
+            self._trained_by = weakref.ref(trainer)
+
+    @property
+    def averages(self) -> Dict[Tuple[str, str], Any]:
+        """The averages, ``{(structural name, context): array}``, one per device copy (every
+        copy's up to date: those left equal to their first copy's are copied from it now)."""
+        self._catch_up(self._behind)
+        return self._averages
 
     # -- updating ---------------------------------------------------------------------------------
     def update(self) -> None:
@@ -140,14 +165,41 @@ class WeightAverage:
             if self.updates % self.every:
                 return
             decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-            self._step.run(1.0 - decay ** self.every, entries, self.updates)
+            self._average(1.0 - decay ** self.every, entries)
         elif self.updates >= self.start and (self.updates - self.start) % self.every == 0:
             self.averaged += 1
-            self._step.run(1.0 / self.averaged, entries, self.updates)
+            self._average(1.0 / self.averaged, entries)
         elif self.averaged == 0:  # before start: the weights themselves
             for _, average, weight, _ in entries:
                 weight.astype(average.dtype, copy=False).copyto(average)
+            self._behind.clear()
             self._project()
+
+    def _average(self, rate: float, entries: List[Tuple[Tuple[str, str], Any, Any, Any]]) -> None:
+        """Move the averages toward their weights by ``rate`` and project them: only the first
+        copy's average of a parameter whose copies the trainer keeps equal (the others are left
+        behind, equal to it), every copy's average of the others."""
+        equal = self._equal_copies()
+        left = {key for key, _, _, param in entries if id(param) in equal and self._firsts[key[0]] != key}
+        self._catch_up(self._behind - left)  # their copies were not kept equal this time
+        self._step.run(rate, [entry for entry in entries if entry[0] not in left], self.updates)
+        self._behind = left
+
+    def _equal_copies(self) -> FrozenSet[int]:
+        """The ids of the parameters whose device copies are equal after every step of the
+        attached trainer: those it trains while it updates on the kvstore, which computes one
+        update and pulls it into every copy. (BatchNorm's running statistics, which each
+        device computes from its own part of the batch, are not trained.)"""
+        trainer = self._trained_by() if self._trained_by is not None else None
+        if trainer is None or not compat.updates_on_kvstore(trainer):
+            return frozenset()
+        return frozenset(id(p) for p in compat.trainer_parameters(trainer) if p.grad_req != "null")
+
+    def _catch_up(self, keys: Set[Tuple[str, str]]) -> None:
+        """Copy the first copy's average into each of ``keys`` (averages left behind)."""
+        for key in keys:
+            self._averages[self._firsts[key[0]]].copyto(self._averages[key])
+        self._behind -= keys
 
     def check_not_swapped(self, what: str) -> None:
         """Raise :class:`~gluon_constraints.EnforcementError` if the averages are swapped in (the
@@ -167,14 +219,14 @@ class WeightAverage:
         """
         entries = [((name, str(data.context)), data, param)
                    for name, param in self.params.items() for data in _copies(param)]
-        moved = sorted({key[0] for key, _, _ in entries if key not in self.averages})
+        moved = sorted({key[0] for key, _, _ in entries if key not in self._averages})
         if moved:
-            held = sorted({context for _, context in self.averages})
+            held = sorted({context for _, context in self._averages})
             raise EnforcementError(
                 f"WeightAverage: parameters {moved} now live on contexts the averages are not on "
                 f"({', '.join(held)}): the network moved (reset_ctx) after the average was made. Move it back, "
                 f"or make a new WeightAverage. Nothing was changed.")
-        return [(key, self.averages[key], data, param) for key, data, param in entries]
+        return [(key, self._averages[key], data, param) for key, data, param in entries]
 
     def _project(self) -> None:
         project_in_place([(average, constraint, reduction_of(param, average.shape))
@@ -186,6 +238,7 @@ class WeightAverage:
         """Put the averages into the network (keeping its weights aside), or, called again, put
         the weights back, bit for bit. The averages themselves are not changed."""
         entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
+        self._catch_up(self._behind)
         if self._backup is None:
             backup = {key: data.copy() for key, _, data, _ in entries}
             for _, average, data, _ in entries:
@@ -241,12 +294,13 @@ class WeightAverage:
         if names != set(self.params) or "counters" not in state:
             raise ConstraintTypeError(f"{filename} holds averages of other parameters: {sorted(names)} "
                                       f"for {sorted(self.params)}.")
-        for (name, _), average in self.averages.items():
+        for (name, _), average in self._averages.items():
             state[f"average:{name}"].astype(average.dtype, copy=False).copyto(average)
+        self._behind.clear()
         self.updates, self.averaged = (int(v) for v in state["counters"].asnumpy())
 
     def _first(self, name: str, param: Any) -> Any:
-        return self.averages[(name, str(_copies(param)[0].context))]
+        return self._averages[(name, str(_copies(param)[0].context))]
 
     def _average_of(self, param: Any) -> Any:
         """The first context's average of ``param`` (kept under its first structural name)."""
