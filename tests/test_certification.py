@@ -119,6 +119,19 @@ def test_a_huge_dilation_is_its_remainder_on_the_circle(stride):
     assert huge == small and exact <= huge <= exact * (1 + 1e-6)
 
 
+def test_taps_that_wrap_onto_each_other_and_nearly_cancel_are_summed_exactly():
+    # [1, 2^-60, -1] on a circle of 1 is the 1x1 matrix [2^-60]; numpy's sum of the three is 0
+    assert 2.0 ** -60 <= gc.conv_operator_norm(np.array([[[1.0, 2.0 ** -60, -1.0]]]), (1,)) <= 2.0 ** -60 * (1 + 1e-6)
+    # 5 taps on a circle of 2, cancelling at both positions to their last bits: the exact sums
+    # (math.fsum per entry) on the circle give the reference's circular matrix
+    kernel = RNG.standard_normal((2, 3, 5))
+    kernel[..., 3] = -kernel[..., 1] + 2.0 ** -40 * RNG.standard_normal((2, 3))
+    kernel[..., 4] = -(kernel[..., 0] + kernel[..., 2])
+    wrapped = np.array([[[math.fsum(row[position::2]) for position in (0, 1)] for row in rows] for rows in kernel])
+    exact = largest_singular_value(circular_matrix(wrapped, (2,), (1,), (1,), 1))
+    assert 0 < exact < 1e-10 and exact <= gc.conv_operator_norm(kernel, (2,)) <= exact * (1 + 1e-6)
+
+
 def test_conv_operator_norm_of_a_1x1_convolution_is_the_matrix_norm_at_every_size():
     matrix = RNG.standard_normal((5, 3))
     for size in ((1, 1), (4, 7)):
