@@ -101,7 +101,8 @@ def test_copies_pulled_from_the_kvstore_are_averaged_once(on_kvstore, monkeypatc
     if on_kvstore is None:  # Gluon's default with two contexts: the kvstore updates
         trained = {name for name, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
         assert trained == {"0.weight", "0.bias", "1.gamma", "1.beta", "2.weight", "2.bias"}
-        assert computed == [everywhere - {(name, "cpu(1)") for name in trained}] * 3
+        # the first update computes every copy and finds the trained ones' averages equal
+        assert computed == [everywhere] + [everywhere - {(name, "cpu(1)") for name in trained}] * 2
     else:
         assert computed == [everywhere] * 3
     for c in TWO:
@@ -113,6 +114,65 @@ def test_copies_pulled_from_the_kvstore_are_averaged_once(on_kvstore, monkeypatc
     with ema.swapped():
         for name, p in net._collect_params_with_prefix().items():
             assert all(np.array_equal(p.data(c).asnumpy(), ema.averages[(name, str(c))].asnumpy()) for c in TWO)
+
+
+def test_copies_whose_averages_differ_keep_their_own_history_under_a_kvstore_trainer():
+    """Weights made equal by the kvstore's pulls do not make averages with different histories
+    equal: an average is left to its first copy's only once compared equal to it."""
+    net = mlp(TWO)
+    net[0].weight.data(mx.cpu(1))[:] += 1.0  # the copies differ when the average is made
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.8, trainer=trainer)
+    expected = {c: weights(net, c) for c in TWO}
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        step(net, trainer, TWO, rng)
+        for c in TWO:
+            now = weights(net, c)
+            expected[c] = {k: 0.8 * v + 0.2 * now[k] for k, v in expected[c].items()}
+    assert np.array_equal(net[0].weight.data(mx.cpu(0)).asnumpy(), net[0].weight.data(mx.cpu(1)).asnumpy())
+    for c in TWO:
+        for name, value in expected[c].items():
+            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_reordered_and_returning_contexts_read_the_averages_they_follow(tmp_path):
+    """reset_ctx: after a reorder the first copy's average (saved, copied) is up to date; a copy
+    that left and came back takes the average of the copy that stayed."""
+    net = mlp(TWO)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.8, trainer=trainer)
+    rng = np.random.default_rng(10)
+    expected = weights(net, mx.cpu(0))
+    for _ in range(2):
+        step(net, trainer, TWO, rng)
+        now = weights(net, mx.cpu(0))
+        expected = {k: 0.8 * v + 0.2 * now[k] for k, v in expected.items()}
+    net.collect_params().reset_ctx([mx.cpu(1), mx.cpu(0)])
+    ema.save_parameters(str(tmp_path / "ema.params"))
+    saved = mx.nd.load(str(tmp_path / "ema.params"))
+    for name in ("0.weight", "2.weight"):  # BatchNorm's statistics: the cpu(1) copy's now
+        np.testing.assert_allclose(saved[name].asnumpy(), expected[name], rtol=1e-5, atol=1e-6)
+
+    net.collect_params().reset_ctx([mx.cpu(0)])
+    step(net, trainer, [mx.cpu(0)], rng)
+    net.collect_params().reset_ctx(TWO)
+    averages = ema.averages
+    for name in expected:
+        assert np.array_equal(averages[(name, "cpu(0)")].asnumpy(), averages[(name, "cpu(1)")].asnumpy()), name
+
+
+def test_numpy_scalars_are_taken_and_a_failed_copy_to_writes_nothing():
+    net = mlp([mx.cpu()])
+    ema = gc.WeightAverage(net, decay=np.float32(0.5), every=np.int64(2))
+    assert (ema.decay, ema.every) == (float(np.float32(0.5)), 2) and type(ema.every) is int
+    target = nn.HybridSequential()
+    target.add(nn.Dense(6, in_units=5), nn.BatchNorm(in_channels=6), nn.Dense(4, in_units=6))
+    target.initialize()
+    kept = target[0].weight.data().asnumpy().copy()
+    with pytest.raises(gc.ConstraintTypeError, match=r"'2.weight' has shape \(4, 6\), the average \(3, 6\). Nothing"):
+        ema.copy_to(target)
+    assert np.array_equal(target[0].weight.data().asnumpy(), kept)
 
 
 def test_a_manual_update_after_kvstore_steps_averages_every_copy_from_where_it_stands():

@@ -19,6 +19,7 @@ import weakref
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
+from mxnet import context as mx_context
 from mxnet import ndarray as nd
 
 from .. import _mxnet_compat as compat
@@ -31,6 +32,8 @@ from .trainer import STATE
 __all__ = ["WeightAverage"]
 
 MODES = ("ema", "swa")
+Key = Tuple[str, str]  # an average's (structural name, context)
+REALS = (int, float, np.integer, np.floating)  # numpy's scalars too
 
 
 class WeightAverage:
@@ -57,12 +60,14 @@ class WeightAverage:
     (before ``start`` the averages are the weights themselves).
 
     With a trainer that updates on the kvstore (the default on several devices), every device
-    copy of a trained parameter is pulled from one updated array, so the copies are equal and so
-    are their averages: one is computed, on the first copy's device, and copied into the others
-    when they are read (:attr:`averages`, :meth:`swap`), which keeps the per-step cost that of one
-    device. Copies that can differ (BatchNorm's running statistics, which each device computes
-    from its part of the batch; any copy with ``update_on_kvstore=False`` or without an attached
-    trainer) are averaged each on its own device.
+    copy of a trained parameter is pulled from one updated array after each step, so the copies
+    are equal. Where their averages are equal too (compared once, with one wait for the
+    devices, after the first such step), only the first copy's is computed, and it is copied
+    into the others when they are read (:attr:`averages`, :meth:`swap`): the per-step cost of one
+    device. Averages that can differ (BatchNorm's running statistics, which each device computes
+    from its part of the batch; copies edited apart; any copy with ``update_on_kvstore=False``,
+    without an attached trainer, or averaged by a call of :meth:`update`) are computed each on
+    its own device.
 
     After each update the averages of constrained parameters are projected onto their sets, so
     evaluating with them never sees an infeasible weight. BatchNorm's running mean and variance
@@ -103,14 +108,19 @@ class WeightAverage:
                  start: int = 1, every: int = 1, trainer: Any = None) -> None:
         if mode not in MODES:
             raise ConstraintArgumentError(f"WeightAverage mode must be 'ema' or 'swa': got {mode!r}.")
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise ConstraintArgumentError(f"WeightAverage decay must be a number in [0, 1): got {decay!r}.")
+        if isinstance(decay, bool) or not isinstance(decay, REALS) or not 0 <= decay < 1:
+            raise ConstraintArgumentError(f"WeightAverage decay must be a number in [0, 1): got {decay!r} "
+                                          f"({type(decay).__name__}).")
         for name, value in (("start", start), ("every", every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConstraintArgumentError(f"WeightAverage {name} must be an int >= 1: got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConstraintArgumentError(f"WeightAverage {name} must be an int >= 1: got {value!r} "
+                                              f"({type(value).__name__}).")
         if not isinstance(warmup, bool):
             raise ConstraintArgumentError(f"WeightAverage warmup must be True or False: got {warmup!r}.")
-        self.decay, self.mode, self.warmup, self.start, self.every = float(decay), mode, warmup, start, every
+        self.decay: float = float(decay)
+        self.mode, self.warmup = mode, warmup
+        self.start: int = int(start)
+        self.every: int = int(every)
         self.names = _parameters(net)  # every structural name, shared parameters under each of theirs
         sparse = [name for name, param in self.names.items() if compat.storage_type(param) == "row_sparse"]
         if sparse:
@@ -119,20 +129,20 @@ class WeightAverage:
                 f"weight lives whole only in the kvstore; each device holds the last batch's rows). Use "
                 f"nn.Embedding(sparse_grad=True), whose weight is dense and whose gradient is row-sparse.")
         self.params = _unique(self.names)  # one entry per Parameter object: one average each
-        self._averages: Dict[Tuple[str, str], Any] = {}
-        self._firsts: Dict[str, Tuple[str, str]] = {}  # each parameter's first copy's average
+        self._averages: Dict[Key, Any] = {}
         for name, param in self.params.items():
             for data in _copies(param):
-                key = (name, str(data.context))
-                self._averages[key] = data.astype(_average_dtype(data.dtype), copy=True)
-                self._firsts.setdefault(name, key)
+                self._averages[(name, str(data.context))] = data.astype(_average_dtype(data.dtype), copy=True)
         self.updates = 0      # updates seen
         self.averaged = 0     # SWA: weights averaged so far
-        self._backup: Optional[Dict[Tuple[str, str], Any]] = None
+        self._backup: Optional[Dict[Key, Any]] = None
         self._step = AverageStep()  # an update's step, fused into one kernel call where it can be
-        # Averages of later device copies not computed since they became equal to their first
-        # copy's (the copies are pulled from one kvstore array): copied from it when read.
-        self._behind: Set[Tuple[str, str]] = set()
+        # Averages of later device copies found equal to their parameter's first copy's and not
+        # computed since (the trainer pulls every copy from one kvstore array): each is the
+        # average of the copy it names, copied from it when read. And those found different.
+        self._behind: Dict[Key, Key] = {}
+        self._unequal: Set[Key] = set()
+        self._absent: Set[Key] = set()  # averages of copies the network no longer has (reset_ctx)
         self._trained_by: Optional[Any] = None
         self._project()       # initial weights may lie outside their sets (before the first step)
         if trainer is not None:
@@ -140,10 +150,12 @@ class WeightAverage:
             self._trained_by = weakref.ref(trainer)
 
     @property
-    def averages(self) -> Dict[Tuple[str, str], Any]:
-        """The averages, ``{(structural name, context): array}``, one per device copy (every
-        copy's up to date: those left equal to their first copy's are copied from it now)."""
-        self._catch_up(self._behind)
+    def averages(self) -> Dict[Key, Any]:
+        """The averages, ``{(structural name, context): array}``, one per device copy, up to
+        date (those equal to their first copy's are copied from it now): read them through this
+        property after a step, as an array of a later copy held from before may not be updated."""
+        self._take_back([entry for entry in self._copies_now() if entry[0] in self._averages])
+        self._catch_up(dict(self._behind))
         return self._averages
 
     # -- updating ---------------------------------------------------------------------------------
@@ -158,6 +170,16 @@ class WeightAverage:
             If the averages are swapped in, or a parameter moved to a context it has no average
             on (``reset_ctx``); nothing is changed.
         """
+        self._update(frozenset())
+
+    def after_step(self) -> None:
+        """:meth:`update`, called by the attached trainer right after its step: a parameter
+        whose device copies it has just pulled from one kvstore array, and whose averages were
+        equal, has its average computed once and copied to its other copies when read."""
+        self._update(self._equal_copies())
+
+    def _update(self, equal: FrozenSet[int]) -> None:
+        """One update; ``equal``: the ids of the parameters whose copies are equal now."""
         self.check_not_swapped("WeightAverage.update()")
         entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
         self.updates += 1
@@ -165,41 +187,65 @@ class WeightAverage:
             if self.updates % self.every:
                 return
             decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-            self._average(1.0 - decay ** self.every, entries)
+            self._average(1.0 - decay ** self.every, entries, equal)
         elif self.updates >= self.start and (self.updates - self.start) % self.every == 0:
             self.averaged += 1
-            self._average(1.0 / self.averaged, entries)
+            self._average(1.0 / self.averaged, entries, equal)
         elif self.averaged == 0:  # before start: the weights themselves
             for _, average, weight, _ in entries:
                 weight.astype(average.dtype, copy=False).copyto(average)
             self._behind.clear()
+            self._unequal.clear()
             self._project()
 
-    def _average(self, rate: float, entries: List[Tuple[Tuple[str, str], Any, Any, Any]]) -> None:
-        """Move the averages toward their weights by ``rate`` and project them: only the first
-        copy's average of a parameter whose copies the trainer keeps equal (the others are left
-        behind, equal to it), every copy's average of the others."""
-        equal = self._equal_copies()
-        left = {key for key, _, _, param in entries if id(param) in equal and self._firsts[key[0]] != key}
-        self._catch_up(self._behind - left)  # their copies were not kept equal this time
+    def _average(self, rate: float, entries: List[Tuple[Key, Any, Any, Any]], equal: FrozenSet[int]) -> None:
+        """Move the averages toward their weights by ``rate`` and project them.
+
+        Of a parameter in ``equal`` (copies equal now), a later copy's average found equal to
+        the first copy's (:meth:`_compare`) is not computed: it stays equal to it. Every other
+        average is computed, after an average left behind is brought up to date; a later copy's
+        average of a parameter in ``equal`` not yet compared is compared after this step."""
+        firsts: Dict[str, Key] = {}
+        for key, *_ in entries:  # a parameter's copies in order
+            firsts.setdefault(key[0], key)
+        later = [key for key, _, _, param in entries if id(param) in equal and firsts[key[0]] != key]
+        left = {key: firsts[key[0]] for key in later if self._behind.get(key) == firsts[key[0]]}
+        self._catch_up({key: source for key, source in self._behind.items() if key not in left})
         self._step.run(rate, [entry for entry in entries if entry[0] not in left], self.updates)
         self._behind = left
+        self._compare({key: firsts[key[0]] for key in later if key not in left and key not in self._unequal})
+
+    def _compare(self, pairs: Dict[Key, Key]) -> None:
+        """Compare each average ``key`` with its first copy's average ``pairs[key]`` (one wait
+        for the devices, once per pair: when the trainer first keeps the copies equal): those
+        equal from now on are left behind, the others are averaged on their own devices."""
+        if not pairs:
+            return
+        host = mx_context.cpu()
+        differences = nd.concat(*[(self._averages[key] != self._averages[first].as_in_context(
+            self._averages[key].context)).sum().reshape((1,)).as_in_context(host)
+            for key, first in pairs.items()], dim=0).asnumpy()
+        for (key, first), different in zip(pairs.items(), differences):
+            if different:
+                self._unequal.add(key)
+            else:
+                self._behind[key] = first
 
     def _equal_copies(self) -> FrozenSet[int]:
-        """The ids of the parameters whose device copies are equal after every step of the
-        attached trainer: those it trains while it updates on the kvstore, which computes one
-        update and pulls it into every copy. (BatchNorm's running statistics, which each
-        device computes from its own part of the batch, are not trained.)"""
+        """The ids of the parameters whose device copies the attached trainer has just made
+        equal: those it trains while it updates on the kvstore, which computes one update and
+        pulls it into every copy. (BatchNorm's running statistics, which each device computes
+        from its own part of the batch, are not trained.)"""
         trainer = self._trained_by() if self._trained_by is not None else None
         if trainer is None or not compat.updates_on_kvstore(trainer):
             return frozenset()
         return frozenset(id(p) for p in compat.trainer_parameters(trainer) if p.grad_req != "null")
 
-    def _catch_up(self, keys: Set[Tuple[str, str]]) -> None:
-        """Copy the first copy's average into each of ``keys`` (averages left behind)."""
-        for key in keys:
-            self._averages[self._firsts[key[0]]].copyto(self._averages[key])
-        self._behind -= keys
+    def _catch_up(self, behind: Dict[Key, Key]) -> None:
+        """Copy into each average left behind the average it equals."""
+        for key, source in behind.items():
+            self._averages[source].copyto(self._averages[key])
+            del self._behind[key]
 
     def check_not_swapped(self, what: str) -> None:
         """Raise :class:`~gluon_constraints.EnforcementError` if the averages are swapped in (the
@@ -208,8 +254,12 @@ class WeightAverage:
             raise EnforcementError(f"{what} while the averages are swapped in: swap back first (the network "
                                    f"holds the averages, not the trained weights). Nothing was changed.")
 
-    def _entries(self) -> List[Tuple[Tuple[str, str], Any, Any, Any]]:
+    def _entries(self) -> List[Tuple[Key, Any, Any, Any]]:
         """Each average's key, the average, the weight it follows and its parameter.
+
+        A parameter may move to some of its contexts (``reset_ctx``): the averages of the others
+        are kept as they were, and a copy that comes back takes the average of a copy that
+        stayed (``reset_ctx`` gives it that copy's weights).
 
         Raises
         ------
@@ -217,8 +267,7 @@ class WeightAverage:
             If a parameter now lives on a context it had no average on (``reset_ctx`` after the
             average was made); nothing is changed.
         """
-        entries = [((name, str(data.context)), data, param)
-                   for name, param in self.params.items() for data in _copies(param)]
+        entries = self._copies_now()
         moved = sorted({key[0] for key, _, _ in entries if key not in self._averages})
         if moved:
             held = sorted({context for _, context in self._averages})
@@ -226,7 +275,25 @@ class WeightAverage:
                 f"WeightAverage: parameters {moved} now live on contexts the averages are not on "
                 f"({', '.join(held)}): the network moved (reset_ctx) after the average was made. Move it back, "
                 f"or make a new WeightAverage. Nothing was changed.")
+        self._take_back(entries)
         return [(key, self._averages[key], data, param) for key, data, param in entries]
+
+    def _copies_now(self) -> List[Tuple[Key, Any, Any]]:
+        """Each parameter copy's key, data and parameter, as the network holds them now."""
+        return [((name, str(data.context)), data, param) for name, param in self.params.items()
+                for data in _copies(param)]
+
+    def _take_back(self, entries: List[Tuple[Key, Any, Any]]) -> None:
+        """Give each copy that came back (its context was left by ``reset_ctx`` and is held
+        again) the average of a copy of its parameter that stayed, and note the copies left."""
+        present = {key for key, _, _ in entries}
+        for key in present & self._absent:
+            stayed = next((k for k, _, _ in entries if k[0] == key[0] and k not in self._absent), None)
+            if stayed is not None:
+                self._averages[self._behind.get(stayed, stayed)].copyto(self._averages[key])
+                self._behind.pop(key, None)
+                self._unequal.discard(key)
+        self._absent = set(self._averages) - present
 
     def _project(self) -> None:
         project_in_place([(average, constraint, reduction_of(param, average.shape))
@@ -238,7 +305,7 @@ class WeightAverage:
         """Put the averages into the network (keeping its weights aside), or, called again, put
         the weights back, bit for bit. The averages themselves are not changed."""
         entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
-        self._catch_up(self._behind)
+        self._catch_up(dict(self._behind))
         if self._backup is None:
             backup = {key: data.copy() for key, _, data, _ in entries}
             for _, average, data, _ in entries:
@@ -262,27 +329,31 @@ class WeightAverage:
     def copy_to(self, net: Any) -> None:
         """Write the averages (of the first context) into ``net``'s parameters, matched by
         structural name (``"0.weight"``) and shape, on every context ``net`` holds them."""
+        self._entries()  # raises where the network moved; a copy that came back takes its average
         targets = compat.structural_parameters(net)
         missing = sorted(set(self.names) - set(targets))
         if missing:
             raise ConstraintTypeError(f"copy_to: the network has no parameters named {missing} "
                                       f"(structural names); it must have the averaged network's structure.")
+        for name, param in self.names.items():  # every shape checked before anything is written
+            if tuple(targets[name].shape) != tuple(param.shape):
+                raise ConstraintTypeError(f"copy_to: parameter '{name}' has shape {targets[name].shape}, the "
+                                          f"average {param.shape}. Nothing was written.")
         for name, param in self.names.items():
-            target = targets[name]
-            average = self._average_of(param)
-            if tuple(target.shape) != tuple(average.shape):
-                raise ConstraintTypeError(f"copy_to: parameter '{name}' has shape {target.shape}, the "
-                                          f"average {average.shape}.")
-            target.set_data(average.astype(target.dtype, copy=False))
+            targets[name].set_data(self._average_of(param).astype(targets[name].dtype, copy=False))
 
     def save_parameters(self, filename: str) -> None:
         """Save the averages as ``net.save_parameters`` would save the network holding them
         (load them with ``net.load_parameters``)."""
+        self._entries()
         nd.save(filename, {name: self._average_of(param).astype(param.dtype, copy=False)
                            for name, param in self.names.items()})
 
     def save(self, filename: str) -> None:
-        """Save the averages and their counters, to resume with :meth:`load`."""
+        """Save the averages (of each parameter's first copy: averages that differ per device,
+        BatchNorm's running statistics, keep the first device's) and their counters, to resume
+        with :meth:`load`."""
+        self._entries()
         state = {f"average:{name}": self._first(name, param) for name, param in self.params.items()}
         state["counters"] = nd.array([self.updates, self.averaged], dtype=np.float64)
         nd.save(filename, state)
@@ -297,10 +368,15 @@ class WeightAverage:
         for (name, _), average in self._averages.items():
             state[f"average:{name}"].astype(average.dtype, copy=False).copyto(average)
         self._behind.clear()
+        self._unequal.clear()
         self.updates, self.averaged = (int(v) for v in state["counters"].asnumpy())
 
     def _first(self, name: str, param: Any) -> Any:
-        return self._averages[(name, str(_copies(param)[0].context))]
+        """The average of ``param``'s first copy (brought up to date if left behind)."""
+        key = (name, str(_copies(param)[0].context))
+        if key in self._behind:
+            self._catch_up({key: self._behind[key]})
+        return self._averages[key]
 
     def _average_of(self, param: Any) -> Any:
         """The first context's average of ``param`` (kept under its first structural name)."""

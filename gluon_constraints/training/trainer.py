@@ -253,7 +253,7 @@ class EnforcedTraining(compat.TrainerHooks):
             _project_copies(self.optimizer.inner, stale)
         self._watch_clipping()
         for average in self._gluon_constraints.averages:
-            average.update()
+            average.after_step()
 
     def _watch_clipping(self) -> None:
         """Count this step's projection statistics in the clipping watch (monitoring on; none
