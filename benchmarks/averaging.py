@@ -5,7 +5,8 @@ the training time of a constrained network (``ConstrainedTrainer``, SGD with mom
 as in ``benchmarks.enforcement``) with a ``gc.WeightAverage`` (EMA and SWA, updated after every
 step and after every 10th) divided by the same network's time without one,
 for the Dropout paper's MLP and ResNet-18, on 1 and 2 contexts, with the plain step's time and
-the time of one ``update()`` called alone (every 10th: mostly counting). Each pair of blocks
+the time of one update called alone as the trainer calls it (``after_step()``; every 10th:
+mostly counting). Each pair of blocks
 runs the plain one first and the averaged one first in turn. Where the fused kernel
 is loaded, an update is one kernel call that reads each average and its weight, writes the
 average and projects it while it is in cache; otherwise one ``sgd_update`` per array and the
@@ -41,7 +42,7 @@ def measure(model: str, ctx: List[mx.Context], mode: str, every: int, repeats: i
             on = timed(run_steps(averaged, wait_each=False))
         ratios.append(on / off)
         steps.append(off / STEPS)
-        updates.append(timed(lambda: [average.update() for _ in range(STEPS)]) / STEPS)
+        updates.append(timed(lambda: [average.after_step() for _ in range(STEPS)]) / STEPS)
     return {"ratio": statistics.median(ratios), "low": min(ratios), "high": max(ratios),
             "step_ms": statistics.median(steps) * 1e3, "update_ms": statistics.median(updates) * 1e3}
 

@@ -48,7 +48,7 @@ class WeightAverage:
     ``ExponentialMovingAverage(num_updates=)``: early averages follow the weights closely).
     ``every > 1`` (timm's ``ModelEmaV3`` does the same) costs ``1 / every`` of the per-step
     update, which reads the average and the weight and writes the average (one fused kernel
-    pass where the kernel is loaded): 1-3% of a small-batch step when updated every step on our
+    pass where the kernel is loaded): 1-4% of a small-batch step when updated every step on our
     2-core machine, up to 15% on one with a smaller cache, about a tenth of that every 10 steps
     (docs/benchmarks.md).
 
