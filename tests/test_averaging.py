@@ -162,6 +162,63 @@ def test_reordered_and_returning_contexts_read_the_averages_they_follow(tmp_path
         assert np.array_equal(averages[(name, "cpu(0)")].asnumpy(), averages[(name, "cpu(1)")].asnumpy()), name
 
 
+def test_copies_left_equal_are_compared_once_however_often_they_are_read(monkeypatch):
+    net = nn.HybridSequential()
+    net.add(nn.Dense(6, in_units=5, activation="tanh"), nn.Dense(3, in_units=6))
+    net.initialize(mx.init.Normal(1.0), ctx=TWO)
+    net[0].cast("float64")  # averages of two types: compared together
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.8, trainer=trainer)
+    compared = []
+    compare = gc.WeightAverage._compare
+    monkeypatch.setattr(gc.WeightAverage, "_compare",
+                        lambda self, pairs: (compared.append(len(pairs)), compare(self, pairs)))
+    expected = {c: weights(net, c) for c in TWO}
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        parts = gluon.utils.split_and_load(mx.nd.array(rng.standard_normal((8, 5)), dtype="float64"), TWO)
+        with autograd.record():
+            losses = [(net[1](net[0](part).astype("float32")) ** 2).sum() for part in parts]
+        for loss in losses:
+            loss.backward()
+        trainer.step(8)
+        for c in TWO:
+            now = weights(net, c)
+            expected[c] = {k: 0.8 * v + 0.2 * now[k] for k, v in expected[c].items()}
+        ema.averages[("0.weight", "cpu(1)")].wait_to_read()  # reads and swaps keep the copies left
+        with ema.swapped():
+            pass
+    assert compared == [4, 0, 0, 0]  # the parameters' cpu(1) copies, at the first step
+    for c in TWO:
+        for name, value in expected[c].items():
+            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_copy_moved_between_contexts_takes_the_average_it_left_and_swaps_back():
+    net = mlp(TWO)
+    trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
+    ema = gc.WeightAverage(net, decay=0.8, trainer=trainer)
+    rng = np.random.default_rng(12)
+    step(net, trainer, TWO, rng)
+    net.collect_params().reset_ctx([mx.cpu(1)])
+    for _ in range(2):
+        step(net, trainer, [mx.cpu(1)], rng)
+    on_one = {key[0]: value.asnumpy() for key, value in ema.averages.items() if key[1] == "cpu(1)"}
+    net.collect_params().reset_ctx([mx.cpu(0)])  # hops back: the weights and the average come along
+    ema.update()
+    assert ema.updates == 4
+    now = weights(net, mx.cpu(0))
+    for name, value in on_one.items():
+        np.testing.assert_allclose(ema.averages[(name, "cpu(0)")].asnumpy(), 0.8 * value + 0.2 * now[name],
+                                   rtol=1e-5, atol=1e-6)
+    kept = weights(net, mx.cpu(0))
+    ema.swap()  # swapped in on one context, swapped back on two
+    net.collect_params().reset_ctx(TWO)
+    ema.swap()
+    for c in TWO:
+        assert all(v.tobytes() == kept[k].tobytes() for k, v in weights(net, c).items())
+
+
 def test_numpy_scalars_are_taken_and_a_failed_copy_to_writes_nothing():
     net = mlp([mx.cpu()])
     ema = gc.WeightAverage(net, decay=np.float32(0.5), every=np.int64(2))

@@ -137,10 +137,12 @@ class WeightAverage:
         self.averaged = 0     # SWA: weights averaged so far
         self._backup: Optional[Dict[Key, Any]] = None
         self._step = AverageStep()  # an update's step, fused into one kernel call where it can be
-        # Averages of later device copies found equal to their parameter's first copy's and not
-        # computed since (the trainer pulls every copy from one kvstore array): each is the
-        # average of the copy it names, copied from it when read. And those found different.
-        self._behind: Dict[Key, Key] = {}
+        # Averages of later device copies found equal to their parameter's first copy's, which
+        # stay equal while the trainer pulls every copy from one kvstore array: not computed but
+        # copied from the copy they name when read (while they have not been, they are stale).
+        # And those found different.
+        self._equal_to: Dict[Key, Key] = {}
+        self._stale: Set[Key] = set()
         self._unequal: Set[Key] = set()
         self._absent: Set[Key] = set()  # averages of copies the network no longer has (reset_ctx)
         self._trained_by: Optional[Any] = None
@@ -155,7 +157,7 @@ class WeightAverage:
         date (those equal to their first copy's are copied from it now): read them through this
         property after a step, as an array of a later copy held from before may not be updated."""
         self._take_back([entry for entry in self._copies_now() if entry[0] in self._averages])
-        self._catch_up(dict(self._behind))
+        self._catch_up(set(self._stale))
         return self._averages
 
     # -- updating ---------------------------------------------------------------------------------
@@ -194,8 +196,7 @@ class WeightAverage:
         elif self.averaged == 0:  # before start: the weights themselves
             for _, average, weight, _ in entries:
                 weight.astype(average.dtype, copy=False).copyto(average)
-            self._behind.clear()
-            self._unequal.clear()
+            self._forget_equal_copies()
             self._project()
 
     def _average(self, rate: float, entries: List[Tuple[Key, Any, Any, Any]], equal: FrozenSet[int]) -> None:
@@ -209,10 +210,13 @@ class WeightAverage:
         for key, *_ in entries:  # a parameter's copies in order
             firsts.setdefault(key[0], key)
         later = [key for key, _, _, param in entries if id(param) in equal and firsts[key[0]] != key]
-        left = {key: firsts[key[0]] for key in later if self._behind.get(key) == firsts[key[0]]}
-        self._catch_up({key: source for key, source in self._behind.items() if key not in left})
+        left = {key for key in later if self._equal_to.get(key) == firsts[key[0]]}
+        dropped = set(self._equal_to) - left  # their copies were not kept equal to the first this time
+        self._catch_up(dropped & self._stale)
+        for key in dropped:
+            del self._equal_to[key]
         self._step.run(rate, [entry for entry in entries if entry[0] not in left], self.updates)
-        self._behind = left
+        self._stale |= left
         self._compare({key: firsts[key[0]] for key in later if key not in left and key not in self._unequal})
 
     def _compare(self, pairs: Dict[Key, Key]) -> None:
@@ -223,13 +227,13 @@ class WeightAverage:
             return
         host = mx_context.cpu()
         differences = nd.concat(*[(self._averages[key] != self._averages[first].as_in_context(
-            self._averages[key].context)).sum().reshape((1,)).as_in_context(host)
-            for key, first in pairs.items()], dim=0).asnumpy()
+            self._averages[key].context)).astype(np.float32).sum().reshape((1,)).as_in_context(host)
+            for key, first in pairs.items()], dim=0).asnumpy()  # float32 counts: averages may mix types
         for (key, first), different in zip(pairs.items(), differences):
             if different:
                 self._unequal.add(key)
             else:
-                self._behind[key] = first
+                self._equal_to[key] = first
 
     def _equal_copies(self) -> FrozenSet[int]:
         """The ids of the parameters whose device copies the attached trainer has just made
@@ -241,11 +245,18 @@ class WeightAverage:
             return frozenset()
         return frozenset(id(p) for p in compat.trainer_parameters(trainer) if p.grad_req != "null")
 
-    def _catch_up(self, behind: Dict[Key, Key]) -> None:
-        """Copy into each average left behind the average it equals."""
-        for key, source in behind.items():
-            self._averages[source].copyto(self._averages[key])
-            del self._behind[key]
+    def _catch_up(self, stale: Set[Key]) -> None:
+        """Copy into each stale average the average it equals (it stays equal to it)."""
+        for key in stale:
+            self._averages[self._equal_to[key]].copyto(self._averages[key])
+        self._stale -= stale
+
+    def _forget_equal_copies(self) -> None:
+        """After every average was written alike (loaded, or copied from the weights): compare
+        the copies again before leaving any."""
+        self._equal_to.clear()
+        self._stale.clear()
+        self._unequal.clear()
 
     def check_not_swapped(self, what: str) -> None:
         """Raise :class:`~gluon_constraints.EnforcementError` if the averages are swapped in (the
@@ -259,7 +270,7 @@ class WeightAverage:
 
         A parameter may move to some of its contexts (``reset_ctx``): the averages of the others
         are kept as they were, and a copy that comes back takes the average of a copy that
-        stayed (``reset_ctx`` gives it that copy's weights).
+        stayed, or else of one it moved from (``reset_ctx`` gives it that copy's weights).
 
         Raises
         ------
@@ -288,10 +299,14 @@ class WeightAverage:
         again) the average of a copy of its parameter that stayed, and note the copies left."""
         present = {key for key, _, _ in entries}
         for key in present & self._absent:
-            stayed = next((k for k, _, _ in entries if k[0] == key[0] and k not in self._absent), None)
+            # the average of a copy held when last looked at: one held now, else one moved from
+            held = [k for k in self._averages if k[0] == key[0] and k not in self._absent]
+            stayed = next((k for k in held if k in present), held[0] if held else None)
             if stayed is not None:
-                self._averages[self._behind.get(stayed, stayed)].copyto(self._averages[key])
-                self._behind.pop(key, None)
+                self._catch_up({stayed} & self._stale)
+                self._averages[stayed].copyto(self._averages[key])
+                self._equal_to.pop(key, None)
+                self._stale.discard(key)
                 self._unequal.discard(key)
         self._absent = set(self._averages) - present
 
@@ -305,7 +320,7 @@ class WeightAverage:
         """Put the averages into the network (keeping its weights aside), or, called again, put
         the weights back, bit for bit. The averages themselves are not changed."""
         entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
-        self._catch_up(dict(self._behind))
+        self._catch_up(set(self._stale))
         if self._backup is None:
             backup = {key: data.copy() for key, _, data, _ in entries}
             for _, average, data, _ in entries:
@@ -313,8 +328,9 @@ class WeightAverage:
             self._backup = backup
         else:
             backup = self._backup
-            for key, _, data, _ in entries:
-                backup[key].copyto(data)
+            for key, _, data, _ in entries:  # a copy reset_ctx made since: its parameter's weights
+                saved = backup[key] if key in backup else next(v for k, v in backup.items() if k[0] == key[0])
+                saved.copyto(data)
             self._backup = None
 
     @contextlib.contextmanager
@@ -367,15 +383,13 @@ class WeightAverage:
                                       f"for {sorted(self.params)}.")
         for (name, _), average in self._averages.items():
             state[f"average:{name}"].astype(average.dtype, copy=False).copyto(average)
-        self._behind.clear()
-        self._unequal.clear()
+        self._forget_equal_copies()
         self.updates, self.averaged = (int(v) for v in state["counters"].asnumpy())
 
     def _first(self, name: str, param: Any) -> Any:
         """The average of ``param``'s first copy (brought up to date if left behind)."""
         key = (name, str(_copies(param)[0].context))
-        if key in self._behind:
-            self._catch_up({key: self._behind[key]})
+        self._catch_up({key} & self._stale)
         return self._averages[key]
 
     def _average_of(self, param: Any) -> Any:
