@@ -13,7 +13,7 @@ from gluon_constraints import nn
 from gluon_constraints.catalogue.feasibility import violation
 from gluon_constraints.gluon.attachment import reduction_of
 from gluon_constraints.kernels import library, projection
-from gluon_constraints.training import average_step
+from gluon_constraints.training import average_copies, average_step
 
 TWO = [mx.cpu(0), mx.cpu(1)]
 
@@ -170,8 +170,8 @@ def test_copies_left_equal_are_compared_once_however_often_they_are_read(monkeyp
     trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
     ema = gc.WeightAverage(net, decay=0.8, trainer=trainer)
     compared = []
-    compare = gc.WeightAverage._compare
-    monkeypatch.setattr(gc.WeightAverage, "_compare",
+    compare = average_copies.AverageCopies._compare
+    monkeypatch.setattr(average_copies.AverageCopies, "_compare",
                         lambda self, pairs: (compared.append(len(pairs)), compare(self, pairs)))
     expected = {c: weights(net, c) for c in TWO}
     rng = np.random.default_rng(11)

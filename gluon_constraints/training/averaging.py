@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import numpy as np
-from mxnet import context as mx_context
 from mxnet import ndarray as nd
 
 from .. import _mxnet_compat as compat
 from ..errors import ConstraintArgumentError, ConstraintTypeError, EnforcementError
 from ..gluon.attachment import reduction_of
 from ..kernels.projection import project_in_place
+from .average_copies import AverageCopies, Entry, Key
 from .average_step import AverageStep, in_force
 from .trainer import STATE
 
 __all__ = ["WeightAverage"]
 
 MODES = ("ema", "swa")
-Key = Tuple[str, str]  # an average's (structural name, context)
 REALS = (int, float, np.integer, np.floating)  # numpy's scalars too
 
 
@@ -129,22 +128,13 @@ class WeightAverage:
                 f"weight lives whole only in the kvstore; each device holds the last batch's rows). Use "
                 f"nn.Embedding(sparse_grad=True), whose weight is dense and whose gradient is row-sparse.")
         self.params = _unique(self.names)  # one entry per Parameter object: one average each
-        self._averages: Dict[Key, Any] = {}
-        for name, param in self.params.items():
-            for data in _copies(param):
-                self._averages[(name, str(data.context))] = data.astype(_average_dtype(data.dtype), copy=True)
+        # one average per copy, and which later copies' averages need not be computed
+        self._copies = AverageCopies({(name, str(data.context)): data.astype(_average_dtype(data.dtype), copy=True)
+                                      for name, param in self.params.items() for data in _copies(param)})
         self.updates = 0      # updates seen
         self.averaged = 0     # SWA: weights averaged so far
         self._backup: Optional[Dict[Key, Any]] = None
         self._step = AverageStep()  # an update's step, fused into one kernel call where it can be
-        # Averages of later device copies found equal to their parameter's first copy's, which
-        # stay equal while the trainer pulls every copy from one kvstore array: not computed but
-        # copied from the copy they name when read (while they have not been, they are stale).
-        # And those found different.
-        self._equal_to: Dict[Key, Key] = {}
-        self._stale: Set[Key] = set()
-        self._unequal: Set[Key] = set()
-        self._absent: Set[Key] = set()  # averages of copies the network no longer has (reset_ctx)
         self._trained_by: Optional[Any] = None
         self._project()       # initial weights may lie outside their sets (before the first step)
         if trainer is not None:
@@ -156,9 +146,8 @@ class WeightAverage:
         """The averages, ``{(structural name, context): array}``, one per device copy, up to
         date (those equal to their first copy's are copied from it now): read them through this
         property after a step, as an array of a later copy held from before may not be updated."""
-        self._take_back([entry for entry in self._copies_now() if entry[0] in self._averages])
-        self._catch_up(set(self._stale))
-        return self._averages
+        self._copies.take_back([entry for entry in self._copies_now() if entry[0] in self._copies.arrays])
+        return self._copies.up_to_date()
 
     # -- updating ---------------------------------------------------------------------------------
     def update(self) -> None:
@@ -196,44 +185,14 @@ class WeightAverage:
         elif self.averaged == 0:  # before start: the weights themselves
             for _, average, weight, _ in entries:
                 weight.astype(average.dtype, copy=False).copyto(average)
-            self._forget_equal_copies()
+            self._copies.forget()
             self._project()
 
-    def _average(self, rate: float, entries: List[Tuple[Key, Any, Any, Any]], equal: FrozenSet[int]) -> None:
-        """Move the averages toward their weights by ``rate`` and project them.
-
-        Of a parameter in ``equal`` (copies equal now), a later copy's average found equal to
-        the first copy's (:meth:`_compare`) is not computed: it stays equal to it. Every other
-        average is computed, after an average left behind is brought up to date; a later copy's
-        average of a parameter in ``equal`` not yet compared is compared after this step."""
-        firsts: Dict[str, Key] = {}
-        for key, *_ in entries:  # a parameter's copies in order
-            firsts.setdefault(key[0], key)
-        later = [key for key, _, _, param in entries if id(param) in equal and firsts[key[0]] != key]
-        left = {key for key in later if self._equal_to.get(key) == firsts[key[0]]}
-        dropped = set(self._equal_to) - left  # their copies were not kept equal to the first this time
-        self._catch_up(dropped & self._stale)
-        for key in dropped:
-            del self._equal_to[key]
-        self._step.run(rate, [entry for entry in entries if entry[0] not in left], self.updates)
-        self._stale |= left
-        self._compare({key: firsts[key[0]] for key in later if key not in left and key not in self._unequal})
-
-    def _compare(self, pairs: Dict[Key, Key]) -> None:
-        """Compare each average ``key`` with its first copy's average ``pairs[key]`` (one wait
-        for the devices, once per pair: when the trainer first keeps the copies equal): those
-        equal from now on are left behind, the others are averaged on their own devices."""
-        if not pairs:
-            return
-        host = mx_context.cpu()
-        differences = nd.concat(*[(self._averages[key] != self._averages[first].as_in_context(
-            self._averages[key].context)).astype(np.float32).sum().reshape((1,)).as_in_context(host)
-            for key, first in pairs.items()], dim=0).asnumpy()  # float32 counts: averages may mix types
-        for (key, first), different in zip(pairs.items(), differences):
-            if different:
-                self._unequal.add(key)
-            else:
-                self._equal_to[key] = first
+    def _average(self, rate: float, entries: List[Entry], equal: FrozenSet[int]) -> None:
+        """Move the averages toward their weights by ``rate`` and project them; of a parameter
+        in ``equal`` (copies equal now), later copies' averages equal to the first's are left
+        (:class:`~.average_copies.AverageCopies`)."""
+        self._copies.step(entries, equal, lambda computed: self._step.run(rate, computed, self.updates))
 
     def _equal_copies(self) -> FrozenSet[int]:
         """The ids of the parameters whose device copies the attached trainer has just made
@@ -245,19 +204,6 @@ class WeightAverage:
             return frozenset()
         return frozenset(id(p) for p in compat.trainer_parameters(trainer) if p.grad_req != "null")
 
-    def _catch_up(self, stale: Set[Key]) -> None:
-        """Copy into each stale average the average it equals (it stays equal to it)."""
-        for key in stale:
-            self._averages[self._equal_to[key]].copyto(self._averages[key])
-        self._stale -= stale
-
-    def _forget_equal_copies(self) -> None:
-        """After every average was written alike (loaded, or copied from the weights): compare
-        the copies again before leaving any."""
-        self._equal_to.clear()
-        self._stale.clear()
-        self._unequal.clear()
-
     def check_not_swapped(self, what: str) -> None:
         """Raise :class:`~gluon_constraints.EnforcementError` if the averages are swapped in (the
         network holds them, not the trained weights): ``what`` would train or average them."""
@@ -265,7 +211,7 @@ class WeightAverage:
             raise EnforcementError(f"{what} while the averages are swapped in: swap back first (the network "
                                    f"holds the averages, not the trained weights). Nothing was changed.")
 
-    def _entries(self) -> List[Tuple[Key, Any, Any, Any]]:
+    def _entries(self) -> List[Entry]:
         """Each average's key, the average, the weight it follows and its parameter.
 
         A parameter may move to some of its contexts (``reset_ctx``): the averages of the others
@@ -279,36 +225,21 @@ class WeightAverage:
             average was made); nothing is changed.
         """
         entries = self._copies_now()
-        moved = sorted({key[0] for key, _, _ in entries if key not in self._averages})
+        averages = self._copies.arrays
+        moved = sorted({key[0] for key, _, _ in entries if key not in averages})
         if moved:
-            held = sorted({context for _, context in self._averages})
+            held = sorted({context for _, context in averages})
             raise EnforcementError(
                 f"WeightAverage: parameters {moved} now live on contexts the averages are not on "
                 f"({', '.join(held)}): the network moved (reset_ctx) after the average was made. Move it back, "
                 f"or make a new WeightAverage. Nothing was changed.")
-        self._take_back(entries)
-        return [(key, self._averages[key], data, param) for key, data, param in entries]
+        self._copies.take_back(entries)
+        return [(key, averages[key], data, param) for key, data, param in entries]
 
     def _copies_now(self) -> List[Tuple[Key, Any, Any]]:
         """Each parameter copy's key, data and parameter, as the network holds them now."""
         return [((name, str(data.context)), data, param) for name, param in self.params.items()
                 for data in _copies(param)]
-
-    def _take_back(self, entries: List[Tuple[Key, Any, Any]]) -> None:
-        """Give each copy that came back (its context was left by ``reset_ctx`` and is held
-        again) the average of a copy of its parameter that stayed, and note the copies left."""
-        present = {key for key, _, _ in entries}
-        for key in present & self._absent:
-            # the average of a copy held when last looked at: one held now, else one moved from
-            held = [k for k in self._averages if k[0] == key[0] and k not in self._absent]
-            stayed = next((k for k in held if k in present), held[0] if held else None)
-            if stayed is not None:
-                self._catch_up({stayed} & self._stale)
-                self._averages[stayed].copyto(self._averages[key])
-                self._equal_to.pop(key, None)
-                self._stale.discard(key)
-                self._unequal.discard(key)
-        self._absent = set(self._averages) - present
 
     def _project(self) -> None:
         project_in_place([(average, constraint, reduction_of(param, average.shape))
@@ -320,7 +251,7 @@ class WeightAverage:
         """Put the averages into the network (keeping its weights aside), or, called again, put
         the weights back, bit for bit. The averages themselves are not changed."""
         entries = self._entries()  # raises, changing nothing, where a parameter moved contexts
-        self._catch_up(set(self._stale))
+        self._copies.up_to_date()
         if self._backup is None:
             backup = {key: data.copy() for key, _, data, _ in entries}
             for _, average, data, _ in entries:
@@ -381,16 +312,14 @@ class WeightAverage:
         if names != set(self.params) or "counters" not in state:
             raise ConstraintTypeError(f"{filename} holds averages of other parameters: {sorted(names)} "
                                       f"for {sorted(self.params)}.")
-        for (name, _), average in self._averages.items():
+        for (name, _), average in self._copies.arrays.items():
             state[f"average:{name}"].astype(average.dtype, copy=False).copyto(average)
-        self._forget_equal_copies()
+        self._copies.forget()
         self.updates, self.averaged = (int(v) for v in state["counters"].asnumpy())
 
     def _first(self, name: str, param: Any) -> Any:
         """The average of ``param``'s first copy (brought up to date if left behind)."""
-        key = (name, str(_copies(param)[0].context))
-        self._catch_up({key} & self._stale)
-        return self._averages[key]
+        return self._copies.first((name, str(_copies(param)[0].context)))
 
     def _average_of(self, param: Any) -> Any:
         """The first context's average of ``param`` (kept under its first structural name)."""
