@@ -37,6 +37,23 @@ def step(net, trainer, ctx, rng):
     trainer.step(8)
 
 
+def followed(net, trainer, ctx, rng, decay, steps):
+    """Train ``steps`` steps; numpy's EMA recurrence of each copy's weights, from the start."""
+    expected = {c: weights(net, c) for c in ctx}
+    for _ in range(steps):
+        step(net, trainer, ctx, rng)
+        for c in ctx:
+            now = weights(net, c)
+            expected[c] = {k: decay * v + (1 - decay) * now[k] for k, v in expected[c].items()}
+    return expected
+
+
+def assert_averages(ema, expected):
+    for c, values in expected.items():  # float32 arithmetic: a few ulps per step
+        for name, value in values.items():
+            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+
+
 def weights(net, ctx):
     return {name: p.data(ctx).asnumpy().astype(np.float64) for name, p in net._collect_params_with_prefix().items()}
 
@@ -90,13 +107,8 @@ def test_copies_pulled_from_the_kvstore_are_averaged_once(on_kvstore, monkeypatc
     monkeypatch.setattr(average_step.AverageStep, "run",
                         lambda self, rate, entries, update: (computed.append({key for key, *_ in entries}),
                                                              run(self, rate, entries, update)))
-    expected = {c: weights(net, c) for c in TWO}
     rng = np.random.default_rng(7)
-    for _ in range(3):
-        step(net, trainer, TWO, rng)
-        for c in TWO:
-            now = weights(net, c)
-            expected[c] = {k: 0.6 * v + 0.4 * now[k] for k, v in expected[c].items()}
+    expected = followed(net, trainer, TWO, rng, 0.6, 3)
     everywhere = {(name, str(c)) for name in weights(net, mx.cpu(0)) for c in TWO}
     if on_kvstore is None:  # Gluon's default with two contexts: the kvstore updates
         trained = {name for name, p in net._collect_params_with_prefix().items() if p.grad_req != "null"}
@@ -105,9 +117,7 @@ def test_copies_pulled_from_the_kvstore_are_averaged_once(on_kvstore, monkeypatc
         assert computed == [everywhere] + [everywhere - {(name, "cpu(1)") for name in trained}] * 2
     else:
         assert computed == [everywhere] * 3
-    for c in TWO:
-        for name, value in expected[c].items():
-            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+    assert_averages(ema, expected)
     assert ema.averages[("0.weight", "cpu(1)")].asnumpy().tobytes() == \
         ema.averages[("0.weight", "cpu(0)")].asnumpy().tobytes()
     step(net, trainer, TWO, rng)  # behind again: swapping in reads every copy's average
@@ -123,17 +133,9 @@ def test_copies_whose_averages_differ_keep_their_own_history_under_a_kvstore_tra
     net[0].weight.data(mx.cpu(1))[:] += 1.0  # the copies differ when the average is made
     trainer = gc.ConstrainedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.05})
     ema = gc.WeightAverage(net, decay=0.8, trainer=trainer)
-    expected = {c: weights(net, c) for c in TWO}
-    rng = np.random.default_rng(9)
-    for _ in range(3):
-        step(net, trainer, TWO, rng)
-        for c in TWO:
-            now = weights(net, c)
-            expected[c] = {k: 0.8 * v + 0.2 * now[k] for k, v in expected[c].items()}
+    expected = followed(net, trainer, TWO, np.random.default_rng(9), 0.8, 3)
     assert np.array_equal(net[0].weight.data(mx.cpu(0)).asnumpy(), net[0].weight.data(mx.cpu(1)).asnumpy())
-    for c in TWO:
-        for name, value in expected[c].items():
-            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+    assert_averages(ema, expected)
 
 
 def test_reordered_and_returning_contexts_read_the_averages_they_follow(tmp_path):
@@ -189,9 +191,7 @@ def test_copies_left_equal_are_compared_once_however_often_they_are_read(monkeyp
         with ema.swapped():
             pass
     assert compared == [4, 0, 0, 0]  # the parameters' cpu(1) copies, at the first step
-    for c in TWO:
-        for name, value in expected[c].items():
-            np.testing.assert_allclose(ema.averages[(name, str(c))].asnumpy(), value, rtol=1e-5, atol=1e-6)
+    assert_averages(ema, expected)
 
 
 def test_a_copy_moved_between_contexts_takes_the_average_it_left_and_swaps_back():
