@@ -292,7 +292,7 @@ class WeightAverage:
     def save_parameters(self, filename: str) -> None:
         """Save the averages as ``net.save_parameters`` would save the network holding them
         (load them with ``net.load_parameters``)."""
-        self._entries()
+        self._entries()  # raises where the network moved; a copy that came back takes its average
         nd.save(filename, {name: self._average_of(param).astype(param.dtype, copy=False)
                            for name, param in self.names.items()})
 
@@ -300,7 +300,7 @@ class WeightAverage:
         """Save the averages (of each parameter's first copy: averages that differ per device,
         BatchNorm's running statistics, keep the first device's) and their counters, to resume
         with :meth:`load`."""
-        self._entries()
+        self._entries()  # raises where the network moved; a copy that came back takes its average
         state = {f"average:{name}": self._first(name, param) for name, param in self.params.items()}
         state["counters"] = nd.array([self.updates, self.averaged], dtype=np.float64)
         nd.save(filename, state)
