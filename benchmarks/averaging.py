@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["paper-mlp", "resnet18"])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args()
     print(f"weight averages: medians of {args.repeats} interleaved blocks of {STEPS} steps; spread: lowest and "
           f"highest block")

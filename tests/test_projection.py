@@ -439,7 +439,10 @@ def group(mode=MODES["norm"], order=2, layout=(8, 1, 1)):
      "gc_update_project_rows: unknown rule 4"),
     (lambda k, w, g, m: k.update(UpdateRule(RULES["adam"], 0, 1, -1, 0.9, 0.999, 1e-8), [group(MODES["none"])],
                                  [Rates(0.1, 0)], [w, g, m]), "gc_update_project_rows: 3 arrays for 1 weights"),
-], ids=["mode", "norm-order", "layout", "array-count", "rule", "lazy-rule", "adam-states"])
+    (lambda k, w, g, m: k.update(UpdateRule(RULES["sgd_mom"], 2, 1, -1, 0.9, 0, 0), [group(MODES["none"])],
+                                 [Rates(0.1, 0)], [w, g, m]),
+     "gc_update_project_rows: background must be 0 or 1, not 2"),
+], ids=["mode", "norm-order", "layout", "array-count", "rule", "lazy-rule", "adam-states", "background"])
 def test_a_malformed_kernel_call_raises_at_once_and_queues_nothing(call, message):
     w = np.random.default_rng(0).normal(0, 1, (8, 5)).astype(np.float32)
     weight, grad, mom = mx.nd.array(w), mx.nd.ones((8, 5)), mx.nd.ones((8, 5))
@@ -586,6 +589,31 @@ def test_the_kernel_computes_the_same_on_every_instruction_set(variant, tmp_path
     variant = results()
     for name, value in native.items():
         assert (np.abs(variant[name] - value) <= np.spacing(np.abs(value))).all(), name
+
+
+@requires_compiler
+def test_a_background_call_is_ordered_with_the_operators_queued_around_it():
+    # background = 1 runs the call on MXNet's prioritized CPU workers, beside the context's own
+    # worker: the engine must still run it after the write of its input queued before it, before
+    # the write queued after it, and before the read of its output queued after it.
+    rng = np.random.default_rng(3)
+    w, avg = rng.normal(0, 1, (256, 1024)).astype(np.float32), rng.normal(0, 1, (256, 1024)).astype(np.float32)
+    weight, average = mx.nd.array(w), mx.nd.array(avg)
+    rule = UpdateRule(RULES["sgd"], 1, -1.0, -1.0, 0.0, 0.0, 0.0)  # avg <- 0.75 avg + 0.25 w
+    reads, expected = [], []
+    for _ in range(20):
+        weight += 1.0
+        library.kernel().update(rule, [group(MODES["none"], layout=(256, 1, 1))], [Rates(0.25, 1.0)],
+                                [average, weight])
+        weight *= 0.5
+        reads.append(average * 1.0)
+        w = w + np.float32(1.0)
+        avg = np.float32(0.75) * avg - np.float32(-0.25) * w  # sgd_update's float32 terms, lr 0.25, wd 1
+        w = w * np.float32(0.5)
+        expected.append(avg)
+    for read, value in zip(reads, expected):
+        np.testing.assert_array_equal(read.asnumpy(), value)
+    np.testing.assert_array_equal(weight.asnumpy(), w)
 
 
 @requires_compiler

@@ -10,8 +10,11 @@ library's own, ``gc_layout``):
   from the weight's size). Rows are ``(units, 1, 1)``, a transposed convolution's output
   channels ``(1, in, out)``. ``mode`` and the band: see :data:`MODES`;
 - :class:`UpdateRule` (``gc_update_rule``): the optimizer update fused in front of the
-  projection (:data:`RULES`), ``rescale_grad``, ``clip_gradient`` (negative: none) and the
-  rule's hyperparameters ``h1, h2, h3``;
+  projection (:data:`RULES`), ``background`` (1: the call runs on MXNet's prioritized CPU
+  workers at the lowest priority, beside the operators queued after it that only read its
+  inputs, as a weight average's step can; 0: on its context's worker, as MXNet's operators do),
+  ``rescale_grad``, ``clip_gradient`` (negative: none) and the rule's hyperparameters
+  ``h1, h2, h3``;
 - :class:`Rates` (``gc_rates``): one weight's learning rate and weight decay for a step.
 
 :func:`kernel_can_take` is the one place that says which arrays the kernels compute on.
@@ -55,7 +58,7 @@ class UnitGroup(ctypes.Structure):
 class UpdateRule(ctypes.Structure):
     """``gc_update_rule``: the update, its gradient settings and hyperparameters."""
 
-    _fields_ = [("rule", ctypes.c_int32), ("reserved", ctypes.c_int32),
+    _fields_ = [("rule", ctypes.c_int32), ("background", ctypes.c_int32),
                 ("rescale_grad", ctypes.c_double), ("clip_gradient", ctypes.c_double),
                 ("h1", ctypes.c_double), ("h2", ctypes.c_double), ("h3", ctypes.c_double)]
 

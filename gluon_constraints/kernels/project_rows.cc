@@ -21,6 +21,11 @@
 //                   rescale_grad, clip_gradient (< 0: none) and the rule's hyperparameters
 //                   h1, h2, h3 (sgd_mom, nag_mom: momentum; adam: beta1, beta2, epsilon;
 //                   rmsprop: gamma1, epsilon, clip_weights (< 0: none); unused ones 0).
+//                   `background` 1 queues the call on MXNet's prioritized CPU workers (those
+//                   its kvstore reduces gradients on) at the lowest priority instead of the
+//                   context's own worker, so that it runs beside the operators queued after it
+//                   that only read its inputs: a weight average's step (nothing waits for it
+//                   until the next update of its weights) beside the next forward pass.
 //   gc_rates        one weight's learning rate and weight decay for this step.
 //
 // Three calls, queued on MXNet's engine (gc_project, gc_update and gc_touched below) rather than
@@ -103,7 +108,7 @@ struct gc_unit_group {
 };
 
 struct gc_update_rule {
-  int32_t rule, reserved;
+  int32_t rule, background;
   double rescale_grad, clip_gradient, h1, h2, h3;
 };
 
@@ -530,6 +535,8 @@ void check_rule(const gc_update_rule& r, bool lazy = false) {
   const int first = lazy ? kRuleSGDLazy : kRuleSGDMom, last = lazy ? kRuleNone : kRuleRMSProp;
   if ((r.rule < first || r.rule > last) && (lazy || r.rule != kRuleSGD))
     throw Failure("unknown " + std::string(lazy ? "lazy " : "") + "rule " + std::to_string(r.rule));
+  if (r.background != 0 && r.background != 1)
+    throw Failure("background must be 0 or 1, not " + std::to_string(r.background));
 }
 
 // -- MXNet's C API, as handed over by gc_bind ------------------------------------------------
@@ -548,6 +555,12 @@ struct MXNet {
   int (*context)(void*, int*, int*);                   // MXNDArrayGetContext
   const char* (*last_error)();                         // MXGetLastError
 } mxnet_api;
+
+// A background call's engine property, MXNet's FnProperty::kCPUPrioritized (an enum class of int:
+// kNormal, kCopyFromGPU, kCopyToGPU, kCPUPrioritized, ...), and its priority, below the kvstore's
+// reductions (0 down to minus the number of parameters), which its workers run first.
+constexpr int kPrioritized = 3;
+constexpr int kLowestPriority = -(1 << 30);
 
 // Device types of MXNet's CPU contexts: cpu, cpu_pinned, cpu_shared.
 bool on_cpu(int dev_type) { return dev_type == 1 || dev_type == 3 || dev_type == 5; }
@@ -704,9 +717,11 @@ void queue(std::unique_ptr<Call> call, void** handles, int count, const std::vec
   for (int i = 0; i < count; ++i) (read_only[i] ? read : written).push_back(call->arrays[i]);
   const Context context{dev_type, dev_id};
   const char* name = call->name;
+  const bool background = call->rule.background != 0;
   Call* queued = call.release();  // MXNet owns it from here: `release` deletes it, even on failure
   if (mxnet_api.push_sync(run, queued, release, &context, read.data(), static_cast<int>(read.size()),
-                          written.data(), static_cast<int>(written.size()), nullptr, 0, name) != 0)
+                          written.data(), static_cast<int>(written.size()), background ? &kPrioritized : nullptr,
+                          background ? kLowestPriority : 0, name) != 0)
     throw Failure(mxnet_api.last_error());
 }
 
@@ -788,7 +803,7 @@ int64_t gc_layout(const char* structure, const char* field) {
     GC_FIELD(gc_unit_group, hi) GC_FIELD(gc_unit_group, rate) GC_FIELD(gc_unit_group, rtol)
   } else if (std::strcmp(structure, "gc_update_rule") == 0) {
     if (whole) return sizeof(gc_update_rule);
-    GC_FIELD(gc_update_rule, rule) GC_FIELD(gc_update_rule, reserved) GC_FIELD(gc_update_rule, rescale_grad)
+    GC_FIELD(gc_update_rule, rule) GC_FIELD(gc_update_rule, background) GC_FIELD(gc_update_rule, rescale_grad)
     GC_FIELD(gc_update_rule, clip_gradient) GC_FIELD(gc_update_rule, h1) GC_FIELD(gc_update_rule, h2)
     GC_FIELD(gc_update_rule, h3)
   } else if (std::strcmp(structure, "gc_rates") == 0) {

@@ -128,6 +128,7 @@ class WeightAverage:
                 f"weight lives whole only in the kvstore; each device holds the last batch's rows). Use "
                 f"nn.Embedding(sparse_grad=True), whose weight is dense and whose gradient is row-sparse.")
         self.params = _unique(self.names)  # one entry per Parameter object: one average each
+        self._named: Dict[str, List[Tuple[Key, Any, Any]]] = {}  # by name, _copies_now's entries
         # one average per copy, and which later copies' averages need not be computed
         self._copies = AverageCopies({(name, str(data.context)): data.astype(_average_dtype(data.dtype), copy=True)
                                       for name, param in self.params.items() for data in _copies(param)})
@@ -237,9 +238,17 @@ class WeightAverage:
         return [(key, averages[key], data, param) for key, data, param in entries]
 
     def _copies_now(self) -> List[Tuple[Key, Any, Any]]:
-        """Each parameter copy's key, data and parameter, as the network holds them now."""
-        return [((name, str(data.context)), data, param) for name, param in self.params.items()
-                for data in _copies(param)]
+        """Each parameter copy's key, data and parameter, as the network holds them now (each
+        parameter's kept while its copies are the same arrays: reading a context costs a call
+        into MXNet, and this runs at every step)."""
+        now: List[Tuple[Key, Any, Any]] = []
+        for name, param in self.params.items():
+            copies = _copies(param)
+            kept = self._named.get(name)
+            if kept is None or len(kept) != len(copies) or any(k[1] is not d for k, d in zip(kept, copies)):
+                kept = self._named[name] = [((name, str(data.context)), data, param) for data in copies]
+            now += kept
+        return now
 
     def _project(self) -> None:
         project_in_place([(average, constraint, reduction_of(param, average.shape))
