@@ -4,7 +4,8 @@ a network's weights that stay inside their constraints.
 The averages live beside the weights, one per parameter and device copy (float32 for float16
 weights), and are updated on the engine like the training step, so nothing waits for the device:
 by the fused kernel where it can take them, one pass that moves each average and projects it
-while it is in cache (:mod:`.average_step`), else by MXNet's operators. After each update every
+while it is in cache, queued in the background to run beside the next step's forward pass
+(:mod:`.average_step`), else by MXNet's operators. After each update every
 constrained parameter's averages are projected onto its constraint set, as the weights are after
 each step: for a convex set (MaxNorm, NonNeg, Clip, ...) an average of feasible weights is
 feasible already and the projection leaves it as it is (up to rounding), for a set that is not
@@ -47,9 +48,10 @@ class WeightAverage:
     ``ExponentialMovingAverage(num_updates=)``: early averages follow the weights closely).
     ``every > 1`` (timm's ``ModelEmaV3`` does the same) costs ``1 / every`` of the per-step
     update, which reads the average and the weight and writes the average (one fused kernel
-    pass where the kernel is loaded): 1-4% of a small-batch step when updated every step on our
-    2-core machine, up to 15% on one with a smaller cache, about a tenth of that every 10 steps
-    (docs/benchmarks.md).
+    pass where the kernel is loaded, which runs beside the next step's forward pass): 0-3% of
+    a small-batch step when updated every step on our 2-core machine (next to nothing where the
+    step leaves a core idle), more on a machine with a smaller cache, about a tenth of that
+    every 10 steps (docs/benchmarks.md).
 
     SWA (``mode="swa"``, Izmailov et al. 2018): the equal-weight mean of the weights at updates
     ``start``, ``start + every``, ``start + 2 every``, ...::
