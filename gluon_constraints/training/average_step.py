@@ -32,7 +32,6 @@ from .fused_update import UpdateEntry, run_fused_update
 
 __all__ = ["AverageStep", "move_toward", "in_force"]
 
-
 # sgd_update's settings for an average's step: grad = the weight, rescale_grad = -1, no clipping;
 # in the background (background = 1), beside the next step's forward and backward passes (MXNet
 # has at least one prioritized CPU worker: it refuses MXNET_CPU_PRIORITY_NTHREADS=0 at start).
